@@ -1,0 +1,1 @@
+"""energy-worker: turns S0 meter pulses from Redis into exact energy and power history."""

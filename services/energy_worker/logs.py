@@ -1,0 +1,73 @@
+"""Logging shared by the processes: one line per event on stderr, the process name on each.
+
+The webhook's `debug` key (true/false) switches every process to verbose logging; each process
+looks at it when it wakes anyway (DebugSwitch.refresh), so the switch costs no extra polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import redis
+
+DEBUG_KEY = "debug"
+MAX_SHOWN = 80  # characters of foreign input shown in a log line
+
+
+def setup(process: str) -> logging.Logger:
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s {process} %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    # Libraries stay quiet unless something is wrong, even in debug mode.
+    for noisy in ("urllib3", "schedule"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return logging.getLogger(process)
+
+
+def shown(value: bytes | str, limit: int = MAX_SHOWN) -> str:
+    """Foreign input made safe for one log line: printable, quoted, truncated."""
+    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+    text = text.encode("unicode_escape").decode("ascii")
+    if len(text) > limit:
+        text = text[:limit] + f"...(+{len(text) - limit} chars)"
+    return f"'{text}'"
+
+
+class DebugSwitch:
+    """Follows the webhook's `debug` key; looks at it at most every `interval` seconds."""
+
+    def __init__(self, log: logging.Logger, interval: float = 2.0) -> None:
+        self.log = log
+        self.interval = interval
+        self.base_level = logging.getLogger().level
+        self.enabled = False
+        self._checked = float("-inf")
+
+    def refresh(self, r: redis.Redis, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < self.interval:
+            return
+        self._checked = now
+        try:
+            value = r.get(DEBUG_KEY)
+        except redis.RedisError:
+            return  # the caller's own Redis handling reports the outage
+        self.apply(value)
+
+    def apply(self, value: bytes | None) -> None:
+        enabled = value is not None and value.strip().lower() == b"true"
+        if enabled == self.enabled:
+            return
+        self.enabled = enabled
+        logging.getLogger().setLevel(logging.DEBUG if enabled else self.base_level)
+        self.log.info("debug logging %s (debug key)", "on" if enabled else "off")

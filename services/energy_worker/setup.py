@@ -1,0 +1,42 @@
+"""Bring PostgreSQL up to date before the processes start: schema, then meter config.
+
+Run by entrypoint.sh (`python -m energy_worker.setup`); the processor does the same at start.
+Exit status: 0 done, 1 database unreachable or failing, 2 configuration error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import config, db, logs, schema
+from .retry import describe_error
+
+
+def main() -> int:
+    log = logs.setup("setup")
+    try:
+        settings = config.postgres_settings()
+        meters = config.load_meters()
+    except config.ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    con = None
+    try:
+        con = db.connect(settings, "energy-worker setup")
+        version = schema.apply(con, meters)
+    except db.UNAVAILABLE as exc:
+        log.error("cannot set up PostgreSQL at %s: %s", settings.describe(), describe_error(exc))
+        return 1
+    finally:
+        db.close_quietly(con)
+    log.info(
+        "PostgreSQL %s ready: schema version %s, meters %s",
+        settings.describe(),
+        version,
+        ", ".join(str(n) for n in meters),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -152,3 +152,168 @@ CREATE TABLE IF NOT EXISTS pusher_state (
 INSERT INTO pusher_state (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
 
 INSERT INTO schema_version (version) VALUES (2) ON CONFLICT (version) DO NOTHING;
+
+-- Grafana (issue 5): views and the read-only role
+-- What the dashboards in grafana/ show, as views and functions, so that any other client gets
+-- the same numbers and the panels' SQL stays short. Grafana connects as a read-only role,
+-- created with its password from the environment by services/energy_worker/readonly_role.py.
+-- Days and hours are those of the session's TimeZone (that module sets it for the role).
+
+-- DOMAIN.md: t ms after a meter's last pulse its power is at most 3_600_000_000 / (t * pulses
+-- per kWh). No pulse means low power, not zero, and not the last reading forever.
+CREATE OR REPLACE FUNCTION power_upper_bound_w(p_pulses_per_kwh integer, p_ms numeric)
+RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT round(3600000000 / (greatest(p_ms, 1) * p_pulses_per_kwh), 3)
+$$;
+
+-- Each meter's latest stored pulse (the deadband always stores the latest one).
+CREATE OR REPLACE VIEW meter_last_pulse AS
+SELECT m.meter_no, m.meter_name, m.pulse_per_kwh, m.max_energy,
+       c.cor_time_stamp AS last_pulse,
+       c.watt_consumption AS last_watt,     -- NULL: the latest pulse carried no power reading
+       c.kwh AS last_kwh
+FROM meter_metadata m
+LEFT JOIN LATERAL (
+    SELECT cor_time_stamp, watt_consumption, kwh FROM consumption
+    WHERE consumption.meter_no = m.meter_no
+    ORDER BY cor_time_stamp DESC, index DESC LIMIT 1
+) c ON true;
+
+-- The most a meter can draw at p_at, given its latest pulse: the latest reading (or the meter's
+-- maximum when that pulse had none), capped by the upper bound, which falls toward zero.
+CREATE OR REPLACE FUNCTION meter_power_at(p_last_watt bigint, p_max_watt integer,
+                                          p_pulses_per_kwh integer, p_last_pulse timestamptz,
+                                          p_at timestamptz)
+RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN p_last_pulse IS NOT NULL THEN
+        least(coalesce(p_last_watt, p_max_watt)::numeric,
+              power_upper_bound_w(p_pulses_per_kwh,
+                                  extract(epoch FROM p_at - p_last_pulse) * 1000))
+    END
+$$;
+
+-- Power per meter in [p_from, p_to] for a step-before line: a pulse's power is the mean over
+-- the period that ends at it. The row just before p_from starts each line at the left edge.
+-- After the latest pulse: points at 1, 2, 4, 8 ... times the last period, and at now(), each
+-- with the bound, so a meter that went quiet falls toward zero.
+CREATE OR REPLACE FUNCTION power_series(p_from timestamptz, p_to timestamptz)
+RETURNS TABLE (at timestamptz, meter_no integer, meter_name text, watt numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT c.cor_time_stamp, m.meter_no, m.meter_name, c.watt_consumption::numeric
+    FROM meter_metadata m
+    CROSS JOIN LATERAL (
+        (SELECT h.cor_time_stamp, h.watt_consumption FROM consumption h
+         WHERE h.meter_no = m.meter_no AND h.watt_consumption IS NOT NULL
+           AND h.cor_time_stamp < p_from
+         ORDER BY h.cor_time_stamp DESC, h.index DESC LIMIT 1)
+        UNION ALL
+        (SELECT h.cor_time_stamp, h.watt_consumption FROM consumption h
+         WHERE h.meter_no = m.meter_no AND h.watt_consumption IS NOT NULL
+           AND h.cor_time_stamp BETWEEN p_from AND p_to)
+    ) c
+    UNION ALL
+    SELECT t.at, t.meter_no, t.meter_name,
+           meter_power_at(t.last_watt, t.max_energy, t.pulse_per_kwh, t.last_pulse, t.at)
+    FROM (
+        SELECT l.*, l.last_pulse + make_interval(secs => q.first_ms * 2 ^ k / 1000) AS at
+        FROM meter_last_pulse l
+        -- first_ms: where the bound meets the latest reading (the latest period); ratio: how
+        -- many of those fit before the line's end. k stops short of it, so no point can
+        -- overflow a timestamp whatever the filter's order of evaluation.
+        CROSS JOIN LATERAL (SELECT 3600000000.0 / (coalesce(l.last_watt, l.max_energy)
+                                                   * l.pulse_per_kwh) AS first_ms) q
+        CROSS JOIN LATERAL (SELECT extract(epoch FROM least(now(), p_to) - l.last_pulse) * 1000
+                                   / q.first_ms AS ratio) r
+        CROSS JOIN LATERAL generate_series(
+            0, CASE WHEN r.ratio > 1 THEN ceil(ln(r.ratio) / ln(2))::integer - 1 ELSE -1 END) k
+        UNION ALL
+        -- Grafana's "now" is a little earlier than the database's: end the line at p_to then
+        SELECT l.*, least(now(), p_to) FROM meter_last_pulse l
+    ) t
+    WHERE t.at BETWEEN p_from AND p_to AND t.at > t.last_pulse
+    ORDER BY 1, 2
+$$;
+
+-- A meter's reading at any instant, from the stored history. The deadband keeps only the first
+-- and last pulse of a plateau, so between two stored rows the count grows at constant power:
+-- interpolate, to whole pulses. Before the history: its first reading; after: the latest.
+CREATE OR REPLACE FUNCTION meter_kwh_at(p_meter_no integer, p_at timestamptz)
+RETURNS numeric LANGUAGE sql STABLE AS $$
+    SELECT trim_scale(CASE
+        WHEN a.kwh IS NULL THEN b.kwh
+        WHEN b.kwh IS NULL THEN a.kwh
+        ELSE a.kwh + round((b.kwh - a.kwh) * m.pulse_per_kwh * extract(epoch FROM p_at - a.t)
+                           / extract(epoch FROM b.t - a.t)) / m.pulse_per_kwh
+    END)
+    FROM meter_metadata m
+    LEFT JOIN LATERAL (
+        SELECT c.cor_time_stamp AS t, c.kwh FROM consumption c
+        WHERE c.meter_no = m.meter_no AND c.cor_time_stamp <= p_at
+        ORDER BY c.cor_time_stamp DESC, c.index DESC LIMIT 1
+    ) a ON true
+    LEFT JOIN LATERAL (
+        SELECT c.cor_time_stamp AS t, c.kwh FROM consumption c
+        WHERE c.meter_no = m.meter_no AND c.cor_time_stamp > p_at
+        ORDER BY c.cor_time_stamp, c.index LIMIT 1
+    ) b ON true
+    WHERE m.meter_no = p_meter_no
+$$;
+
+-- Energy per meter per calendar period ('hour', 'day', 'week', 'month', 'year') of the
+-- session's time zone, for the periods that overlap [p_from, p_to): the reading at the period's
+-- start and end (the latest reading while it is still running) and their difference. A day
+-- that changes to or from summer time has 23 or 25 hours. Meters without history are left out.
+CREATE OR REPLACE FUNCTION energy_per_period(p_from timestamptz, p_to timestamptz,
+                                             p_unit text)
+RETURNS TABLE (period_start timestamptz, period_end timestamptz, meter_no integer,
+               meter_name text, kwh_start numeric, kwh_end numeric, kwh numeric)
+LANGUAGE sql STABLE AS $$
+    WITH starts AS (
+        SELECT s FROM generate_series(date_trunc(p_unit, p_from), p_to,
+                                      ('1 ' || p_unit)::interval) s
+        WHERE s < p_to
+    ), edges AS (
+        SELECT s FROM starts
+        UNION
+        SELECT max(s) + ('1 ' || p_unit)::interval FROM starts
+    ), readings AS (
+        SELECT m.meter_no, m.meter_name, e.s, meter_kwh_at(m.meter_no, e.s) AS kwh
+        FROM meter_metadata m CROSS JOIN edges e
+        WHERE e.s IS NOT NULL
+    ), spans AS (
+        SELECT r.s AS period_start, lead(r.s) OVER w AS period_end, r.meter_no, r.meter_name,
+               r.kwh AS kwh_start, lead(r.kwh) OVER w AS kwh_end
+        FROM readings r
+        WINDOW w AS (PARTITION BY r.meter_no ORDER BY r.s)
+    )
+    SELECT sp.period_start, sp.period_end, sp.meter_no, sp.meter_name, sp.kwh_start,
+           sp.kwh_end, trim_scale(sp.kwh_end - sp.kwh_start)
+    FROM spans sp
+    WHERE sp.period_end IS NOT NULL AND sp.kwh_start IS NOT NULL
+    ORDER BY sp.period_start, sp.meter_no
+$$;
+
+-- One row per meter: what the overview panel shows.
+CREATE OR REPLACE VIEW meter_overview AS
+SELECT l.meter_no, l.meter_name,
+       meter_power_at(l.last_watt, l.max_energy, l.pulse_per_kwh, l.last_pulse, now())
+           AS watt_now,
+       l.last_watt,
+       coalesce(s.kwh, l.last_kwh) AS kwh,
+       l.last_pulse,
+       extract(epoch FROM now() - l.last_pulse) AS last_pulse_age_s,
+       coalesce(s.pulses_counted, 0) AS pulses_counted,
+       coalesce(s.pulses_repeated, 0) AS pulses_repeated,
+       coalesce(s.pulses_rejected, 0) AS pulses_rejected
+FROM meter_last_pulse l
+LEFT JOIN meter_status s ON s.meter_no = l.meter_no;
+
+-- The worker's state: work items waiting in Redis after its last batch, and when that was.
+CREATE OR REPLACE VIEW worker_overview AS
+SELECT w.backlog, w.last_seq, w.updated_at,
+       extract(epoch FROM now() - w.updated_at) AS updated_age_s,
+       (SELECT coalesce(sum(s.pulses_rejected), 0) FROM meter_status s) AS pulses_rejected
+FROM worker_progress w
+WHERE w.id = 1;
+
+INSERT INTO schema_version (version) VALUES (3) ON CONFLICT (version) DO NOTHING;

@@ -1,0 +1,111 @@
+"""The read-only PostgreSQL role Grafana connects as (issue 5).
+
+Its password comes from the environment, so the role cannot live in sql/schema.sql; the set-up
+step calls ensure_readonly_role() after applying the schema. The password never reaches the
+server in clear: it is sent as a SCRAM-SHA-256 verifier computed here, as psql's \\password
+does, so neither a server log of the statement nor an error message can show it.
+
+The role may log in, read what the dashboards show (RELATIONS) and nothing else; its sessions
+are read-only by default too, so a grant added by mistake later still cannot write.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+import pg8000.native
+from pg8000.native import identifier, literal
+from scramp.utils import ScramException, saslprep
+
+# What the dashboards read: the tables behind the views and functions of the schema's Grafana
+# section (functions run with the caller's rights), those views, and the pusher's totals once
+# its tables exist. A name that does not exist (yet) is skipped.
+RELATIONS = (
+    "meter_metadata",
+    "meter_status",
+    "consumption",
+    "worker_progress",
+    "meter_last_pulse",
+    "meter_overview",
+    "worker_overview",
+    "meter_totals",
+    "meter_hourly_totals",
+)
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
+STATEMENT_TIMEOUT = "30s"  # a dashboard over years of history must not hog a Raspberry Pi
+
+
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL would store for this password."""
+    try:
+        normalized = saslprep(password).encode()
+    except ScramException:
+        # PostgreSQL uses the raw bytes when SASLprep refuses the password; so do we.
+        normalized = password.encode()
+    salt = secrets.token_bytes(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", normalized, salt, SCRAM_ITERATIONS)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def ensure_readonly_role(
+    con: pg8000.native.Connection, user: str, password: str, timezone: str | None = None
+) -> None:
+    """Create or update the read-only role `user`, with exactly SELECT on RELATIONS.
+
+    Idempotent; one transaction. `timezone` (e.g. the TZ of the stack) becomes the role's
+    TimeZone, so the dashboards' hours and days are local ones.
+    """
+    if not user:
+        raise ValueError("the read-only role needs a name")
+    if not password:
+        raise ValueError("the read-only role needs a password")
+    (owner,) = con.run("SELECT current_user")[0]
+    if user == owner:
+        raise ValueError("the read-only role must not be the schema's owner")
+    role = identifier(user)
+    con.run("BEGIN")
+    try:
+        # Roles are cluster-wide: serialize concurrent set-ups of this database.
+        con.run("SELECT pg_advisory_xact_lock(hashtext('energy-worker readonly role'))")
+        exists = con.run("SELECT 1 FROM pg_roles WHERE rolname = :u", u=user)
+        verb = "ALTER" if exists else "CREATE"
+        attrs = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
+        con.run(f"{verb} ROLE {role} WITH {attrs} PASSWORD {literal(scram_verifier(password))}")
+        con.run(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+        con.run(f"ALTER ROLE {role} SET statement_timeout = {literal(STATEMENT_TIMEOUT)}")
+        if timezone:
+            con.run(f"ALTER ROLE {role} SET TimeZone = {literal(timezone)}")
+        else:
+            con.run(f"ALTER ROLE {role} RESET TimeZone")
+        (database, schema) = con.run("SELECT current_database(), current_schema()")[0]
+        con.run(f"GRANT CONNECT ON DATABASE {identifier(database)} TO {role}")
+        con.run(f"GRANT USAGE ON SCHEMA {identifier(schema)} TO {role}")
+        # Exactly what it shows: take back anything granted before, then grant SELECT.
+        con.run(f"REVOKE ALL ON ALL TABLES IN SCHEMA {identifier(schema)} FROM {role}")
+        con.run(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {identifier(schema)} FROM {role}")
+        for name in RELATIONS:
+            if con.run("SELECT to_regclass(:n) IS NOT NULL", n=name)[0][0]:
+                con.run(f"GRANT SELECT ON {identifier(name)} TO {role}")
+        # PostgreSQL before 15 lets every role create tables in schema public. Close that where
+        # we own the schema (from 15 on it is already the default).
+        can_revoke = con.run(
+            "SELECT pg_has_role(nspowner, 'USAGE') OR "
+            "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+            "FROM pg_namespace WHERE nspname = current_schema()"
+        )[0][0]
+        if can_revoke:
+            con.run(f"REVOKE CREATE ON SCHEMA {identifier(schema)} FROM PUBLIC")
+        con.run("COMMIT")
+    except BaseException:
+        con.run("ROLLBACK")
+        raise

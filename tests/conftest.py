@@ -22,6 +22,7 @@ from pathlib import Path
 import pg8000.native
 import pytest
 import redis
+
 from energy_worker import config, db, schema
 from helpers import REPO, Proc, wait_until
 

@@ -25,8 +25,14 @@ from zoneinfo import ZoneInfo
 import pg8000.native
 import pytest
 import yaml
+
 from energy_worker import config, db
-from energy_worker.readonly_role import RELATIONS, ensure_readonly_role, scram_verifier
+from energy_worker.readonly_role import (
+    RELATIONS,
+    ensure_from_env,
+    ensure_readonly_role,
+    scram_verifier,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "grafana"
@@ -599,6 +605,24 @@ def test_role_setup_is_idempotent_and_takes_back_extra_grants(pg_module, owner, 
         r=reader,
     )
     assert attrs == [[False, False, False, True]]
+
+
+def test_role_from_the_environment(owner):
+    assert ensure_from_env(owner, {"GRAFANA_DB_USER": "x"}) is None  # no password: no Grafana
+    user = f"grafana_reader_{uuid.uuid4().hex[:8]}"
+    env = {"GRAFANA_DB_USER": user, "GRAFANA_DB_PASSWORD": "pw", "TZ": "Europe/Berlin"}
+    try:
+        assert ensure_from_env(owner, env) == user
+        settings = owner.run(
+            "SELECT unnest(setconfig) FROM pg_db_role_setting s JOIN pg_roles r "
+            "ON r.oid = s.setrole WHERE r.rolname = :u",
+            u=user,
+        )
+        assert ["TimeZone=Europe/Berlin"] in settings
+        assert ["default_transaction_read_only=on"] in settings
+    finally:
+        owner.run(f'DROP OWNED BY "{user}"')
+        owner.run(f'DROP ROLE "{user}"')
 
 
 def test_role_refuses_the_owner_and_empty_passwords(owner):

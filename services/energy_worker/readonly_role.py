@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
+from collections.abc import Mapping
 
 import pg8000.native
 from pg8000.native import identifier, literal
@@ -34,6 +36,7 @@ RELATIONS = (
     "meter_totals",
     "meter_hourly_totals",
 )
+DEFAULT_USER = "grafana_reader"
 SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
 STATEMENT_TIMEOUT = "30s"  # a dashboard over years of history must not hog a Raspberry Pi
 
@@ -109,3 +112,17 @@ def ensure_readonly_role(
     except BaseException:
         con.run("ROLLBACK")
         raise
+
+
+def ensure_from_env(
+    con: pg8000.native.Connection, environ: Mapping[str, str] = os.environ
+) -> str | None:
+    """The set-up's hook: with GRAFANA_DB_PASSWORD set, ensure the role GRAFANA_DB_USER (default
+    grafana_reader), its TimeZone from TZ; returns its name, or None when there is no password
+    (no Grafana in this deployment)."""
+    password = environ.get("GRAFANA_DB_PASSWORD", "")
+    if not password:
+        return None
+    user = environ.get("GRAFANA_DB_USER", "") or DEFAULT_USER
+    ensure_readonly_role(con, user, password, timezone=environ.get("TZ") or None)
+    return user

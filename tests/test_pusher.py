@@ -1,0 +1,530 @@
+"""The pusher against the real PostgreSQL, Redis and a real local HTTP server; time injected."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pg8000.native
+import psutil
+import pytest
+from sheet_server import HANG, SheetServer, request_line, sheet_server
+
+from energy_worker import db, totals
+from energy_worker.pusher import PUSH_PROCESSING, Pusher, Settings
+from energy_worker.queue import PUSH, WORK
+from helpers import wait_until
+
+CPH = totals.zone("Europe/Copenhagen")
+PATH = "/energyRegistrations/updateEnergyRegistrations"
+METERS = 7  # etc/meters.toml
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def local(*args: int) -> datetime:
+    return totals.resolve(datetime(*args), CPH)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+    def set(self, now: datetime) -> None:
+        self.now = now
+
+
+def add_row(sql: pg8000.native.Connection, meter: int, kwh: str, at: datetime) -> int:
+    """A consumption row as the processor writes it (1000 pulses per kWh)."""
+    ((index,),) = sql.run(
+        """INSERT INTO consumption (meter_no, meter_counts, kWh, cor_time_stamp)
+           VALUES (:m, :c, :k, :t) RETURNING index""",
+        m=meter,
+        c=int(Decimal(kwh) * 1000),
+        k=Decimal(kwh),
+        t=at,
+    )
+    sql.run(
+        """UPDATE meter_status SET kWh = :k, meter_counts = :c, cor_time_stamp = :t
+           WHERE meter_no = :m""",
+        m=meter,
+        k=Decimal(kwh),
+        c=int(Decimal(kwh) * 1000),
+        t=at,
+    )
+    return index
+
+
+def data(**kwh: str) -> str:
+    """The dataString with meter n's reading given as m<n>="..." and 0.00 elsewhere."""
+    return ",".join(kwh.get(f"m{n}", "0.00") for n in range(1, METERS + 1))
+
+
+def sheet_line(dataset: str, query: str = "") -> str:
+    return request_line(f"{PATH}?{query}function=updateSheet&dataString={dataset}")
+
+
+def reading_at(rows: list[tuple[datetime, Decimal]], at: datetime) -> Decimal | None:
+    """The oracle: the latest row at or before `at` (rows in insertion order)."""
+    best = None
+    for t, kwh in rows:
+        if t <= at and (best is None or t >= best[0]):
+            best = (t, kwh)
+    return best[1] if best else None
+
+
+def check_totals_against_history(sql: pg8000.native.Connection) -> int:
+    """Every hourly and daily total equals what the history says; returns the rows checked."""
+    history: dict[int, list[tuple[datetime, Decimal]]] = {}
+    for meter, t, kwh in sql.run(
+        "SELECT meter_no, cor_time_stamp, kWh FROM consumption ORDER BY index"
+    ):
+        history.setdefault(meter, []).append((t, kwh))
+    checked = 0
+    for table, start, end in (
+        ("meter_hourly_totals", "hour_start", "hour_end"),
+        ("meter_totals", "day_start", "day_end"),
+    ):
+        for meter, s, e, k0, k1, diff in sql.run(
+            f"SELECT meter_no, {start}, {end}, kWh_start, kWh, kWh_diff FROM {table}"
+        ):
+            rows = history.get(meter, [])
+            assert (k0, k1) == (reading_at(rows, s), reading_at(rows, e)), (table, meter, s)
+            assert diff == (None if k0 is None or k1 is None else k1 - k0)
+            checked += 1
+    return checked
+
+
+@pytest.fixture
+def make_pusher(pg, r) -> Iterator[Callable[..., Pusher]]:
+    made: list[Pusher] = []
+
+    def make(clock: Clock, url: str | None = None, **settings: object) -> Pusher:
+        options: dict[str, object] = {"tz": CPH, "timeout": 2.0, **settings}
+        pusher = Pusher(
+            lambda: db.connect(pg, "energy-worker test pusher"),
+            r,
+            Settings(webhook_url=url, **options),  # type: ignore[arg-type]
+            logging.getLogger("pusher"),
+            clock,
+        )
+        made.append(pusher)
+        return pusher
+
+    yield make
+    for pusher in made:
+        pusher.close()
+
+
+@pytest.fixture
+def server() -> Iterator[SheetServer]:
+    with sheet_server() as s:
+        yield s
+
+
+def outbox(sql: pg8000.native.Connection) -> list[tuple]:
+    return sql.run(
+        """SELECT dedup_key, data_string, attempts, status_code, last_error, sent_at IS NOT NULL
+           FROM push_outbox ORDER BY id"""
+    )
+
+
+# --- the daily push and totals ------------------------------------------------------------------
+
+
+def test_daily_push_sends_the_readings_at_midnight_once(sql, make_pusher, server):
+    add_row(sql, 1, "100.000", local(2024, 6, 1, 8))
+    add_row(sql, 1, "101.500", local(2024, 6, 1, 23, 59, 59))
+    add_row(sql, 2, "7.125", local(2024, 6, 1, 12))
+    clock = Clock(local(2024, 6, 1, 12, 30))
+    pusher = make_pusher(clock, server.base + PATH)
+    pusher.step(block=False)
+    add_row(sql, 1, "101.600", local(2024, 6, 2, 0, 0, 30))  # after midnight: not that day's
+    clock.set(local(2024, 6, 2, 0, 1, 59))
+    pusher.step(block=False)
+    assert server.got() == []
+    clock.set(local(2024, 6, 2, 0, 2))
+    pusher.step(block=False)
+    assert server.got() == [sheet_line(data(m1="101.50", m2="7.13"))]
+    for _ in range(3):
+        clock.advance(minutes=20)
+        pusher.step(block=False)
+    assert len(server.got()) == 1
+    [(key, _data, attempts, status, error, sent)] = outbox(sql)
+    assert (key, attempts, status, error, sent) == ("day:2024-06-01", 1, 200, None, True)
+    rows = sql.run(
+        "SELECT meter_no, kWh_start, kWh, kWh_diff FROM meter_totals WHERE day = :d "
+        "AND meter_no IN (1, 2) ORDER BY meter_no",
+        d=date(2024, 6, 1),
+    )
+    assert rows == [
+        [1, None, Decimal("101.500"), None],  # no history before the day started
+        [2, None, Decimal("7.125"), None],
+    ]
+    assert check_totals_against_history(sql) > 0
+
+
+def test_hourly_totals_for_each_closed_hour(sql, make_pusher):
+    add_row(sql, 3, "10.000", local(2024, 6, 1, 9, 59))
+    add_row(sql, 3, "10.400", local(2024, 6, 1, 10, 30))
+    add_row(sql, 3, "11.000", local(2024, 6, 1, 10, 59, 59))
+    clock = Clock(local(2024, 6, 1, 11, 0, 6))
+    make_pusher(clock).step(block=False)
+    rows = sql.run(
+        "SELECT hour_start, kWh_start, kWh, kWh_diff, day FROM meter_hourly_totals "
+        "WHERE meter_no = 3 ORDER BY hour_start"
+    )
+    assert rows[-1] == [
+        local(2024, 6, 1, 10),
+        Decimal("10.000"),
+        Decimal("11.000"),
+        Decimal("1.000"),
+        date(2024, 6, 1),
+    ]
+    # 09:00-10:00: no history before 09:00, so no difference can be told
+    assert rows[-2][1:4] == [None, Decimal("10.000"), None]
+    check_totals_against_history(sql)
+
+
+def test_days_missed_while_the_pusher_was_down_are_filled_in_oldest_first(sql, make_pusher, server):
+    clock = Clock(local(2024, 6, 1, 12))
+    add_row(sql, 1, "1.000", local(2024, 6, 1, 11))
+    make_pusher(clock, server.base + PATH).step(block=False)
+    # the pusher is down for three days while the processor keeps writing history
+    add_row(sql, 1, "2.000", local(2024, 6, 1, 18))
+    add_row(sql, 1, "3.000", local(2024, 6, 2, 18))
+    add_row(sql, 1, "4.000", local(2024, 6, 3, 18))
+    clock.set(local(2024, 6, 4, 15, 17))
+    make_pusher(clock, server.base + PATH).step(block=False)
+    assert server.got() == [
+        sheet_line(data(m1="2.00")),
+        sheet_line(data(m1="3.00")),
+        sheet_line(data(m1="4.00")),
+    ]
+    assert [row[0] for row in outbox(sql)] == ["day:2024-06-01", "day:2024-06-02", "day:2024-06-03"]
+    (hours,) = sql.run(
+        "SELECT count(*) FROM meter_hourly_totals WHERE meter_no = 1 AND hour_start >= :s",
+        s=local(2024, 6, 1, 11),
+    )[0]
+    assert hours == 13 + 24 * 2 + 15  # from 11:00 on the 1st to 15:00 on the 4th
+    diffs = sql.run(
+        "SELECT day, kWh_diff FROM meter_totals WHERE meter_no = 1 AND kWh_diff IS NOT NULL "
+        "ORDER BY day"
+    )
+    assert diffs == [[date(2024, 6, 2), Decimal("1.000")], [date(2024, 6, 3), Decimal("1.000")]]
+    check_totals_against_history(sql)
+
+
+@pytest.mark.parametrize(
+    ("day", "hours", "midnight_utc"),
+    [
+        (date(2024, 3, 31), 23, utc(2024, 3, 31, 22)),
+        (date(2024, 10, 27), 25, utc(2024, 10, 27, 23)),
+    ],
+)
+def test_dst_change_days(sql, make_pusher, server, day, hours, midnight_utc):
+    start = totals.day_start(day, CPH)
+    add_row(sql, 5, "50.000", start - timedelta(minutes=1))
+    t = start
+    kwh = Decimal("50.000")
+    while t < midnight_utc:  # one kWh in every real hour of the day
+        t += timedelta(minutes=30)
+        kwh += Decimal("0.5")
+        add_row(sql, 5, str(kwh), t - timedelta(seconds=1))
+    add_row(sql, 5, "999.000", midnight_utc)  # exactly at midnight: belongs to the day
+    clock = Clock(start + timedelta(hours=1))
+    pusher = make_pusher(clock, server.base + PATH)
+    pusher.step(block=False)
+    clock.set(midnight_utc + timedelta(minutes=2))
+    pusher.step(block=False)
+    assert server.got() == [sheet_line(data(m5="999.00"))]
+    rows = sql.run(
+        "SELECT kWh_diff FROM meter_hourly_totals WHERE meter_no = 5 AND day = :d "
+        "ORDER BY hour_start",
+        d=day,
+    )
+    assert len(rows) == hours
+    assert all(diff == Decimal("1.000") for (diff,) in rows[:-1])
+    [(day_diff,)] = sql.run(
+        "SELECT kWh_diff FROM meter_totals WHERE meter_no = 5 AND day = :d", d=day
+    )
+    assert day_diff == sum(diff for (diff,) in rows) == Decimal("999.000") - Decimal("50.000")
+    check_totals_against_history(sql)
+
+
+# --- late history ---------------------------------------------------------------------------
+
+
+def test_a_backlog_processed_late_corrects_the_totals(sql, make_pusher):
+    add_row(sql, 2, "5.000", local(2024, 6, 1, 7))
+    clock = Clock(local(2024, 6, 1, 12, 0, 6))
+    pusher = make_pusher(clock)
+    pusher.step(block=False)
+    [(before,)] = sql.run(
+        "SELECT kWh_diff FROM meter_hourly_totals WHERE meter_no = 2 AND hour_start = :h",
+        h=local(2024, 6, 1, 9),
+    )
+    assert before == 0
+    # PostgreSQL was down; the processor drains its backlog now, with the pulses' own times
+    add_row(sql, 2, "5.300", local(2024, 6, 1, 9, 20))
+    add_row(sql, 2, "5.900", local(2024, 6, 1, 9, 50))
+    clock.set(local(2024, 6, 1, 13, 0, 6))
+    pusher.step(block=False)
+    [(after,)] = sql.run(
+        "SELECT kWh_diff FROM meter_hourly_totals WHERE meter_no = 2 AND hour_start = :h",
+        h=local(2024, 6, 1, 9),
+    )
+    assert after == Decimal("0.900")
+    check_totals_against_history(sql)
+
+
+def test_a_deadband_row_moved_past_a_boundary_is_followed(sql, make_pusher):
+    first = add_row(sql, 4, "20.000", local(2024, 6, 1, 10, 10))
+    second = add_row(sql, 4, "20.500", local(2024, 6, 1, 10, 55))
+    sql.run("UPDATE meter_status SET run_index = :i WHERE meter_no = 4", i=first)
+    clock = Clock(local(2024, 6, 1, 11, 0, 6))
+    pusher = make_pusher(clock)
+    pusher.step(block=False)
+    check_totals_against_history(sql)
+    # the run goes on: its second row moves forward past 11:00
+    sql.run(
+        "UPDATE consumption SET kWh = 21.200, meter_counts = 21200, cor_time_stamp = :t "
+        "WHERE index = :i",
+        t=local(2024, 6, 1, 11, 40),
+        i=second,
+    )
+    clock.set(local(2024, 6, 1, 12, 0, 6))
+    pusher.step(block=False)
+    assert check_totals_against_history(sql) > 0
+
+
+# --- the outbox: failures and recovery ------------------------------------------------------
+
+
+def test_failures_are_retried_with_backoff_until_answered(sql, make_pusher, server):
+    add_row(sql, 1, "12.340", local(2024, 6, 1, 20))
+    server.script = [500, HANG]
+    clock = Clock(local(2024, 6, 1, 23))
+    pusher = make_pusher(clock, server.base + PATH, timeout=0.5)
+    pusher.step(block=False)
+    clock.set(local(2024, 6, 2, 0, 2))
+    pusher.step(block=False)
+    assert len(server.got()) == 1
+    assert list(outbox(sql)[0][2:]) == [1, 500, "HTTP 500", False]
+    pusher.step(block=False)  # not due yet: nothing sent
+    assert len(server.got()) == 1
+    assert 0 < pusher.wake_in() <= 30
+    clock.advance(seconds=30)
+    pusher.step(block=False)  # hangs: a timeout
+    assert len(server.got()) == 2
+    assert list(outbox(sql)[0][2:]) == [2, None, "no answer within 0.5 s", False]
+    clock.advance(seconds=59)
+    pusher.step(block=False)
+    assert len(server.got()) == 2  # the backoff doubled to 60 s
+    clock.advance(seconds=1)
+    pusher.step(block=False)
+    assert server.got() == [sheet_line(data(m1="12.34"))] * 3
+    assert list(outbox(sql)[0][2:]) == [3, 200, None, True]
+
+
+def test_a_webhook_down_for_days_gets_every_day_in_order_once(sql, make_pusher):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}{PATH}?token=abc"
+    clock = Clock(local(2024, 6, 1, 12))
+    pusher = make_pusher(clock, url, retry_max=3600.0)
+    pusher.step(block=False)
+    for day in range(1, 5):
+        add_row(sql, 1, f"{day}.000", local(2024, 6, day, 12))
+        clock.set(local(2024, 6, day + 1, 0, 2))
+        pusher.step(block=False)
+    rows = outbox(sql)
+    assert [row[0] for row in rows] == [f"day:2024-06-0{d}" for d in range(1, 5)]
+    assert rows[0][3:5] == [None, "connection failed"]
+    assert all(row[2] == 0 for row in rows[1:])  # newer ones wait behind the oldest
+    with sheet_server(port) as server:
+        clock.advance(hours=2)
+        pusher.step(block=False)
+        assert server.got() == [sheet_line(data(m1=f"{d}.00"), "token=abc&") for d in range(1, 5)]
+        clock.advance(minutes=30)
+        pusher.step(block=False)
+        assert len(server.got()) == 4
+        assert all(row[5] for row in outbox(sql))
+
+
+def test_the_push_waits_for_the_processor_to_pass_midnight(sql, make_pusher, server, r):
+    add_row(sql, 1, "1.000", local(2024, 6, 1, 22))
+    clock = Clock(local(2024, 6, 1, 23))
+    pusher = make_pusher(clock, server.base + PATH)
+    pusher.step(block=False)
+    at_ms = int(local(2024, 6, 1, 23, 59, 59).timestamp() * 1000)
+    late = {"e": "x", "s": 7, "k": "t", "m": 1, "v": "5", "at": at_ms, "key": "channel:1:timestamp"}
+    r.rpush(WORK, json.dumps(late))
+    clock.set(local(2024, 6, 2, 0, 2))
+    pusher.step(block=False)
+    assert server.got() == []
+    assert pusher.wake_in() <= 30
+    # the processor commits it (a pulse at 23:59:59) and takes it off the list
+    add_row(sql, 1, "1.001", local(2024, 6, 1, 23, 59, 59))
+    r.delete(WORK)
+    clock.advance(seconds=30)
+    pusher.step(block=False)
+    assert server.got() == [sheet_line(data(m1="1.00"))]
+    assert outbox(sql)[0][1] == data(m1="1.00")
+
+
+def test_the_push_goes_anyway_when_the_processor_stays_behind(sql, make_pusher, server, r):
+    clock = Clock(local(2024, 6, 1, 23))
+    pusher = make_pusher(clock, server.base + PATH, history_wait=timedelta(minutes=10))
+    pusher.step(block=False)
+    stuck = {"e": "x", "s": 1, "k": "t", "m": 1, "v": "5", "at": 0, "key": "k"}
+    r.rpush(WORK, json.dumps(stuck))
+    clock.set(local(2024, 6, 2, 0, 2))
+    pusher.step(block=False)
+    assert server.got() == []
+    clock.set(local(2024, 6, 2, 0, 12))
+    pusher.step(block=False)
+    assert server.got() == [sheet_line(data())]
+
+
+# --- requests through Redis -------------------------------------------------------------------
+
+
+def request_item(seq: int) -> bytes:
+    item = {"e": "1700000000000-abcd", "s": seq, "k": "g", "v": "true", "at": 1, "key": "x"}
+    return json.dumps(item).encode()
+
+
+def test_pushtogoogle_sends_the_current_readings_at_once(sql, make_pusher, server, r):
+    add_row(sql, 6, "3362.789", local(2024, 6, 1, 9))
+    clock = Clock(local(2024, 6, 1, 10))
+    pusher = make_pusher(clock, server.base + PATH)
+    pusher.step(block=False)
+    r.rpush(PUSH, request_item(1))
+    pusher.step(block=False)  # takes and records it
+    pusher.step(block=False)  # sends it
+    assert server.got() == [sheet_line(data(m6="3362.79"))]
+    assert r.llen(PUSH) == 0 and r.llen(PUSH_PROCESSING) == 0
+    # the same item again (a crash after recording, before removing it) is not sent twice
+    r.rpush(PUSH_PROCESSING, request_item(1))
+    make_pusher(clock, server.base + PATH).step(block=False)
+    assert len(server.got()) == 1 and r.llen(PUSH_PROCESSING) == 0
+
+
+def test_a_request_waits_in_redis_while_postgres_is_unreachable(pg, r, server):
+    from energy_worker.config import PostgresSettings  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = PostgresSettings("127.0.0.1", s.getsockname()[1], pg.database, pg.user, "")
+    clock = Clock(local(2024, 6, 1, 10))
+    settings = Settings(webhook_url=server.base + PATH, tz=CPH)
+    broken = Pusher(
+        lambda: db.connect(dead, "t", timeout=1), r, settings, logging.getLogger("p"), clock
+    )
+    r.rpush(PUSH, request_item(5))
+    with pytest.raises(db.UNAVAILABLE):
+        broken.take_request(0)
+    assert r.lrange(PUSH_PROCESSING, 0, -1) == [request_item(5)]  # kept, not lost
+    fine = Pusher(lambda: db.connect(pg, "t"), r, settings, logging.getLogger("p"), clock)
+    try:
+        fine.step(block=False)
+        fine.step(block=False)
+    finally:
+        fine.close()
+    assert len(server.got()) == 1 and r.llen(PUSH_PROCESSING) == 0
+
+
+def test_without_a_webhook_url_totals_run_and_pushes_are_skipped(sql, make_pusher, r, caplog):
+    add_row(sql, 1, "1.000", local(2024, 6, 1, 9))
+    clock = Clock(local(2024, 6, 1, 10))
+    pusher = make_pusher(clock)
+    r.rpush(PUSH, request_item(1))
+    with caplog.at_level(logging.INFO):
+        pusher.step(block=False)
+        pusher.step(block=False)
+    assert "pushtogoogle ignored: GOOGLE_WEBHOOK_URL is not set" in caplog.text
+    clock.set(local(2024, 6, 3, 0, 5))
+    pusher.step(block=False)
+    assert outbox(sql) == [] and r.llen(PUSH) == 0 and r.llen(PUSH_PROCESSING) == 0
+    [(next_day,)] = sql.run("SELECT next_push_day FROM pusher_state")
+    assert next_day == date(2024, 6, 3)  # setting a URL later does not flood the sheet
+    [(days,)] = sql.run("SELECT count(DISTINCT day) FROM meter_totals")
+    assert days == 2
+
+
+def test_idle_it_sleeps_until_the_next_due_instant(make_pusher, server):
+    clock = Clock(local(2024, 6, 1, 10, 30))
+    pusher = make_pusher(clock, server.base + PATH)
+    pusher.step(block=False)
+    pusher.scheduler.clear()  # the scheduler runs on the real clock; look at our own instants
+    assert pusher.wake_in() == 300  # capped; the next hour is 30 minutes away
+    clock.set(local(2024, 6, 1, 10, 59, 50))
+    assert pusher.wake_in() == pytest.approx(15)  # 11:00:05
+    clock.set(local(2024, 6, 1, 23, 59))
+    pusher.step(block=False)
+    pusher.scheduler.clear()
+    assert pusher.wake_in() == pytest.approx(65)  # 00:00:05 totals come before the 00:02 push
+
+
+# --- the process --------------------------------------------------------------------------------
+
+
+def test_the_process_pushes_on_request_keeps_secrets_and_stops_cleanly(spawn, r, server):
+    url = server.base + "/macros/s/SECRETID/exec?token=s3cret"
+    proc = spawn("pusher", GOOGLE_WEBHOOK_URL=url, TZ="Europe/Copenhagen")
+    proc.wait_for_log("pushing to http://127.0.0.1:")
+    r.rpush(PUSH, request_item(9))
+    lines = server.wait_for(1)
+    assert lines == [
+        request_line(
+            "/macros/s/SECRETID/exec?token=s3cret&function=updateSheet&dataString=" + data()
+        )
+    ]
+    proc.wait_for_log("pushed the readings requested at")
+    wait_until(lambda: r.llen(PUSH_PROCESSING) == 0, what="the request to be acknowledged")
+    # idle: blocked in BLMOVE, not polling (a one-second measurement, not a synchronisation)
+    assert psutil.Process(proc.pid).cpu_percent(interval=1.0) < 5
+    proc.kill(signal.SIGTERM)
+    assert proc.wait_exit() == 0
+    log = proc.log()
+    assert "SECRETID" not in log and "s3cret" not in log
+    assert "stopped (SIGTERM)" in log
+
+
+def test_the_process_without_url_says_so_once(spawn, r):
+    proc = spawn("pusher", GOOGLE_WEBHOOK_URL="")
+    proc.wait_for_log("GOOGLE_WEBHOOK_URL is not set: totals only, no pushes to the Google Sheet")
+    r.rpush(PUSH, request_item(1))
+    wait_until(lambda: r.llen(PUSH) == 0 and r.llen(PUSH_PROCESSING) == 0, what="the request")
+    proc.kill(signal.SIGTERM)
+    assert proc.wait_exit() == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PUSH_TIME": "25:00"}, "PUSH_TIME"),
+        ({"TZ": "Mars/Olympus"}, "TZ 'Mars/Olympus' is not a known time zone"),
+        ({"GOOGLE_WEBHOOK_URL": "ftp://secret-host/x"}, "GOOGLE_WEBHOOK_URL must be"),
+    ],
+)
+def test_configuration_errors_exit_2_with_one_line(spawn, env, message):
+    proc = spawn("pusher", **env)
+    assert proc.wait_exit() == 2
+    assert message in proc.log()
+    assert "secret-host" not in proc.log()

@@ -37,7 +37,7 @@ def setup(process: str) -> logging.Logger:
 def shown(value: bytes | str, limit: int = MAX_SHOWN) -> str:
     """Foreign input made safe for one log line: printable, quoted, truncated."""
     text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
-    text = text.encode("unicode_escape").decode("ascii")
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
     if len(text) > limit:
         text = text[:limit] + f"...(+{len(text) - limit} chars)"
     return f"'{text}'"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from . import config, db, logs, schema
+from . import config, db, logs, readonly_role, schema
 from .retry import describe_error
 
 
@@ -24,11 +24,17 @@ def main() -> int:
     try:
         con = db.connect(settings, "energy-worker setup")
         version = schema.apply(con, meters)
+        reader = readonly_role.ensure_from_env(con)  # Grafana's login, if configured
     except db.UNAVAILABLE as exc:
         log.error("cannot set up PostgreSQL at %s: %s", settings.describe(), describe_error(exc))
         return 1
+    except ValueError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
     finally:
         db.close_quietly(con)
+    if reader:
+        log.info("read-only role %s ready for Grafana", reader)
     log.info(
         "PostgreSQL %s ready: schema version %s, meters %s",
         settings.describe(),

@@ -15,10 +15,12 @@ import psutil
 import pytest
 from sheet_server import HANG, SheetServer, request_line, sheet_server
 
-from energy_worker import db, totals
+from energy_worker import db, google, queue, totals
+from energy_worker.keys import Kind
 from energy_worker.pusher import PUSH_PROCESSING, Pusher, Settings
 from energy_worker.queue import PUSH, WORK
 from helpers import wait_until
+from tcpproxy import TcpProxy
 
 CPH = totals.zone("Europe/Copenhagen")
 PATH = "/energyRegistrations/updateEnergyRegistrations"
@@ -401,6 +403,45 @@ def test_the_push_goes_anyway_when_the_processor_stays_behind(sql, make_pusher, 
     assert server.got() == [sheet_line(data())]
 
 
+def feed_2000_w_across_midnight(r, spawn) -> None:
+    """The real router's items and the real processor: meter 1 at 2000 W, a pulse every 1.8 s
+    from 23:59:30 to 00:00:40; 17 pulses fall before midnight."""
+    start_ms = int(local(2024, 6, 1, 23, 59, 30).timestamp() * 1000)
+    queues = queue.Queues(r)
+    for i in range(40):
+        r.set("channel:1:timestamp", str(10_000 + i * 1800))
+        queues.route(b"channel:1:timestamp", Kind.TIMESTAMP, 1, "c1", now_ms=start_ms + i * 1800)
+    r.set("stop", "true")
+    queues.route(b"stop", Kind.STOP, None, "stop")
+    assert spawn("processor").wait_exit(30) == 0
+
+
+def test_totals_and_push_from_the_processors_own_history(spawn, sql, make_pusher, server, r):
+    feed_2000_w_across_midnight(r, spawn)
+    history = [(t, k) for t, k in sql.run("SELECT cor_time_stamp, kWh FROM consumption")]
+    expected = reading_at(history, local(2024, 6, 2))
+    assert expected is not None
+    clock = Clock(local(2024, 6, 1, 23, 59))
+    pusher = make_pusher(clock, server.base + PATH)
+    pusher.step(block=False)
+    clock.set(local(2024, 6, 2, 1, 0, 5))
+    pusher.step(block=False)
+    assert server.got() == [sheet_line(data(m1=google.kwh_text(expected)))]
+    assert check_totals_against_history(sql) >= 7 * 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the deadband keeps a run's second row moving past midnight, so the stored history "
+    "holds no row for the last pulse before it; needs history.py to start a new run at each "
+    "hour boundary (reported to the lead)",
+)
+def test_the_midnight_reading_is_the_last_pulse_before_midnight(spawn, sql, r):
+    feed_2000_w_across_midnight(r, spawn)
+    history = [(t, k) for t, k in sql.run("SELECT cor_time_stamp, kWh FROM consumption")]
+    assert reading_at(history, local(2024, 6, 2)) == Decimal("0.017")
+
+
 # --- requests through Redis -------------------------------------------------------------------
 
 
@@ -500,7 +541,7 @@ def test_the_process_pushes_on_request_keeps_secrets_and_stops_cleanly(spawn, r,
     # idle: blocked in BLMOVE, not polling (a one-second measurement, not a synchronisation)
     assert psutil.Process(proc.pid).cpu_percent(interval=1.0) < 5
     proc.kill(signal.SIGTERM)
-    assert proc.wait_exit() == 0
+    assert proc.wait_exit() == 143  # a signal, not a stop item
     log = proc.log()
     assert "SECRETID" not in log and "s3cret" not in log
     assert "stopped (SIGTERM)" in log
@@ -511,8 +552,34 @@ def test_the_process_without_url_says_so_once(spawn, r):
     proc.wait_for_log("GOOGLE_WEBHOOK_URL is not set: totals only, no pushes to the Google Sheet")
     r.rpush(PUSH, request_item(1))
     wait_until(lambda: r.llen(PUSH) == 0 and r.llen(PUSH_PROCESSING) == 0, what="the request")
-    proc.kill(signal.SIGTERM)
-    assert proc.wait_exit() == 0
+    r.rpush(PUSH, json.dumps({"e": "e", "s": 2, "k": "x", "v": "true", "at": 1, "key": "stop"}))
+    assert proc.wait_exit() == 0  # a stop item
+    assert "stopped (stop item)" in proc.log()
+
+
+def test_the_process_survives_a_database_outage_with_a_request_in_hand(
+    spawn, r, pg, server, tmp_path
+):
+    proxy = TcpProxy(pg.host, pg.port)
+    try:
+        ini = tmp_path / "via-proxy.ini"
+        ini.write_text(
+            f"[postgresql]\nhost = 127.0.0.1\nport = {proxy.port}\n"
+            f"database = {pg.database}\nuser = {pg.user}\npassword = \n"
+        )
+        proc = spawn("pusher", POSTGRES_INI=str(ini), GOOGLE_WEBHOOK_URL=server.base + PATH)
+        proc.wait_for_log("pushing to http://127.0.0.1:")
+        proxy.cut()
+        r.rpush(PUSH, request_item(3))
+        proc.wait_for_log("PostgreSQL unavailable")
+        assert server.got() == []
+        assert r.llen(PUSH) + r.llen(PUSH_PROCESSING) == 1  # kept in Redis meanwhile
+        proxy.restore()
+        assert server.wait_for(1, 30) == [sheet_line(data())]
+        proc.wait_for_log("PostgreSQL is back")
+        wait_until(lambda: r.llen(PUSH_PROCESSING) == 0, what="the request to be acknowledged")
+    finally:
+        proxy.close()
 
 
 @pytest.mark.parametrize(

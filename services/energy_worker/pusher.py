@@ -179,8 +179,10 @@ class Pusher:
             try:
                 self.step()
             except redis.RedisError as exc:
+                self.prepared = False  # a request may be left in push-processing: recover it
                 self.redis.failed(exc)
             except db.UNAVAILABLE as exc:
+                self.prepared = False
                 self.drop_connection()
                 self.postgres.failed(exc)
             else:
@@ -481,6 +483,8 @@ def main() -> int:
         pusher.run()
     except Stopped as exc:
         log.info("stopped (%s)", exc)
+        # 0 only after a stop item (docs/CONTRACT.md); a signal exits as a killed process would
+        return {"SIGTERM": 143, "SIGINT": 130}.get(str(exc), 0)
     finally:
         pusher.close()
     return 0

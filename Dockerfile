@@ -1,0 +1,47 @@
+# energy-worker: router, processor and pusher under supervisord, in one container.
+# Built for the Raspberry Pi by default; other hosts choose their base, e.g.
+#   docker build --build-arg BASE_IMAGE=python:3-alpine .          (amd64, arm64)
+ARG BASE_IMAGE=arm32v7/python:3-alpine
+FROM ${BASE_IMAGE}
+
+# bash runs entrypoint.sh; tzdata makes TZ work for the log times and the pusher's schedule.
+# Alpine's package versions change with every base image, so they are not pinned here.
+# hadolint ignore=DL3018
+RUN apk add --no-cache bash tzdata
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app/services \
+    POSTGRES_INI=/etc/postgres.ini \
+    ENERGY_WORKER_RUN_DIR=/run/energy-worker \
+    TZ=Europe/Copenhagen
+
+WORKDIR /app
+
+# Pure-Python requirements only (pinned): no compiler in the image.
+COPY requirements.txt ./
+RUN pip install --no-cache-dir --only-binary=:all: -r requirements.txt
+
+# The application runs as "energy"; it may write exactly two places: the rendered
+# /etc/postgres.ini (created here so that /etc itself stays root's) and supervisord's run dir.
+RUN addgroup -S -g 10001 energy \
+    && adduser -S -D -H -u 10001 -h /app -s /sbin/nologin -G energy energy \
+    && install -o energy -g energy -m 0600 /dev/null /etc/postgres.ini \
+    && install -d -o energy -g energy -m 0700 /run/energy-worker \
+    && install -d -m 0755 /etc/energy-worker
+
+# Code stays root-owned: the running service cannot change it.
+COPY etc/ ./etc/
+COPY sql/ ./sql/
+COPY services/ ./services/
+COPY supervisord.conf entrypoint.sh ./
+
+USER 10001:10001
+
+# Unhealthy when any program is not RUNNING (supervisorctl status exits non-zero then).
+HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 \
+    CMD ["supervisorctl", "-c", "/app/supervisord.conf", "status"]
+
+ENTRYPOINT ["/app/entrypoint.sh"]
+CMD ["supervisord"]

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# energy-worker's entrypoint, modelled on the official postgres image's docker-entrypoint.sh.
+# The container runs it; so does `make run` (services/energy_worker/devrun.py) on a host.
+#
+#   1. POSTGRES_* settings (each may come from a file: POSTGRES_PASSWORD_FILE=/run/secrets/...)
+#   2. render etc/postgres.ini.template to $POSTGRES_INI (default /etc/postgres.ini), mode 0600
+#   3. wait for PostgreSQL and Redis (POSTGRES_WAIT_SECONDS / REDIS_WAIT_SECONDS, default 600)
+#   4. apply the schema and the meter config (python -m energy_worker.setup)
+#   5. exec supervisord in the foreground
+#
+# With arguments that are not supervisord options it runs them instead (e.g. `sh` to look around).
+# Sourcing this file only defines the functions (the tests do that).
+set -Eeo pipefail
+
+APP_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# One line per event, in the processes' format: <ISO time> <process> <LEVEL> <message>.
+ew_log() {
+	local level="$1"
+	shift
+	printf '%s entrypoint %s %s\n' "$(date '+%Y-%m-%dT%H:%M:%S%z')" "$level" "$*" >&2
+}
+
+ew_error() {
+	ew_log ERROR "$@"
+	exit "${EW_EXIT:-2}"
+}
+
+# usage: file_env VAR [DEFAULT]
+#    ie: file_env 'POSTGRES_PASSWORD' 'example'
+# (allows the value of "$VAR" to come from the file named by "$VAR_FILE", for docker secrets)
+file_env() {
+	local var="$1"
+	local fileVar="${var}_FILE"
+	local def="${2:-}"
+	if [ "${!var:-}" ] && [ "${!fileVar:-}" ]; then
+		ew_error "both $var and $fileVar are set (but are exclusive)"
+	fi
+	local val="$def"
+	if [ "${!var:-}" ]; then
+		val="${!var}"
+	elif [ "${!fileVar:-}" ]; then
+		[ -r "${!fileVar}" ] || ew_error "$fileVar names ${!fileVar}, which cannot be read"
+		# $(<file) drops trailing newlines, as the postgres image does: a secret file written by
+		# an editor ends in one, and a password cannot hold a line break anyway.
+		val="$(<"${!fileVar}")"
+	fi
+	export "$var"="$val"
+	unset "$fileVar"
+}
+
+# Settings from the environment, defaults filled in.
+ew_setup_env() {
+	file_env POSTGRES_USER
+	file_env POSTGRES_PASSWORD
+	file_env POSTGRES_DB
+	file_env POSTGRES_HOST postgres-db
+	file_env POSTGRES_PORT 5432
+	file_env REDIS_PASSWORD
+	[ -n "$REDIS_PASSWORD" ] || unset REDIS_PASSWORD
+	export POSTGRES_INI="${POSTGRES_INI:-/etc/postgres.ini}"
+	export ENERGY_WORKER_RUN_DIR="${ENERGY_WORKER_RUN_DIR:-$APP_DIR/var/run}"
+	case ":${PYTHONPATH:-}:" in
+	*":$APP_DIR/services:"*) ;;
+	*) export PYTHONPATH="$APP_DIR/services${PYTHONPATH:+:$PYTHONPATH}" ;;
+	esac
+}
+
+# Names every missing required variable in one message.
+ew_check_required() {
+	local missing=() var
+	for var in POSTGRES_USER POSTGRES_PASSWORD POSTGRES_DB; do
+		[ -n "${!var}" ] || missing+=("$var (or ${var}_FILE)")
+	done
+	if [ "${#missing[@]}" -gt 0 ]; then
+		local list
+		list="$(printf ', %s' "${missing[@]}")"
+		ew_error "missing required environment variables: ${list:2}; set them in .env (see .env.example) or the environment"
+	fi
+	[[ $POSTGRES_PORT =~ ^[0-9]+$ ]] || ew_error "POSTGRES_PORT must be a port number"
+}
+
+# A value must fit on one line of the ini file. Python's str.splitlines(), which reads it,
+# also breaks at \v \f \x1c-\x1e and U+0085 U+2028 U+2029, so those are refused as well.
+ew_ini_safe() {
+	local name="$1" value="$2" bad
+	for bad in $'\n' $'\r' $'\v' $'\f' $'\x1c' $'\x1d' $'\x1e' $'\xc2\x85' $'\xe2\x80\xa8' $'\xe2\x80\xa9'; do
+		if [[ $value == *"$bad"* ]]; then
+			ew_error "$name contains a line break or separator character, which postgres.ini cannot hold"
+		fi
+	done
+}
+
+# Renders the template line by line: a line `key = ${VAR}` becomes `key = <value of VAR>`,
+# written with printf '%s' so that no byte of the value is interpreted (no sed, no envsubst).
+ew_render_ini() {
+	local template="$APP_DIR/etc/postgres.ini.template" target="$POSTGRES_INI"
+	local line key var
+	local placeholder='^([A-Za-z_]+) = \$\{([A-Z_]+)\}$'
+	[ -r "$template" ] || ew_error "template $template is missing"
+	for var in POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_PASSWORD; do
+		ew_ini_safe "$var" "${!var}"
+	done
+	mkdir -p "$(dirname "$target")" 2>/dev/null || true
+	if ! { [ -e "$target" ] && [ -w "$target" ]; } && ! [ -w "$(dirname "$target")" ]; then
+		ew_error "cannot write $target (set POSTGRES_INI to a writable path)"
+	fi
+	umask 077
+	# Written in place: in the image /etc is not writable, the file itself is (see Dockerfile).
+	{
+		while IFS= read -r line || [ -n "$line" ]; do
+			if [[ $line =~ $placeholder ]]; then
+				key="${BASH_REMATCH[1]}"
+				var="${BASH_REMATCH[2]}"
+				[ -n "${!var+set}" ] || ew_error "template needs $var, which is not set"
+				printf '%s = %s\n' "$key" "${!var}"
+			else
+				printf '%s\n' "$line"
+			fi
+		done <"$template"
+	} >"$target"
+	chmod 0600 "$target"
+	ew_log INFO "wrote $target for $POSTGRES_USER@$POSTGRES_HOST:$POSTGRES_PORT/$POSTGRES_DB"
+}
+
+ew_wait_for_servers() {
+	python -m energy_worker.wait || EW_EXIT=$? ew_error "PostgreSQL or Redis is not usable; see the lines above"
+}
+
+ew_apply_schema() {
+	python -m energy_worker.setup || EW_EXIT=$? ew_error "applying the schema and meter config failed; see the lines above"
+}
+
+_is_sourced() {
+	# https://unix.stackexchange.com/a/215279
+	[ "${#FUNCNAME[@]}" -ge 2 ] &&
+		[ "${FUNCNAME[0]}" = '_is_sourced' ] &&
+		[ "${FUNCNAME[1]}" = 'source' ]
+}
+
+_main() {
+	# No arguments, or supervisord options: start the service.
+	if [ "$#" -eq 0 ] || [ "${1:0:1}" = '-' ]; then
+		set -- supervisord "$@"
+	fi
+	if [ "$1" = 'supervisord' ]; then
+		shift
+		ew_setup_env
+		ew_check_required
+		ew_render_ini
+		ew_wait_for_servers
+		ew_apply_schema
+		mkdir -p "$ENERGY_WORKER_RUN_DIR"
+		# The processes read the password from $POSTGRES_INI; keep it out of their environment.
+		unset POSTGRES_PASSWORD
+		ew_log INFO "starting supervisord"
+		exec supervisord -c "$APP_DIR/supervisord.conf" "$@"
+	fi
+	exec "$@"
+}
+
+if ! _is_sourced; then
+	_main "$@"
+fi

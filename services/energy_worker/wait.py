@@ -1,0 +1,150 @@
+"""Wait until PostgreSQL and Redis answer, before the schema is applied (entrypoint.sh).
+
+A Raspberry Pi's first start of the PostgreSQL container can take minutes, so the wait is long
+by default (POSTGRES_WAIT_SECONDS, 600; REDIS_WAIT_SECONDS, 600) and reports progress every
+few seconds. Exit status: 0 both answer, 1 gave up at the limit, 2 a configuration error that
+waiting cannot fix (unreadable postgres.ini, wrong user or password, no such database).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import pg8000.native
+import redis
+
+from . import config, db, logs
+from .retry import describe_error
+
+DEFAULT_WAIT_SECONDS = 600.0
+REPORT_EVERY = 5.0  # seconds between progress lines
+ATTEMPT_EVERY = 1.0  # seconds between connection attempts
+CONNECT_TIMEOUT = 5.0
+
+# PostgreSQL errors at login that no amount of waiting mends: bad password or role, no database.
+FATAL_SQLSTATES = {"28P01": "wrong password", "28000": "no such role", "3D000": "no such database"}
+
+
+class Fatal(Exception):
+    """The server answered, and the answer means the configuration is wrong."""
+
+
+def limit_from_env(name: str) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return DEFAULT_WAIT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise config.ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if value < 0:
+        raise config.ConfigError(f"{name} must not be negative")
+    return value
+
+
+def check_postgres(settings: config.PostgresSettings) -> None:
+    try:
+        conn = db.connect(settings, "energy-worker wait", timeout=CONNECT_TIMEOUT)
+    except pg8000.native.DatabaseError as exc:
+        fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        reason = FATAL_SQLSTATES.get(fields.get("C", ""))
+        if reason:
+            raise Fatal(f"{reason}: {fields.get('M', '')}") from None
+        raise
+    try:
+        conn.run("SELECT 1")
+    finally:
+        conn.close()
+
+
+def check_redis(settings: config.RedisSettings) -> None:
+    client = redis.Redis(
+        host=settings.host,
+        port=settings.port,
+        db=settings.db,
+        password=settings.password,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=CONNECT_TIMEOUT,
+    )
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise Fatal(f"authentication failed: {describe_error(exc)}") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "invalid DB index" in str(exc):
+            raise Fatal(describe_error(exc)) from None
+        raise
+    finally:
+        client.close()
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], None],
+    limit: float,
+    log: logging.Logger,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Call check until it succeeds (True) or limit seconds have passed (False)."""
+    start = clock()
+    next_report = start + REPORT_EVERY
+    last = "no attempt yet"
+    while True:
+        try:
+            check()
+        except Fatal:
+            raise
+        except Exception as exc:  # any failure to answer is worth another attempt
+            last = describe_error(exc)
+        else:
+            if clock() - start >= REPORT_EVERY:
+                log.info("%s answers after %.0f s", what, clock() - start)
+            return True
+        now = clock()
+        if now - start >= limit:
+            log.error(
+                "%s did not answer within %.0f s (last error: %s); giving up", what, limit, last
+            )
+            return False
+        if now >= next_report:
+            log.info("waiting for %s: %.0f s of %.0f s (%s)", what, now - start, limit, last)
+            next_report = now + REPORT_EVERY
+        time.sleep(min(ATTEMPT_EVERY, max(0.0, limit - (now - start))))
+
+
+def main() -> int:
+    log = logs.setup("wait")
+    try:
+        pg = config.postgres_settings()
+        rs = config.redis_settings()
+        pg_limit = limit_from_env("POSTGRES_WAIT_SECONDS")
+        redis_limit = limit_from_env("REDIS_WAIT_SECONDS")
+    except config.ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    except UnicodeDecodeError:
+        log.error("configuration error: the PostgreSQL settings file is not valid UTF-8")
+        return 2
+    targets = (
+        (f"PostgreSQL at {pg.describe()}", lambda: check_postgres(pg), pg_limit),
+        (f"Redis at {rs.describe()}", lambda: check_redis(rs), redis_limit),
+    )
+    for what, check, limit in targets:
+        try:
+            if not wait_for(what, check, limit, log):
+                return 1
+        except Fatal as exc:
+            log.error("%s refuses us, which waiting will not mend: %s", what, exc)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

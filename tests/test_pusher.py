@@ -430,12 +430,6 @@ def test_totals_and_push_from_the_processors_own_history(spawn, sql, make_pusher
     assert check_totals_against_history(sql) >= 7 * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the deadband keeps a run's second row moving past midnight, so the stored history "
-    "holds no row for the last pulse before it; needs history.py to start a new run at each "
-    "hour boundary (reported to the lead)",
-)
 def test_the_midnight_reading_is_the_last_pulse_before_midnight(spawn, sql, r):
     feed_2000_w_across_midnight(r, spawn)
     history = [(t, k) for t, k in sql.run("SELECT cor_time_stamp, kWh FROM consumption")]

@@ -50,10 +50,10 @@ class Plan:
         for no, rec in self.records.items():
             run = rec.run
             if run is not None:
-                run = history.Run(
-                    run.reference_watt,
-                    real.get(run.first_row, run.first_row),
-                    fix(run.second_row),
+                run = replace(
+                    run,
+                    first_row=real.get(run.first_row, run.first_row),
+                    second_row=fix(run.second_row),
                 )
             self.records[no] = replace(rec, run=run, upper_index=fix(rec.upper_index))
 
@@ -71,17 +71,21 @@ def plan_batch(
     def record(no: int) -> MeterRecord:
         return plan.records.get(no) or records[no]
 
-    def store(no: int, rec: MeterRecord, row: Row, watt: int | None) -> MeterRecord:
+    def store(no: int, rec: MeterRecord, row: Row, watt: int | None, at_ms: int) -> MeterRecord:
+        """Place a row in the history (history.place) and return the meter's new record."""
         nonlocal next_temp
-        where = history.place(rec.run, watt, meters[no].deviation_pct)
-        if where is history.Place.MOVE_SECOND and rec.run and rec.run.second_row is not None:
-            plan.rows_of(rec.run.second_row)[rec.run.second_row] = row
-            return replace(rec, upper_index=rec.run.second_row)
+        run = rec.run
+        where = history.place(run, watt, meters[no].deviation_pct, at_ms)
+        if where is history.Place.MOVE_SECOND and run and run.second_row is not None:
+            plan.rows_of(run.second_row)[run.second_row] = row
+            return replace(rec, run=replace(run, latest_at_ms=at_ms), upper_index=run.second_row)
         index, next_temp = next_temp, next_temp - 1
         plan.new_rows[index] = row
-        if where is history.Place.SECOND and rec.run is not None:
-            return replace(rec, run=replace(rec.run, second_row=index), upper_index=index)
-        return replace(rec, run=history.Run(watt, index), upper_index=index)
+        if where is history.Place.SECOND and run is not None:
+            run = replace(run, second_row=index, latest_at_ms=at_ms)
+        else:
+            run = history.Run(watt, index, None, at_ms)
+        return replace(rec, run=run, upper_index=index)
 
     for item in items:
         plan.consumed += 1
@@ -129,7 +133,7 @@ def plan_batch(
                 -1,
                 at,
             )
-            plan.records[no] = store(no, replace(rec, state=state), row, None)
+            plan.records[no] = store(no, replace(rec, state=state), row, None, item.at_ms)
             continue
         # a pulse
         result = meter.pulse(
@@ -169,7 +173,7 @@ def plan_batch(
             at,
         )
         rec = replace(rec, state=state, counted=rec.counted + 1)
-        plan.records[no] = store(no, rec, row, result.watt)
+        plan.records[no] = store(no, rec, row, result.watt, item.at_ms)
     return plan
 
 

@@ -47,8 +47,7 @@ import pg8000.native
 import redis
 import schedule
 
-from . import config, db, logs, totals
-from . import store_pusher as store
+from . import config, db, logs, store, totals
 from .google import Webhook, data_string
 from .keys import OWN_PREFIX
 from .logs import DebugSwitch, shown
@@ -441,7 +440,7 @@ class Pusher:
             return
 
 
-def _describe(pending: store.Pending, tz: ZoneInfo) -> str:
+def _describe(pending: store.PendingPush, tz: ZoneInfo) -> str:
     if pending.dedup_key.startswith("day:"):
         return f"the readings at the end of {pending.dedup_key[4:]}"
     local = pending.reading_at.astimezone(tz).isoformat(timespec="seconds")

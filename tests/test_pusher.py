@@ -538,7 +538,7 @@ def test_the_process_pushes_on_request_keeps_secrets_and_stops_cleanly(spawn, r,
     assert proc.wait_exit() == 143  # a signal, not a stop item
     log = proc.log()
     assert "SECRETID" not in log and "s3cret" not in log
-    assert "stopped (SIGTERM)" in log
+    assert "stopped by signal" in log
 
 
 def test_the_process_without_url_says_so_once(spawn, r):
@@ -548,7 +548,7 @@ def test_the_process_without_url_says_so_once(spawn, r):
     wait_until(lambda: r.llen(PUSH) == 0 and r.llen(PUSH_PROCESSING) == 0, what="the request")
     r.rpush(PUSH, json.dumps({"e": "e", "s": 2, "k": "x", "v": "true", "at": 1, "key": "stop"}))
     assert proc.wait_exit() == 0  # a stop item
-    assert "stopped (stop item)" in proc.log()
+    assert "stop item: exiting" in proc.log()
 
 
 def test_the_process_survives_a_database_outage_with_a_request_in_hand(

@@ -51,7 +51,7 @@ from . import config, db, logs, store, totals
 from .google import Webhook, data_string
 from .keys import OWN_PREFIX
 from .logs import DebugSwitch, shown
-from .queue import PROCESSING, PUSH, WORK
+from .queue import PROCESSING, PUSH, WORK, Queues
 from .redisconn import connect_redis
 from .retry import Outage
 
@@ -67,7 +67,7 @@ Clock = Callable[[], datetime]
 
 
 class Stopped(Exception):
-    """SIGTERM/SIGINT or a stop item: leave the loop; nothing is half done that a restart
+    """A stop item: leave the loop; nothing is half done that a restart
     would not finish."""
 
 
@@ -284,14 +284,18 @@ class Pusher:
             item: dict[str, Any] = json.loads(raw)
             kind = item["k"]
         except (ValueError, TypeError, KeyError):
-            self.log.warning("dropping an unreadable push item %s", shown(raw))
+            self.log.warning("unreadable push item %s; kept in the dead-letter list", shown(raw))
+            Queues(self.r).dead_letter(PUSH_PROCESSING, repr(raw)[:200], "unreadable push item")
             self.r.lrem(PUSH_PROCESSING, 1, raw)
             return
         if kind == "x":
             self.r.lrem(PUSH_PROCESSING, 1, raw)
             raise Stopped("stop item")
         if kind != "g":
-            self.log.warning("dropping a push item of kind %s: %s", shown(str(kind)), shown(raw))
+            self.log.warning(
+                "push item of unknown kind %s; kept in the dead-letter list", shown(raw)
+            )
+            Queues(self.r).dead_letter(PUSH_PROCESSING, repr(raw)[:200], "unknown push item kind")
         elif self.webhook is None:
             self.log.info("pushtogoogle ignored: GOOGLE_WEBHOOK_URL is not set")
         else:
@@ -468,7 +472,9 @@ def main() -> int:
         return 2
 
     def stop(signum: int, _frame: FrameType | None) -> None:
-        raise Stopped(signal.Signals(signum).name)
+        # SystemExit, not an Exception: no `except Exception` on the way (logging's own
+        # included) can swallow it. Whatever it interrupts is transactional.
+        raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -480,10 +486,12 @@ def main() -> int:
     )
     try:
         pusher.run()
-    except Stopped as exc:
-        log.info("stopped (%s)", exc)
-        # 0 only after a stop item (docs/CONTRACT.md); a signal exits as a killed process would
-        return {"SIGTERM": 143, "SIGINT": 130}.get(str(exc), 0)
+    except Stopped:
+        log.info("stop item: exiting")
+        return 0  # 0 only after a stop item (docs/CONTRACT.md)
+    except SystemExit as exc:
+        log.info("stopped by signal")  # exits as a killed process would: 143, 130
+        return int(exc.code or 1)
     finally:
         pusher.close()
     return 0

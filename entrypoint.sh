@@ -2,7 +2,8 @@
 # energy-worker's entrypoint, modelled on the official postgres image's docker-entrypoint.sh.
 # The container runs it; so does `make run` (services/energy_worker/devrun.py) on a host.
 #
-#   1. POSTGRES_* settings (each may come from a file: POSTGRES_PASSWORD_FILE=/run/secrets/...)
+#   1. POSTGRES_* settings, REDIS_PASSWORD, GRAFANA_DB_PASSWORD and GOOGLE_WEBHOOK_URL (each may
+#      come from a file: POSTGRES_PASSWORD_FILE=/run/secrets/...)
 #   2. render etc/postgres.ini.template to $POSTGRES_INI (default /etc/postgres.ini), mode 0600
 #   3. wait for PostgreSQL and Redis (POSTGRES_WAIT_SECONDS / REDIS_WAIT_SECONDS, default 600)
 #   4. apply the schema and the meter config (python -m energy_worker.setup)
@@ -58,6 +59,10 @@ ew_setup_env() {
 	file_env POSTGRES_PORT 5432
 	file_env REDIS_PASSWORD
 	[ -n "$REDIS_PASSWORD" ] || unset REDIS_PASSWORD
+	# Secrets of the set-up (Grafana's read-only role) and of the pusher (a sheet URL may carry
+	# a key), which may come from files too.
+	file_env GRAFANA_DB_PASSWORD
+	file_env GOOGLE_WEBHOOK_URL
 	export POSTGRES_INI="${POSTGRES_INI:-/etc/postgres.ini}"
 	export ENERGY_WORKER_RUN_DIR="${ENERGY_WORKER_RUN_DIR:-$APP_DIR/var/run}"
 	case ":${PYTHONPATH:-}:" in
@@ -151,8 +156,9 @@ _main() {
 		ew_wait_for_servers
 		ew_apply_schema
 		mkdir -p "$ENERGY_WORKER_RUN_DIR"
-		# The processes read the password from $POSTGRES_INI; keep it out of their environment.
-		unset POSTGRES_PASSWORD
+		# The processes read the password from $POSTGRES_INI, and only the set-up needs
+		# Grafana's: keep both out of their environment.
+		unset POSTGRES_PASSWORD GRAFANA_DB_PASSWORD
 		ew_log INFO "starting supervisord"
 		exec supervisord -c "$APP_DIR/supervisord.conf" "$@"
 	fi

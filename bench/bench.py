@@ -9,7 +9,10 @@ PostgreSQL database and a claimed Redis database, then measures:
      pulse exactly once;
   2. backlog: with the processor stopped, 100,000 pulses are put on the work list as the router
      puts them; then the processor is started and timed until it has committed them all;
-  3. idle: CPU of all processes over a quiet stretch, and their memory.
+  3. outage: the load again, with PostgreSQL cut off (a TCP proxy between the processes and
+     the server drops every connection) for the middle half of the run, as in DOMAIN.md's
+     measurement of the original (20 s of 40 s at 2 pulses/s per meter);
+  4. idle: CPU of all processes over a quiet stretch, and their memory.
 
     .venv/bin/python bench/bench.py [--rates 2,5,10,20] [--duration 30] [--backlog 100000]
 
@@ -37,9 +40,11 @@ import redis.asyncio as aredis
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "services"))
+sys.path.insert(0, str(REPO / "tests"))  # for the tests' TCP proxy
 
 from energy_worker import config, db, queue, schema  # noqa: E402
 from energy_worker.keys import Kind  # noqa: E402
+from tcpproxy import TcpProxy  # noqa: E402
 
 ARDUINO_SLOTS = 5
 RETRY_S = 0.010  # how soon the Arduino tries again after "102 Processing"
@@ -104,10 +109,12 @@ class Stack:
         flags = r.config_get("notify-keyspace-events")["notify-keyspace-events"]
         r.config_set("notify-keyspace-events", "".join(set(flags) | set("KEg$")))
         self.tmp = Path(tempfile.mkdtemp(prefix="ew-bench-"))
+        # The processes reach PostgreSQL through a proxy the outage phase can cut.
+        self.proxy = TcpProxy(host, port)
         ini = self.tmp / "postgres.ini"
         ini.write_text(
-            f"[postgresql]\nhost = {host}\nport = {port}\ndatabase = {self.dbname}\n"
-            f"user = {user}\npassword = \n"
+            f"[postgresql]\nhost = 127.0.0.1\nport = {self.proxy.port}\n"
+            f"database = {self.dbname}\nuser = {user}\npassword = \n"
         )
         self.env = {
             **os.environ,
@@ -153,14 +160,22 @@ class Stack:
         for name in list(self.procs):
             self.stop(name)
         self.sql.close()
+        self.proxy.close()
         self.r.flushdb()
         admin = db.connect(self.admin_settings, "energy-worker bench")
         admin.run(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
         admin.close()
 
 
-async def drive(stack: Stack, rate: float, duration: float, meters: int) -> LoadResult:
-    """Arduinos at `rate` pulses/s per meter for `duration` s, through the webhook protocol."""
+async def drive(
+    stack: Stack,
+    rate: float,
+    duration: float,
+    meters: int,
+    outage: tuple[float, float] | None = None,
+) -> LoadResult:
+    """Arduinos at `rate` pulses/s per meter for `duration` s, through the webhook protocol;
+    with `outage` (from, to) seconds into the run, PostgreSQL is unreachable meanwhile."""
     r = aredis.Redis(host=stack.redis.host, port=stack.redis.port, db=stack.redis.db)
     listener = aredis.Redis(host=stack.redis.host, port=stack.redis.port, db=stack.redis.db)
     pubsub = listener.pubsub()
@@ -204,8 +219,16 @@ async def drive(stack: Stack, rate: float, duration: float, meters: int) -> Load
                 return
             await asyncio.sleep(min(RETRY_S, max(next_pulse - time.perf_counter(), 0)))
 
+    async def cut_database() -> None:
+        assert outage is not None
+        await asyncio.sleep(outage[0])  # the scenario's timeline, not synchronisation
+        stack.proxy.cut()
+        await asyncio.sleep(outage[1] - outage[0])
+        stack.proxy.restore()
+
     hearing = asyncio.create_task(hear_deletions())
-    await asyncio.gather(*(arduino(load) for load in loads))
+    faults = [cut_database()] if outage else []
+    await asyncio.gather(*(arduino(load) for load in loads), *faults)
     deadline = time.perf_counter() + 10
     while sent_at and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
@@ -285,6 +308,12 @@ def main() -> None:
     parser.add_argument("--meters", type=int, default=7)
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--idle", type=float, default=20, help="seconds of idle measurement")
+    parser.add_argument(
+        "--outage-duration",
+        type=float,
+        default=40,
+        help="seconds of the run with a PostgreSQL outage in its middle half",
+    )
     args = parser.parse_args()
 
     stack = Stack()
@@ -317,6 +346,18 @@ def main() -> None:
                 f"{100 * result.lost / max(result.generated, 1):>6.1f}% "
                 f"{result.pct(0.50):>7.2f} {result.pct(0.99):>7.2f} {ok:>8}   {reference}"
             )
+
+        third = args.outage_duration / 4
+        result = asyncio.run(drive(stack, 2, args.outage_duration, args.meters, (third, 3 * third)))
+        ok = "exact" if result.counted == result.delivered else f"{result.counted} (!)"
+        print(
+            f"\noutage: PostgreSQL unreachable for {2 * third:g} s of a {args.outage_duration:g} s "
+            f"run at 2 pulses/s per meter: {result.generated} pulses, {result.lost} lost "
+            f"({100 * result.lost / max(result.generated, 1):.1f} %), key-clear p99 "
+            f"{result.pct(0.99):.2f} ms, counted {ok}; processes still running: "
+            f"{', '.join(n for n, p in stack.procs.items() if p.poll() is None)} "
+            "(original: crashed, 86 % of the run's pulses lost)"
+        )
 
         elapsed, xacts = backlog_drain(stack, args.backlog)
         print(

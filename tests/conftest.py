@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from energy_worker import config, db, schema
-from helpers import REPO, Proc, wait_until
+from helpers import REPO, Proc, wait_until, write_ini
 
 CLAIM_KEY = "energy-worker:test-claim"
 CLAIM_SECONDS = 6 * 3600  # a crashed run's claim runs out by itself
@@ -103,17 +103,6 @@ def sql(pg: config.PostgresSettings) -> Iterator[pg8000.native.Connection]:
     con = db.connect(pg, "energy-worker tests")
     yield con
     db.close_quietly(con)
-
-
-def write_ini(settings: config.PostgresSettings, path: Path) -> Path:
-    path.write_text(
-        "[postgresql]\n"
-        f"host = {settings.host}\nport = {settings.port}\ndatabase = {settings.database}\n"
-        f"user = {settings.user}\npassword = {settings.password}\n",
-        encoding="utf-8",
-    )
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture

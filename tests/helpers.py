@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from energy_worker.config import PostgresSettings
+
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
@@ -65,3 +67,14 @@ class Proc:
     def close(self) -> None:
         self.kill()
         self._log.close()
+
+
+def write_ini(settings: PostgresSettings, path: Path) -> Path:
+    path.write_text(
+        "[postgresql]\n"
+        f"host = {settings.host}\nport = {settings.port}\ndatabase = {settings.database}\n"
+        f"user = {settings.user}\npassword = {settings.password}\n",
+        encoding="utf-8",
+    )
+    path.chmod(0o600)
+    return path

@@ -4,6 +4,7 @@ under crashes, batching, and outages of either server."""
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 from decimal import Decimal
 from unittest.mock import ANY
 
@@ -13,7 +14,7 @@ import redis
 from energy_worker import config, db, ledger, queue, store
 from energy_worker.keys import classify
 from energy_worker.processor import Processor
-from helpers import wait_until
+from helpers import wait_until, write_ini
 from tcpproxy import TcpProxy
 
 METERS = frozenset(range(1, 8))
@@ -202,11 +203,7 @@ def test_killed_mid_backlog_loses_nothing_and_counts_nothing_twice(spawn, r, sql
 def test_database_outage_loses_nothing(spawn, r, sql, pg, tmp_path):
     proxy = TcpProxy(pg.host, pg.port)
     try:
-        ini = tmp_path / "via-proxy.ini"
-        ini.write_text(
-            f"[postgresql]\nhost = 127.0.0.1\nport = {proxy.port}\n"
-            f"database = {pg.database}\nuser = {pg.user}\npassword = \n"
-        )
+        ini = write_ini(replace(pg, host="127.0.0.1", port=proxy.port), tmp_path / "proxy.ini")
         proc = spawn("processor", POSTGRES_INI=str(ini))
         proc.wait_for_log("connected to PostgreSQL")
         pulses(r, 5, [1000, 2800])

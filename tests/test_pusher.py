@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -19,7 +20,7 @@ from energy_worker import db, google, queue, totals
 from energy_worker.keys import Kind
 from energy_worker.pusher import PUSH_PROCESSING, Pusher, Settings
 from energy_worker.queue import PUSH, WORK
-from helpers import wait_until
+from helpers import wait_until, write_ini
 from tcpproxy import TcpProxy
 
 CPH = totals.zone("Europe/Copenhagen")
@@ -556,11 +557,7 @@ def test_the_process_survives_a_database_outage_with_a_request_in_hand(
 ):
     proxy = TcpProxy(pg.host, pg.port)
     try:
-        ini = tmp_path / "via-proxy.ini"
-        ini.write_text(
-            f"[postgresql]\nhost = 127.0.0.1\nport = {proxy.port}\n"
-            f"database = {pg.database}\nuser = {pg.user}\npassword = \n"
-        )
+        ini = write_ini(replace(pg, host="127.0.0.1", port=proxy.port), tmp_path / "proxy.ini")
         proc = spawn("pusher", POSTGRES_INI=str(ini), GOOGLE_WEBHOOK_URL=server.base + PATH)
         proc.wait_for_log("pushing to http://127.0.0.1:")
         proxy.cut()

@@ -109,11 +109,17 @@ class Stack:
         flags = r.config_get("notify-keyspace-events")["notify-keyspace-events"]
         r.config_set("notify-keyspace-events", "".join(set(flags) | set("KEg$")))
         self.tmp = Path(tempfile.mkdtemp(prefix="ew-bench-"))
-        # The processes reach PostgreSQL through a proxy the outage phase can cut.
+        # The processes reach PostgreSQL through a proxy the outage phase can cut; the backlog
+        # phase measures the processor alone, connected directly.
         self.proxy = TcpProxy(host, port)
         ini = self.tmp / "postgres.ini"
         ini.write_text(
             f"[postgresql]\nhost = 127.0.0.1\nport = {self.proxy.port}\n"
+            f"database = {self.dbname}\nuser = {user}\npassword = \n"
+        )
+        self.direct_ini = self.tmp / "postgres-direct.ini"
+        self.direct_ini.write_text(
+            f"[postgresql]\nhost = {host}\nport = {port}\n"
             f"database = {self.dbname}\nuser = {user}\npassword = \n"
         )
         self.env = {
@@ -129,11 +135,11 @@ class Stack:
         self.env.pop("GOOGLE_WEBHOOK_URL", None)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, **env: str) -> None:
         log = (self.tmp / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", f"energy_worker.{name}"],
-            env=self.env,
+            env={**self.env, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -272,7 +278,7 @@ def backlog_drain(stack: Stack, n: int) -> tuple[float, int]:
     xacts = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
     before = stack.sql.run(xacts)[0][0]
     started = time.perf_counter()
-    stack.start("processor")
+    stack.start("processor", POSTGRES_INI=str(stack.direct_ini))
     # Polled in Redis, not PostgreSQL, so the transaction count is the processor's alone:
     # the lists are empty once the last batch is committed and acknowledged.
     stack.wait_for(
@@ -285,7 +291,8 @@ def backlog_drain(stack: Stack, n: int) -> tuple[float, int]:
     stack.sql.run("SELECT pg_stat_clear_snapshot()")
     after = stack.sql.run(xacts)[0][0]
     assert stack.committed() - first == n == int(target) - first
-    for name in others:
+    stack.stop("processor")
+    for name in ["processor", *others]:
         stack.start(name)
     return elapsed, after - before
 

@@ -55,23 +55,41 @@ CREATE TABLE IF NOT EXISTS consumption (
 );
 CREATE INDEX IF NOT EXISTS consumption_meter_time ON consumption (meter_no, cor_time_stamp);
 
--- The original stored watts as SMALLINT and lost every pulse above 32767 W. Widen an existing
--- database of the original stack in place.
+-- The original stored watts as SMALLINT and lost every pulse above 32767 W. Widen the columns of
+-- an existing database of the original stack in place (numbers to bigint, a float kWh to exact
+-- numeric), and give it the unique keys the upserts rely on. This runs before any view of this
+-- file exists, so no view blocks the ALTERs.
 DO $$
+DECLARE
+    col record;
 BEGIN
-    IF EXISTS (SELECT 1 FROM information_schema.columns
-               WHERE table_schema = current_schema() AND table_name = 'consumption'
-                 AND column_name = 'watt_consumption' AND data_type IN ('smallint', 'integer')) THEN
-        ALTER TABLE consumption ALTER COLUMN watt_consumption TYPE bigint;
-    END IF;
-    IF EXISTS (SELECT 1 FROM information_schema.columns
-               WHERE table_schema = current_schema() AND table_name = 'meter_status'
-                 AND column_name = 'reference_watt_consumption'
-                 AND data_type IN ('smallint', 'integer')) THEN
-        ALTER TABLE meter_status ALTER COLUMN reference_watt_consumption TYPE bigint;
-    END IF;
+    FOR col IN
+        SELECT c.table_name, c.column_name, w.wanted
+        FROM information_schema.columns AS c
+        JOIN (VALUES ('consumption', 'watt_consumption', 'bigint'),
+                     ('consumption', 'meter_counts', 'bigint'),
+                     ('consumption', 'pulse_time_stamp', 'bigint'),
+                     ('consumption', 'pulse_period', 'bigint'),
+                     ('consumption', 'kwh', 'numeric'),
+                     ('meter_status', 'reference_watt_consumption', 'bigint'),
+                     ('meter_status', 'meter_counts', 'bigint'),
+                     ('meter_status', 'pulse_time_stamp', 'bigint'),
+                     ('meter_status', 'pulse_period', 'bigint'),
+                     ('meter_status', 'kwh', 'numeric'),
+                     ('meter_metadata', 'pulse_per_kwh', 'integer'),
+                     ('meter_metadata', 'max_energy', 'integer')) AS w (table_name, column_name, wanted)
+          ON c.table_name = w.table_name AND c.column_name = w.column_name
+        WHERE c.table_schema = current_schema()
+          AND c.data_type IN ('smallint', 'integer', 'real', 'double precision')
+          AND c.data_type <> w.wanted
+    LOOP
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN %I TYPE %s USING %I::%s',
+                       col.table_name, col.column_name, col.wanted, col.column_name, col.wanted);
+    END LOOP;
 END
 $$;
+CREATE UNIQUE INDEX IF NOT EXISTS meter_metadata_meter_no ON meter_metadata (meter_no);
+CREATE UNIQUE INDEX IF NOT EXISTS meter_status_meter_no ON meter_status (meter_no);
 
 -- Exactly-once bookkeeping of the processor: the last work item (Redis epoch and sequence
 -- number) whose effects are committed. Updated in the same transaction as those effects.

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
 
 import pytest
 import redis
 
 from energy_worker import queue
+from energy_worker.keys import Kind
 from helpers import wait_until
 
 
@@ -164,3 +166,39 @@ def test_router_killed_at_any_instant_loses_no_pulse_and_duplicates_none(spawn, 
     values = [int(item["v"]) for item in work(r)]
     assert values == sent
     assert [item["s"] for item in work(r)] == list(range(1, len(sent) + 1))
+
+
+def test_without_config_rights_it_says_so_and_sweeps_instead(spawn, r):
+    """A server that refuses CONFIG (an ACL user without it, as managed servers do)."""
+    user = f"ew-test-{uuid.uuid4().hex[:8]}"
+    r.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@all", "-config")
+    try:
+        proc = spawn("router", REDIS_USERNAME=user, REDIS_PASSWORD="secret")
+        proc.wait_for_log("keyspace notifications unavailable")
+        r.set("channel:1:timestamp", "42")
+        wait_until(lambda: r.llen(queue.WORK) == 1, 5)
+        assert "secret" not in proc.log()
+    finally:
+        r.execute_command("ACL", "DELUSER", user)
+
+
+def test_the_dead_letter_list_is_capped(r):
+    queues = queue.Queues(r)
+    pipe = r.pipeline(transaction=False)
+    for n in range(queue.DEADLETTER_CAP + 50):
+        pipe.set(f"junk:{n}", "x")
+    pipe.execute()
+    for n in range(queue.DEADLETTER_CAP + 50):
+        queues.route(f"junk:{n}".encode(), Kind.ILLEGAL, None, f"junk:{n}", "unknown key")
+    assert r.llen(queue.DEADLETTER) == queue.DEADLETTER_CAP
+    assert dead_letters(r)[0]["key"] == f"junk:{queue.DEADLETTER_CAP + 49}"  # newest first
+    assert int(r.get(queue.REJECTED)) == queue.DEADLETTER_CAP + 50
+
+
+def test_debug_switches_the_processor_too(spawn, r):
+    proc = spawn("processor")
+    proc.wait_for_log("connected to PostgreSQL")
+    r.set("debug", "true")
+    proc.wait_for_log("debug logging on")
+    r.set("debug", "false")
+    proc.wait_for_log("debug logging off")

@@ -5,7 +5,8 @@ PostgreSQL: an ini file (default /etc/postgres.ini, override with POSTGRES_INI),
 because ConfigParser interpolates `%` and strips the edges of values: here a value is everything
 after `=` (one space after it is layout, not value), so any printable password survives.
 
-Redis: REDIS_HOST (default redis-db, the compose service), REDIS_PORT, REDIS_DB, REDIS_PASSWORD.
+Redis: REDIS_HOST (default redis-db, the compose service), REDIS_PORT, REDIS_DB, REDIS_PASSWORD,
+and REDIS_USERNAME for a server with ACL users.
 
 Meters: a TOML file (METERS_CONFIG, else /etc/energy-worker/meters.toml, else the default for
 7 meters shipped in etc/meters.toml).
@@ -53,9 +54,13 @@ class RedisSettings:
     port: int
     db: int
     password: str | None
+    username: str | None = None  # for servers with ACL users (Redis 6+)
 
     def __repr__(self) -> str:
-        return f"RedisSettings(host={self.host!r}, port={self.port}, db={self.db}, password=***)"
+        return (
+            f"RedisSettings(host={self.host!r}, port={self.port}, db={self.db}, "
+            f"username={self.username!r}, password=***)"
+        )
 
     def describe(self) -> str:
         return f"{self.host}:{self.port}/{self.db}"
@@ -127,6 +132,7 @@ def redis_settings(env: dict[str, str] | None = None) -> RedisSettings:
         port=port,
         db=db,
         password=env.get("REDIS_PASSWORD") or None,
+        username=env.get("REDIS_USERNAME") or None,
     )
 
 

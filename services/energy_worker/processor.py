@@ -61,6 +61,7 @@ class Processor:
             if not self.connected():
                 continue
             try:
+                self.debug.refresh(self.r)  # at most every 2 s, under load too
                 raw = self.queues.take(BATCH)
                 if not raw:
                     self.wait_idle()
@@ -190,7 +191,6 @@ class Processor:
             self.queues.wait_for_work(IDLE_WAIT)
         finally:
             self.idle = False
-        self.debug.refresh(self.r)
         if self.saved_backlog != 0 and self.con is not None:
             backlog = self.queues.backlog()
             try:

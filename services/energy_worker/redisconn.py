@@ -17,6 +17,7 @@ def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> redis
         host=settings.host,
         port=settings.port,
         db=settings.db,
+        username=settings.username,
         password=settings.password,
         socket_connect_timeout=5,
         socket_timeout=blocking_timeout + 10,

@@ -66,6 +66,7 @@ def check_redis(settings: config.RedisSettings) -> None:
         host=settings.host,
         port=settings.port,
         db=settings.db,
+        username=settings.username,
         password=settings.password,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=CONNECT_TIMEOUT,

@@ -14,7 +14,7 @@ PostgreSQL database and a claimed Redis database, then measures:
      measurement of the original (20 s of 40 s at 2 pulses/s per meter);
   4. idle: CPU of all processes over a quiet stretch, and their memory.
 
-    .venv/bin/python bench/bench.py [--rates 2,5,10,20] [--duration 30] [--backlog 100000]
+    .venv/bin/python bench/bench.py [--rates 2,5,10,20,50] [--duration 30] [--backlog 100000]
 
 Uses the PostgreSQL at 127.0.0.1:5432 and the Redis at 127.0.0.1:6379 (override with the
 EW_TEST_* variables of tests/conftest.py); touches only its own database and Redis database.
@@ -310,7 +310,9 @@ def idle_usage(stack: Stack, seconds: float) -> tuple[dict[str, float], dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="2,5,10,20", help="pulses/s per meter, comma-separated")
+    parser.add_argument(
+        "--rates", default="2,5,10,20,50", help="pulses/s per meter, comma-separated"
+    )
     parser.add_argument("--duration", type=float, default=30, help="seconds per load")
     parser.add_argument("--meters", type=int, default=7)
     parser.add_argument("--backlog", type=int, default=100_000)

@@ -15,6 +15,7 @@ backoff; the router keeps clearing keys meanwhile and the backlog drains when it
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 from types import FrameType
@@ -33,7 +34,7 @@ EXIT_STOPPED = 0
 EXIT_CONFIG = 2
 EXIT_TERMINATED = 143  # by SIGTERM: not a stop, so supervisord restarts it if not asked to
 
-log = logs.setup("processor")
+log = logging.getLogger("energy_worker.processor")
 
 
 class Processor:
@@ -207,6 +208,7 @@ class Processor:
 
 
 def main() -> int:
+    logs.setup("processor")
     try:
         pg = config.postgres_settings()
         meters = config.load_meters()

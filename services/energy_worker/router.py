@@ -12,6 +12,7 @@ Its job, forever:
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import time
@@ -32,7 +33,7 @@ EXIT_STOPPED = 0
 EXIT_CONFIG = 2
 EXIT_TERMINATED = 143
 
-log = logs.setup("router")
+log = logging.getLogger("energy_worker.router")
 
 
 class Stopped(Exception):
@@ -187,6 +188,7 @@ def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main() -> int:
+    logs.setup("router")
     try:
         settings = config.redis_settings()
         meters = frozenset(config.load_meters())

@@ -4,10 +4,13 @@ under crashes, batching, and outages of either server."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from dataclasses import replace
 from decimal import Decimal
 from unittest.mock import ANY
 
+import psutil
 import pytest
 import redis
 
@@ -277,3 +280,37 @@ def test_status_loads_what_it_saved(r, sql, pg):
     p.run()
     reloaded = store.load_status(sql)
     assert reloaded[2] == p.records[2]
+
+
+@pytest.mark.parametrize("program", ["router", "processor", "pusher"])
+def test_a_program_whose_supervisor_dies_exits(worker_env, r, program):
+    """kill -9 of supervisord must not leave programs running unsupervised."""
+    supervisor = subprocess.Popen(
+        ["sh", "-c", f"{sys.executable} -m energy_worker.{program} 2>/dev/null & echo $!; wait"],
+        env=worker_env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert supervisor.stdout is not None
+    child = psutil.Process(int(supervisor.stdout.readline()))
+    wait_until(lambda: len(child.net_connections()) > 0, 15, what=f"{program} to connect")
+    supervisor.kill()
+    supervisor.wait()
+    wait_until(
+        lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE,
+        40,
+        what=f"{program} to exit",
+    )
+
+
+def test_sigterm_while_the_database_is_down_exits_at_once(spawn, r, pg, tmp_path):
+    proxy = TcpProxy(pg.host, pg.port)
+    try:
+        proxy.cut()
+        ini = write_ini(replace(pg, host="127.0.0.1", port=proxy.port), tmp_path / "proxy.ini")
+        proc = spawn("processor", POSTGRES_INI=str(ini))
+        proc.wait_for_log("PostgreSQL unavailable")
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.wait_exit(3) == 143  # not after the backoff's wait
+    finally:
+        proxy.close()

@@ -18,7 +18,7 @@ from sheet_server import HANG, SheetServer, request_line, sheet_server
 
 from energy_worker import db, google, queue, totals
 from energy_worker.keys import Kind
-from energy_worker.pusher import PUSH_PROCESSING, Pusher, Settings
+from energy_worker.pusher import MAX_BLOCK, PUSH_PROCESSING, Pusher, Settings
 from energy_worker.queue import PUSH, WORK
 from helpers import wait_until, write_ini
 from tcpproxy import TcpProxy
@@ -508,13 +508,13 @@ def test_idle_it_sleeps_until_the_next_due_instant(make_pusher, server):
     pusher = make_pusher(clock, server.base + PATH)
     pusher.step(block=False)
     pusher.scheduler.clear()  # the scheduler runs on the real clock; look at our own instants
-    assert pusher.wake_in() == 300  # capped; the next hour is 30 minutes away
-    clock.set(local(2024, 6, 1, 10, 59, 50))
-    assert pusher.wake_in() == pytest.approx(15)  # 11:00:05
-    clock.set(local(2024, 6, 1, 23, 59))
+    assert pusher.wake_in() == MAX_BLOCK  # capped; the next hour is 30 minutes away
+    clock.set(local(2024, 6, 1, 10, 59, 58))
+    assert pusher.wake_in() == pytest.approx(7)  # 11:00:05
+    clock.set(local(2024, 6, 1, 23, 59, 59))
     pusher.step(block=False)
     pusher.scheduler.clear()
-    assert pusher.wake_in() == pytest.approx(65)  # 00:00:05 totals come before the 00:02 push
+    assert pusher.wake_in() == pytest.approx(6)  # 00:00:05 totals come before the 00:02 push
 
 
 # --- the process --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from types import FrameType
 import pg8000.native
 import redis
 
-from . import config, db, ledger, logs, schema, store
+from . import config, db, ledger, lifeline, logs, schema, store
 from .queue import Item, Queues
 from .redisconn import connect_redis
 from .retry import Outage
@@ -54,11 +54,12 @@ class Processor:
         self.pg_outage = Outage("PostgreSQL", log)
         self.redis_outage = Outage("Redis", log)
         self.terminating = False
-        self.idle = False
+        self.busy = False  # a batch is between take and ack: SIGTERM lets it finish
 
     def run(self) -> None:
         """Process until a stop item is committed."""
         while not self.terminating:
+            lifeline.check(log)
             if not self.connected():
                 continue
             try:
@@ -77,6 +78,13 @@ class Processor:
 
     def process(self, raw: list[bytes], backlog: int) -> bool:
         """One batch, start to end. True when it ended with a committed stop."""
+        self.busy = True
+        try:
+            return self._process(raw, backlog)
+        finally:
+            self.busy = False
+
+    def _process(self, raw: list[bytes], backlog: int) -> bool:
         items, used = self.decode(raw)
         plan = ledger.plan_batch(items, self.meters, self.records, self.progress)
         consumed = used[plan.consumed - 1] + 1 if plan.consumed < len(items) else len(raw)
@@ -187,11 +195,7 @@ class Processor:
 
     def wait_idle(self) -> None:
         """Block on Redis until work arrives; meanwhile follow the debug key and the backlog."""
-        self.idle = True
-        try:
-            self.queues.wait_for_work(IDLE_WAIT)
-        finally:
-            self.idle = False
+        self.queues.wait_for_work(IDLE_WAIT)
         if self.saved_backlog != 0 and self.con is not None:
             backlog = self.queues.backlog()
             try:
@@ -201,9 +205,10 @@ class Processor:
                 self.lost_database(exc)
 
     def on_sigterm(self, _signum: int, _frame: FrameType | None) -> None:
-        # Mid-batch we finish the batch; idle there is nothing to finish.
+        # Mid-batch we finish the batch; anywhere else (idle, waiting out an outage) there is
+        # nothing to finish, and every effect is transactional.
         self.terminating = True
-        if self.idle:
+        if not self.busy:
             raise SystemExit(EXIT_TERMINATED)
 
 

@@ -47,7 +47,7 @@ import pg8000.native
 import redis
 import schedule
 
-from . import config, db, logs, store, totals
+from . import config, db, lifeline, logs, store, totals
 from .google import Webhook, data_string
 from .keys import OWN_PREFIX
 from .logs import DebugSwitch, shown
@@ -56,7 +56,7 @@ from .redisconn import connect_redis
 from .retry import Outage
 
 PUSH_PROCESSING = OWN_PREFIX + "push-processing"
-MAX_BLOCK = 300.0  # seconds in one BLMOVE at most, so a dead connection is noticed
+MAX_BLOCK = 10.0  # seconds in one BLMOVE at most: a dead connection or supervisor is noticed
 SETTLE = timedelta(seconds=5)  # after an hour ends, before its totals: the last pulses land
 RECHECK = timedelta(seconds=30)  # while the daily push waits for the processor to catch up
 CHUNK_HOURS = 24 * 7  # hours per statement in a long backfill
@@ -175,6 +175,7 @@ class Pusher:
                 self.tz.key,
             )
         while True:
+            lifeline.check(self.log)
             try:
                 self.step()
             except redis.RedisError as exc:

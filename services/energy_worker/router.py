@@ -21,7 +21,7 @@ from types import FrameType
 import redis
 import redis.client
 
-from . import config, keys, logs
+from . import config, keys, lifeline, logs
 from .keys import Kind
 from .queue import Queues
 from .redisconn import connect_redis
@@ -70,6 +70,7 @@ class Router:
                 while message is not None:
                     self.handle(message["data"])
                     message = pubsub.get_message(timeout=0)
+                lifeline.check(log)
                 if time.monotonic() >= next_sweep:
                     self.sweep()
                     next_sweep = time.monotonic() + self.sweep_interval

@@ -102,6 +102,17 @@ CREATE TABLE IF NOT EXISTS worker_progress (
 );
 INSERT INTO worker_progress (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
 
+-- The exactly-once truth: per epoch (one Redis dataset; a new one starts when Redis lost its
+-- data), the last item whose effects are committed. worker_progress keeps the latest for show.
+CREATE TABLE IF NOT EXISTS worker_epochs (
+    epoch       text PRIMARY KEY,
+    last_seq    bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO worker_epochs (epoch, last_seq)
+    SELECT epoch, last_seq FROM worker_progress WHERE epoch <> ''
+    ON CONFLICT (epoch) DO NOTHING;
+
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (version) DO NOTHING;
 
 -- Pusher (issue 4): meter_totals, hourly totals, push outbox
@@ -335,3 +346,6 @@ FROM worker_progress w
 WHERE w.id = 1;
 
 INSERT INTO schema_version (version) VALUES (3) ON CONFLICT (version) DO NOTHING;
+
+-- Version 4: exactly-once bookkeeping per epoch (worker_epochs).
+INSERT INTO schema_version (version) VALUES (4) ON CONFLICT (version) DO NOTHING;

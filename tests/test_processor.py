@@ -176,7 +176,7 @@ def test_crash_between_commit_and_ack_counts_nothing_twice(r, sql, pg):
     assert first.connected()
     raw = first.queues.take(100)
     items, _ = first.decode(raw)
-    plan = ledger.plan_batch(items, first.meters, first.records, first.progress)
+    plan = ledger.plan_batch(items, first.meters, first.records, first.done)
     first.commit(plan, 0)  # committed ... and the process dies before the ack
     db.close_quietly(first.con)
     assert r.llen(queue.PROCESSING) == 3
@@ -314,3 +314,19 @@ def test_sigterm_while_the_database_is_down_exits_at_once(spawn, r, pg, tmp_path
         assert proc.wait_exit(3) == 143  # not after the backoff's wait
     finally:
         proxy.close()
+
+
+def test_redis_losing_its_data_starts_a_new_epoch_and_nothing_is_skipped(spawn, r, sql):
+    """Redis without persistence restarts empty: sequence numbers start again at 1, in a new
+    epoch, whatever the clock says."""
+    proc = spawn("processor")
+    pulses(r, 1, [1000, 2800, 4600])
+    wait_until(lambda: status(sql, 1)["meter_counts"] == 3)
+    claim = r.get("energy-worker:test-claim")
+    r.flushdb()
+    r.set("energy-worker:test-claim", claim or b"claimed", ex=3600)
+    r.set(queue.EPOCH, "0000000000000-00000000")  # an epoch that sorts before the old one
+    pulses(r, 1, [6400, 8200], start_ms=T0 + 5400)
+    wait_until(lambda: status(sql, 1)["meter_counts"] == 5)
+    assert proc.popen.poll() is None
+    assert sql.run("SELECT count(*) FROM worker_epochs")[0][0] == 2

@@ -8,6 +8,7 @@ New rows get temporary negative indexes; the processor swaps in real ones before
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -20,10 +21,11 @@ from .store import MeterRecord, Row, at_time
 log = logging.getLogger("energy_worker.ledger")
 
 
-def already_done(item: Item, progress: tuple[str, int]) -> bool:
-    """Was this item committed before? Epochs sort by age; seq rises within an epoch."""
-    epoch, seq = progress
-    return item.epoch < epoch or (item.epoch == epoch and item.seq <= seq)
+def already_done(item: Item, done: Mapping[str, int]) -> bool:
+    """Was this item committed before? `done` holds the last committed sequence number of
+    each epoch (one Redis dataset); numbers rise within an epoch. No clock is involved, so a
+    Pi whose clock starts behind after a reboot cannot make new items look old."""
+    return item.seq <= done.get(item.epoch, 0)
 
 
 @dataclass
@@ -31,7 +33,8 @@ class Plan:
     records: dict[int, MeterRecord] = field(default_factory=dict)  # touched meters only
     new_rows: dict[int, Row] = field(default_factory=dict)  # by temporary index (< 0)
     moved_rows: dict[int, Row] = field(default_factory=dict)  # by existing index
-    progress: tuple[str, int] = ("", 0)
+    done: dict[str, int] = field(default_factory=dict)  # epoch -> last seq, after this batch
+    last: tuple[str, int] | None = None  # the last item the batch commits
     consumed: int = 0  # items of the batch this plan covers (through a stop)
     stop: bool = False
     skipped: int = 0  # items committed before (a crash between commit and ack)
@@ -62,10 +65,10 @@ def plan_batch(
     items: list[Item],
     meters: dict[int, Meter],
     records: dict[int, MeterRecord],
-    progress: tuple[str, int],
+    done: Mapping[str, int],
 ) -> Plan:
-    """What the batch does. `records` and `progress` are the committed state; not modified."""
-    plan = Plan(progress=progress)
+    """What the batch does. `records` and `done` are the committed state; not modified."""
+    plan = Plan(done=dict(done))
     next_temp = -1
 
     def record(no: int) -> MeterRecord:
@@ -89,10 +92,11 @@ def plan_batch(
 
     for item in items:
         plan.consumed += 1
-        if already_done(item, plan.progress):
+        if already_done(item, plan.done):
             plan.skipped += 1
             continue
-        plan.progress = (item.epoch, item.seq)
+        plan.done[item.epoch] = item.seq
+        plan.last = (item.epoch, item.seq)
         if item.kind is Kind.STOP:
             plan.stop = True
             break

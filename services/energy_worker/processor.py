@@ -48,7 +48,7 @@ class Processor:
         self.con: pg8000.native.Connection | None = None
         self.meters: dict[int, config.Meter] = {}
         self.records: dict[int, store.MeterRecord] = {}
-        self.progress: tuple[str, int] = ("", 0)
+        self.done: dict[str, int] = {}  # last committed seq per epoch
         self.saved_backlog: int | None = None
         self.debug = logs.DebugSwitch(log)
         self.pg_outage = Outage("PostgreSQL", log)
@@ -86,7 +86,7 @@ class Processor:
 
     def _process(self, raw: list[bytes], backlog: int) -> bool:
         items, used = self.decode(raw)
-        plan = ledger.plan_batch(items, self.meters, self.records, self.progress)
+        plan = ledger.plan_batch(items, self.meters, self.records, self.done)
         consumed = used[plan.consumed - 1] + 1 if plan.consumed < len(items) else len(raw)
         try:
             for item, reason in plan.unusable:
@@ -108,7 +108,7 @@ class Processor:
             self.redis_outage.failed(exc)
             return False
         self.records.update(plan.records)
-        self.progress = plan.progress
+        self.done = plan.done
         log.debug(
             "batch of %s items committed (%s skipped as done, %s rows new, %s moved)",
             consumed,
@@ -118,7 +118,8 @@ class Processor:
         )
         if plan.stop:
             log.info(
-                "stop: everything before it is committed (last item %s); exiting", plan.progress[1]
+                "stop: everything before it is committed (item %s); exiting",
+                plan.last[1] if plan.last else "-",
             )
         return plan.stop
 
@@ -152,7 +153,11 @@ class Processor:
             store.insert_rows(con, plan.new_rows)
             store.update_rows(con, plan.moved_rows)
             store.save_status(con, plan.records, ledger.kwh_of(plan, self.meters))
-            store.save_progress(con, plan.progress[0], plan.progress[1], backlog)
+            changed = {e: seq for e, seq in plan.done.items() if self.done.get(e) != seq}
+            if changed:
+                store.save_done(con, changed)
+            if plan.last is not None:
+                store.save_progress(con, plan.last[0], plan.last[1], backlog)
             con.run("COMMIT")
         except BaseException:
             with contextlib.suppress(db.UNAVAILABLE):
@@ -173,18 +178,17 @@ class Processor:
             version = schema.apply(con, self.config_meters)
             self.meters = store.load_meters(con)
             self.records = store.load_status(con)
-            self.progress = store.load_progress(con)
+            self.done = store.load_done(con)
         except (*db.UNAVAILABLE, RuntimeError) as exc:
             self.pg_outage.failed(exc)
             return False
         self.con = con
         self.pg_outage.succeeded()
         log.info(
-            "connected to PostgreSQL %s (schema version %s, meters %s, last item %s)",
+            "connected to PostgreSQL %s (schema version %s, meters %s)",
             self.pg.describe(),
             version,
             ", ".join(map(str, self.meters)),
-            self.progress[1],
         )
         return True
 

@@ -98,9 +98,21 @@ def load_status(con: Connection) -> dict[int, MeterRecord]:
     return records
 
 
-def load_progress(con: Connection) -> tuple[str, int]:
-    ((epoch, seq),) = con.run("SELECT epoch, last_seq FROM worker_progress WHERE id = 1")
-    return epoch, seq
+def load_done(con: Connection) -> dict[str, int]:
+    """The last committed sequence number of each epoch (exactly-once bookkeeping)."""
+    return dict(con.run("SELECT epoch, last_seq FROM worker_epochs"))
+
+
+def save_done(con: Connection, done: dict[str, int]) -> None:
+    con.run(
+        """
+        INSERT INTO worker_epochs (epoch, last_seq)
+        SELECT * FROM unnest(CAST(:epochs AS text[]), CAST(:seqs AS bigint[]))
+        ON CONFLICT (epoch) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()
+        """,
+        epochs=list(done),
+        seqs=list(done.values()),
+    )
 
 
 @dataclass

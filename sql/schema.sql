@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS consumption (
     time_stamp        timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS consumption_meter_time ON consumption (meter_no, cor_time_stamp);
+-- A row written for a typed-in meter reading (metercount), not for a pulse.
+ALTER TABLE consumption ADD COLUMN IF NOT EXISTS typed_in boolean NOT NULL DEFAULT false;
 
 -- The original stored watts as SMALLINT and lost every pulse above 32767 W. Widen the columns of
 -- an existing database of the original stack in place (numbers to bigint, a float kWh to exact

@@ -142,6 +142,8 @@ def test_reboot_wrap_over_maximum_and_metercount(spawn, r, sql):
     s = status(sql, 3)
     assert (s["meter_counts"], s["kwh"], s["pulses_rejected"]) == (279971, Decimal("279.971"), 1)
     assert rows[-1][1:] == (279971, Decimal("279.971"), 1800)
+    typed = sql.run("SELECT typed_in FROM consumption WHERE meter_no = 3 ORDER BY index")
+    assert [t[0] for t in typed] == [False, False, False, True, False]  # the reading's row
 
 
 def test_history_lands_at_the_time_the_key_was_taken(spawn, r, sql):

@@ -136,6 +136,7 @@ def plan_batch(
                 state.last_millis,
                 -1,
                 at,
+                typed_in=True,
             )
             plan.records[no] = store(no, replace(rec, state=state), row, None, item.at_ms)
             continue

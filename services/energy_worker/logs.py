@@ -28,9 +28,10 @@ def setup(process: str) -> logging.Logger:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
-    # Libraries stay quiet unless something is wrong, even in debug mode.
-    for noisy in ("urllib3", "schedule"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Libraries stay quiet, even in debug mode: urllib3 puts whole URLs (query strings, which
+    # can hold a key) into its warnings; we log what we need ourselves.
+    logging.getLogger("urllib3").setLevel(logging.CRITICAL + 1)
+    logging.getLogger("schedule").setLevel(logging.WARNING)
     return logging.getLogger(process)
 
 

@@ -126,6 +126,7 @@ class Row:
     millis: int | None
     period: int
     at: datetime
+    typed_in: bool = False  # written for a typed-in meter reading, not a pulse
 
 
 def allocate_indexes(con: Connection, n: int) -> list[int]:
@@ -145,11 +146,12 @@ def insert_rows(con: Connection, rows: dict[int, Row]) -> None:
     con.run(
         """
         INSERT INTO consumption (index, meter_no, watt_consumption, meter_counts, kWh,
-                                 pulse_time_stamp, pulse_period, cor_time_stamp)
+                                 pulse_time_stamp, pulse_period, cor_time_stamp, typed_in)
         SELECT * FROM unnest(CAST(:idx AS bigint[]), CAST(:meter AS int[]),
                              CAST(:watt AS bigint[]), CAST(:counts AS bigint[]),
                              CAST(:kwh AS numeric[]), CAST(:millis AS bigint[]),
-                             CAST(:period AS bigint[]), CAST(:at AS timestamptz[]))
+                             CAST(:period AS bigint[]), CAST(:at AS timestamptz[]),
+                             CAST(:typed AS boolean[]))
         """,
         **_columns(rows),
     )
@@ -163,12 +165,12 @@ def update_rows(con: Connection, rows: dict[int, Row]) -> None:
         UPDATE consumption AS c SET
             watt_consumption = u.watt, meter_counts = u.counts, kWh = u.kwh,
             pulse_time_stamp = u.millis, pulse_period = u.period, cor_time_stamp = u.at,
-            time_stamp = now()
+            typed_in = u.typed, time_stamp = now()
         FROM unnest(CAST(:idx AS bigint[]), CAST(:meter AS int[]), CAST(:watt AS bigint[]),
                     CAST(:counts AS bigint[]), CAST(:kwh AS numeric[]),
                     CAST(:millis AS bigint[]), CAST(:period AS bigint[]),
-                    CAST(:at AS timestamptz[]))
-             AS u(idx, meter, watt, counts, kwh, millis, period, at)
+                    CAST(:at AS timestamptz[]), CAST(:typed AS boolean[]))
+             AS u(idx, meter, watt, counts, kwh, millis, period, at, typed)
         WHERE c.index = u.idx
         """,
         **_columns(rows),
@@ -185,6 +187,7 @@ def _columns(rows: dict[int, Row]) -> dict[str, list[object]]:
         "millis": [r.millis for r in rows.values()],
         "period": [r.period for r in rows.values()],
         "at": [r.at for r in rows.values()],
+        "typed": [r.typed_in for r in rows.values()],
     }
 
 

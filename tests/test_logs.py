@@ -1,0 +1,48 @@
+"""Log lines: foreign input shown safely, and no secret from a library's warnings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from energy_worker import logs
+from helpers import REPO
+
+SCRIPT = """
+import socket, sys, threading
+from energy_worker import logs
+from energy_worker.google import Webhook
+logs.setup("pusher")
+server = socket.create_server(("127.0.0.1", 0))
+def answer():
+    conn, _ = server.accept()
+    conn.recv(65536)
+    # a header line urllib3 cannot parse: it warns, with the whole URL
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nX-Foo: a\\r\\n b\\r\\n"
+                 b"broken header line\\r\\n\\r\\nok")
+    conn.close()
+threading.Thread(target=answer, daemon=True).start()
+url = f"http://127.0.0.1:{server.getsockname()[1]}/macros/s/SECRETID/exec?token=s3cret"
+print("answer", Webhook(url, 3).send("1.00"))
+"""
+
+
+def test_a_library_warning_never_shows_the_webhook_url():
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO / "services"), "PATH": ""},
+        timeout=30,
+        check=True,
+    )
+    assert "answer" in done.stdout
+    assert "s3cret" not in done.stderr and "SECRETID" not in done.stderr, done.stderr
+
+
+def test_foreign_input_is_printable_quoted_and_truncated():
+    assert logs.shown(b"bad\xffname") == "'bad\\xffname'"
+    assert logs.shown("line\nbreak") == "'line\\nbreak'"
+    assert logs.shown("måler") == "'måler'"
+    long = logs.shown("9" * 500)
+    assert long.startswith("'" + "9" * 80) and "(+420 chars)" in long

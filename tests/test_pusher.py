@@ -16,9 +16,9 @@ import psutil
 import pytest
 from sheet_server import HANG, SheetServer, request_line, sheet_server
 
-from energy_worker import db, google, queue, totals
+from energy_worker import db, google, queue, store, totals
 from energy_worker.keys import Kind
-from energy_worker.pusher import MAX_BLOCK, PUSH_PROCESSING, Pusher, Settings
+from energy_worker.pusher import MAX_BLOCK, PUSH_PROCESSING, AnotherPusher, Pusher, Settings
 from energy_worker.queue import PUSH, WORK
 from helpers import wait_until, write_ini
 from tcpproxy import TcpProxy
@@ -205,7 +205,9 @@ def test_hourly_totals_for_each_closed_hour(sql, make_pusher):
 def test_days_missed_while_the_pusher_was_down_are_filled_in_oldest_first(sql, make_pusher, server):
     clock = Clock(local(2024, 6, 1, 12))
     add_row(sql, 1, "1.000", local(2024, 6, 1, 11))
-    make_pusher(clock, server.base + PATH).step(block=False)
+    first = make_pusher(clock, server.base + PATH)
+    first.step(block=False)
+    first.close()
     # the pusher is down for three days while the processor keeps writing history
     add_row(sql, 1, "2.000", local(2024, 6, 1, 18))
     add_row(sql, 1, "3.000", local(2024, 6, 2, 18))
@@ -294,23 +296,114 @@ def test_a_backlog_processed_late_corrects_the_totals(sql, make_pusher):
     check_totals_against_history(sql)
 
 
-def test_a_deadband_row_moved_past_a_boundary_is_followed(sql, make_pusher):
+def move_row(sql: pg8000.native.Connection, index: int, kwh: str, at: datetime) -> None:
+    """The processor moves a deadband run's second row forward (store.update_rows)."""
+    sql.run(
+        "UPDATE consumption SET kWh = :k, meter_counts = :c, cor_time_stamp = :t, "
+        "time_stamp = now() WHERE index = :i",
+        k=Decimal(kwh),
+        c=int(Decimal(kwh) * 1000),
+        t=at,
+        i=index,
+    )
+
+
+def start_run(sql: pg8000.native.Connection, meter: int, first: int, second: int) -> None:
+    """meter_status as the processor leaves it: a run with these first and second rows."""
+    sql.run(
+        "UPDATE meter_status SET run_index = :f, upper_index = :s WHERE meter_no = :m",
+        f=first,
+        s=second,
+        m=meter,
+    )
+
+
+def work_item(at: datetime) -> str:
+    at_ms = int(at.timestamp() * 1000)
+    return json.dumps({"e": "x", "s": 1, "k": "t", "m": 4, "v": "5", "at": at_ms, "key": "k"})
+
+
+@pytest.mark.parametrize(
+    ("old_at", "new_at"),
+    [
+        ((10, 46), (10, 58)),  # within 10:45-11:00: the reading at 11:00 changes
+        ((11, 0), (11, 7)),  # from 11:00 itself: so does the one at 11:00 (the row left it)
+    ],
+)
+def test_a_deadband_row_moved_after_its_hour_was_computed_is_followed(
+    sql, make_pusher, r, old_at, new_at
+):
     first = add_row(sql, 4, "20.000", local(2024, 6, 1, 10, 10))
-    second = add_row(sql, 4, "20.500", local(2024, 6, 1, 10, 55))
-    sql.run("UPDATE meter_status SET run_index = :i WHERE meter_no = 4", i=first)
-    clock = Clock(local(2024, 6, 1, 11, 0, 6))
+    second = add_row(sql, 4, "20.500", local(2024, 6, 1, *old_at))
+    start_run(sql, 4, first, second)
+    # the processor is behind: a pulse in the row's quarter hour still waits in Redis
+    r.rpush(WORK, work_item(local(2024, 6, 1, *new_at)))
+    clock = Clock(local(2024, 6, 1, 11, 20, 6))
     pusher = make_pusher(clock)
     pusher.step(block=False)
     check_totals_against_history(sql)
-    # the run goes on: its second row moves forward past 11:00
-    sql.run(
-        "UPDATE consumption SET kWh = 21.200, meter_counts = 21200, cor_time_stamp = :t "
-        "WHERE index = :i",
-        t=local(2024, 6, 1, 11, 40),
-        i=second,
-    )
+    # it catches up: the run's second row moves forward within its quarter hour
+    move_row(sql, second, "20.700", local(2024, 6, 1, *new_at))
+    r.delete(WORK)
     clock.set(local(2024, 6, 1, 12, 0, 6))
     pusher.step(block=False)
+    [(kwh_at_11,)] = sql.run(
+        "SELECT kWh FROM meter_hourly_totals WHERE meter_no = 4 AND hour_end = :e",
+        e=local(2024, 6, 1, 11),
+    )
+    assert kwh_at_11 == Decimal("20.700" if old_at < (11, 0) else "20.000")
+    assert check_totals_against_history(sql) > 0
+
+
+def test_a_meter_quiet_or_in_its_deadband_since_long_ago_costs_only_the_new_hours(
+    sql, make_pusher, monkeypatch, caplog
+):
+    """Only what can have changed is recomputed: not everything since a run's first row."""
+    # meter 3: its run started a year ago, and it has been quiet since
+    quiet = add_row(sql, 3, "7.000", local(2023, 6, 1, 10, 10))
+    start_run(sql, 3, quiet, add_row(sql, 3, "7.002", local(2023, 6, 1, 10, 20)))
+    # meter 4: in its deadband for a year; its second row keeps moving
+    long_ago = add_row(sql, 4, "1.000", local(2023, 6, 1, 9))
+    add_row(sql, 4, "2.000", local(2024, 6, 1, 11, 44, 59))
+    start_run(sql, 4, long_ago, add_row(sql, 4, "2.010", local(2024, 6, 1, 11, 59, 30)))
+    # the pusher has been running all along: every hour up to 11:00 is computed
+    sql.run(
+        """UPDATE pusher_state SET tz = :tz, next_push_day = :day, totals_until = :until,
+               seen_index = (SELECT max(index) FROM consumption)""",
+        tz=CPH.key,
+        day=date(2024, 6, 1),
+        until=local(2024, 6, 1, 11),
+    )
+    clock = Clock(local(2024, 6, 1, 12, 0, 5))
+    pusher = make_pusher(clock)
+    pusher.step(block=False)
+
+    computed: list[datetime] = []
+    upsert_hours = store.upsert_hours
+
+    def recording(con, hours, now):
+        computed.extend(start for start, _end, _day in hours)
+        return upsert_hours(con, hours, now)
+
+    monkeypatch.setattr(store, "upsert_hours", recording)
+    # meter 4 goes on: a new second row in 12:30-12:45, moved to 12:44
+    moving = add_row(sql, 4, "2.100", local(2024, 6, 1, 12, 31))
+    move_row(sql, moving, "2.140", local(2024, 6, 1, 12, 44))
+    start_run(sql, 4, long_ago, moving)
+    clock.set(local(2024, 6, 1, 13, 0, 5))
+    with caplog.at_level(logging.INFO):
+        pusher.step(block=False)
+    # 11:00-12:00 again (meter 4's row at 11:59:30 could still move then), and the new hour
+    assert computed == [local(2024, 6, 1, 11), local(2024, 6, 1, 12)]
+    assert "history changed back" not in caplog.text  # recomputed, but nothing differed
+    computed.clear()
+    clock.set(local(2024, 6, 1, 14, 0, 5))
+    pusher.step(block=False)
+    assert computed == [local(2024, 6, 1, 13)]  # nothing changed: only the hour that ended
+    computed.clear()
+    clock.set(local(2024, 6, 1, 14, 30))
+    pusher.step(block=False)
+    assert computed == []  # not yet due
     assert check_totals_against_history(sql) > 0
 
 
@@ -456,6 +549,7 @@ def test_pushtogoogle_sends_the_current_readings_at_once(sql, make_pusher, serve
     assert server.got() == [sheet_line(data(m6="3362.79"))]
     assert r.llen(PUSH) == 0 and r.llen(PUSH_PROCESSING) == 0
     # the same item again (a crash after recording, before removing it) is not sent twice
+    pusher.close()
     r.rpush(PUSH_PROCESSING, request_item(1))
     make_pusher(clock, server.base + PATH).step(block=False)
     assert len(server.got()) == 1 and r.llen(PUSH_PROCESSING) == 0
@@ -501,6 +595,31 @@ def test_without_a_webhook_url_totals_run_and_pushes_are_skipped(sql, make_pushe
     assert next_day == date(2024, 6, 3)  # setting a URL later does not flood the sheet
     [(days,)] = sql.run("SELECT count(DISTINCT day) FROM meter_totals")
     assert days == 2
+
+
+def test_a_second_pusher_on_the_same_database_does_not_send(sql, make_pusher, server, r):
+    add_row(sql, 1, "5.000", local(2024, 6, 1, 20))
+    clock = Clock(local(2024, 6, 1, 23))
+    first = make_pusher(clock, server.base + PATH)
+    first.step(block=False)  # holds the lock from here on
+    second = make_pusher(clock, server.base + PATH)
+    r.rpush(PUSH, request_item(1))
+    clock.set(local(2024, 6, 2, 0, 2))
+    for _ in range(2):
+        with pytest.raises(AnotherPusher):
+            second.step(block=False)
+        # it touched nothing: no request taken, no push recorded, nothing sent
+        assert server.got() == [] and outbox(sql) == [] and r.llen(PUSH) == 1
+    first.step(block=False)  # the day's push goes, and the request is recorded
+    with pytest.raises(AnotherPusher):
+        second.step(block=False)
+    first.step(block=False)  # the request goes
+    assert server.got() == [sheet_line(data(m1="5.00"))] * 2
+    first.close()  # the first one is gone: the second one takes over, with nothing to resend
+    clock.advance(hours=1)
+    second.step(block=False)
+    assert len(server.got()) == 2
+    assert [row[2:] for row in outbox(sql)] == [[1, 200, None, True]] * 2
 
 
 def test_idle_it_sleeps_until_the_next_due_instant(make_pusher, server):
@@ -571,6 +690,25 @@ def test_the_process_survives_a_database_outage_with_a_request_in_hand(
         wait_until(lambda: r.llen(PUSH_PROCESSING) == 0, what="the request to be acknowledged")
     finally:
         proxy.close()
+
+
+def test_the_process_waits_while_another_pusher_holds_the_database(spawn, r, server):
+    first = spawn("pusher", GOOGLE_WEBHOOK_URL=server.base + PATH)
+    r.rpush(PUSH, request_item(1))
+    server.wait_for(1)  # the first one works, and holds the lock
+    second = spawn("pusher", GOOGLE_WEBHOOK_URL=server.base + PATH)
+    second.wait_for_log("another pusher is working on this database")
+    r.rpush(PUSH, request_item(2))
+    assert len(server.wait_for(2)) == 2
+    first.wait_for_log("pushed the readings requested at")
+    first.kill(signal.SIGTERM)
+    second.wait_for_log("PostgreSQL is back")  # the lock is free: it takes over
+    r.rpush(PUSH, request_item(3))
+    assert server.wait_for(3) == [sheet_line(data())] * 3
+    second.wait_for_log("pushed the readings requested at")
+    log = second.log()
+    assert log.count("another pusher is working on this database") == 1  # said once
+    assert log.count("pushed the readings requested at") == 1  # only the third
 
 
 @pytest.mark.parametrize(

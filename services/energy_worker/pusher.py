@@ -8,11 +8,15 @@
    start, and its key (epoch:seq) keeps it from being recorded twice.
 2. Totals, every hour. A meter's reading at a boundary is read from the stored history (its
    latest consumption row at or before the boundary), never from the state at the moment the
-   job runs. Each pass recomputes every closed hour and day whose history may have changed
-   since the last one: from the earliest row written since (a backlog processed late lands in
-   the past), and from the start of any deadband run in progress (its second row moves forward
-   with every pulse, past boundaries already computed). Hours missed while the pusher was down
-   are simply part of the next pass.
+   job runs. Each pass computes the hours and days closed since the last one (all of those
+   missed while the pusher was down), and recomputes only those whose history may have
+   changed since: from the earliest row inserted since (index above the last pass's; a
+   backlog processed late lands in the past), and from where each row stood that the
+   processor could still move at the last pass. Only a deadband run's second row is ever
+   moved, and only within its quarter hour (history.py), so such a row can change readings
+   from its own position on; once every pulse stamped before its quarter hour's end is
+   committed (nothing older waits in Redis, and the quarter hour ended ROUTE_MARGIN ago) it
+   can no longer move. A meter that is quiet, or whose run started long ago, costs nothing.
 3. The daily push. At PUSH_TIME (default 00:02) local time in TZ, the readings at the midnight
    that ended each due day are recorded in the outbox, oldest first, once the processor has
    caught up past that midnight (no item older than it waiting in Redis), or at the latest
@@ -21,6 +25,10 @@
    failure is retried with backoff and holds back everything newer, so a webhook that is down
    for days gets every missed day in order. A push answered 2xx is marked sent with its status
    and never sent again.
+
+Only one pusher works on a database: each connection first takes a session-level advisory
+lock; a second pusher logs once that another one holds it, and retries with backoff (it takes
+over when the first one is gone). It touches neither Redis's requests nor the outbox meanwhile.
 
 The schedule package raises the hourly and daily jobs; because it runs on the system's local
 clock (UTC in a container without zone files), the loop also wakes at the instants it computes
@@ -38,7 +46,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from types import FrameType
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -47,7 +55,7 @@ import pg8000.native
 import redis
 import schedule
 
-from . import config, db, lifeline, logs, store, totals
+from . import config, db, history, lifeline, logs, store, totals
 from .google import Webhook, data_string
 from .keys import OWN_PREFIX
 from .logs import DebugSwitch, shown
@@ -60,6 +68,9 @@ MAX_BLOCK = 10.0  # seconds in one BLMOVE at most: a dead connection or supervis
 SETTLE = timedelta(seconds=5)  # after an hour ends, before its totals: the last pulses land
 RECHECK = timedelta(seconds=30)  # while the daily push waits for the processor to catch up
 CHUNK_HOURS = 24 * 7  # hours per statement in a long backfill
+# A pulse reaches Redis within this long of the router stamping it (same host: milliseconds).
+ROUTE_MARGIN = timedelta(seconds=60)
+SLOT = timedelta(milliseconds=history.SLOT_MS)
 RETRY_FIRST = 30.0  # seconds before the first retry of a failed push; doubles up to RETRY_MAX
 RETRY_MAX = 900.0
 
@@ -69,6 +80,10 @@ Clock = Callable[[], datetime]
 class Stopped(Exception):
     """A stop item: leave the loop; nothing is half done that a restart
     would not finish."""
+
+
+class AnotherPusher(Exception):
+    """Another pusher holds the lock on this database."""
 
 
 def utc_now() -> datetime:
@@ -181,10 +196,10 @@ class Pusher:
             except redis.RedisError as exc:
                 self.prepared = False  # a request may be left in push-processing: recover it
                 self.redis.failed(exc)
-            except db.UNAVAILABLE as exc:
+            except (*db.UNAVAILABLE, AnotherPusher) as exc:
                 self.prepared = False
                 self.drop_connection()
-                self.postgres.failed(exc)
+                self.postgres.failed(exc)  # logs once, then waits with backoff
             else:
                 self.redis.succeeded()
                 self.postgres.succeeded()
@@ -253,8 +268,18 @@ class Pusher:
     # --- connections ----------------------------------------------------------------------------
 
     def db(self) -> pg8000.native.Connection:
+        """The connection, holding the pusher lock (raises AnotherPusher if it is taken)."""
         if self.con is None:
-            self.con = self.connect()
+            con = self.connect()
+            try:
+                locked = store.try_pusher_lock(con)
+            except BaseException:
+                db.close_quietly(con)
+                raise
+            if not locked:
+                db.close_quietly(con)
+                raise AnotherPusher("another pusher is working on this database")
+            self.con = con
         return self.con
 
     def drop_connection(self) -> None:
@@ -312,41 +337,94 @@ class Pusher:
     # --- totals ---------------------------------------------------------------------------------
 
     def update_totals(self) -> None:
-        """Recompute every closed hour and day whose history may have changed (module doc)."""
+        """Compute the hours and days closed since the last pass, and recompute those whose
+        history may have changed since (module doc)."""
         now = self.clock()
+        settled = self.settled_until(now)  # before reading PostgreSQL: see settled_until
         con = self.db()
         state = store.load_state(con)
-        new_from, max_index, running_from = store.history_changes(con, state.seen_index)
+        new_from, max_index, movable = store.history_changes(con, state.seen_index)
+        # Rows that may still move before the next pass; a row at a quarter-hour boundary
+        # itself also changes the hour that ends there, hence the microsecond before it.
+        open_rows = [t for t in movable if _slot_end(t) > settled]
+        running_from = min(open_rows) - timedelta(microseconds=1) if open_rows else None
         until = totals.hour_floor(now, self.tz)
-        if state.totals_until is None:
+        done_until = state.totals_until
+        if done_until is None:
             since = store.first_history(con)
         else:
-            since = min(t for t in (state.totals_until, state.recompute_from, new_from) if t)
+            since = min(t for t in (done_until, state.recompute_from, new_from) if t)
         if since is not None:
             since = min(since, until)
             hours = [
                 (s, e, totals.local_day(s, self.tz))
                 for s, e in totals.closed_hours(since, now, self.tz)
             ]
-            for i in range(0, len(hours), CHUNK_HOURS):
-                store.upsert_hours(con, hours[i : i + CHUNK_HOURS], now)
             days = [
                 (d, *totals.day_bounds(d, self.tz)) for d in totals.closed_days(since, now, self.tz)
             ]
-            for i in range(0, len(days), CHUNK_HOURS // 24):
-                store.upsert_days(con, days[i : i + CHUNK_HOURS // 24], now)
-            if state.totals_until is not None and since < state.totals_until:
+            # Those that ended by done_until were computed before: a write there corrects one.
+            old_hours = [h for h in hours if done_until is not None and h[1] <= done_until]
+            old_days = [d for d in days if done_until is not None and d[2] <= done_until]
+
+            def write_hours(part: list[tuple[datetime, datetime, date]]) -> int:
+                return store.upsert_hours(con, part, now)
+
+            def write_days(part: list[tuple[date, datetime, datetime]]) -> int:
+                return store.upsert_days(con, part, now)
+
+            corrected = _in_chunks(write_hours, old_hours, CHUNK_HOURS) + _in_chunks(
+                write_days, old_days, CHUNK_HOURS // 24
+            )
+            _in_chunks(write_hours, hours[len(old_hours) :], CHUNK_HOURS)
+            _in_chunks(write_days, days[len(old_days) :], CHUNK_HOURS // 24)
+            if corrected:
                 self.log.info(
-                    "history changed back to %s: %d hour(s) and %d day(s) of totals recomputed",
+                    "history changed back to %s: %d total(s) corrected (%d hour(s) and "
+                    "%d day(s) recomputed)",
                     since.astimezone(self.tz).isoformat(timespec="seconds"),
-                    len(hours),
-                    len(days),
+                    corrected,
+                    len(old_hours),
+                    len(old_days),
                 )
-            elif len(hours) > 1:
+            if len(hours) - len(old_hours) > 1:
                 self.log.info(
-                    "totals filled in for %d hour(s) and %d day(s)", len(hours), len(days)
+                    "totals filled in for %d hour(s) and %d day(s)",
+                    len(hours) - len(old_hours),
+                    len(days) - len(old_days),
                 )
+            self.log.debug(
+                "totals: %d hour(s) and %d day(s) computed from %s",
+                len(hours),
+                len(days),
+                since.astimezone(self.tz).isoformat(timespec="seconds"),
+            )
         store.save_totals_state(con, max_index, running_from, until)
+
+    def settled_until(self, now: datetime) -> datetime:
+        """An instant before which every pulse is committed to PostgreSQL: the oldest work item
+        still waiting in Redis, at most now - ROUTE_MARGIN. Read before the history: an item
+        the processor commits in between is then already gone from Redis, and in the history."""
+        oldest = self.oldest_waiting()
+        settled = now - ROUTE_MARGIN
+        return settled if oldest is None else min(settled, oldest)
+
+    def oldest_waiting(self) -> datetime | None:
+        """When the oldest work item still waiting for the processor was stamped (None: none
+        waits). Both lists in one transaction, so an item moving between them is seen once."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lindex(PROCESSING, 0)  # processing holds the older items
+        pipe.lindex(WORK, 0)
+        oldest = None
+        for raw in pipe.execute():
+            if raw is None:
+                continue
+            try:
+                at = store.at_time(int(json.loads(raw)["at"]))
+            except (ValueError, TypeError, KeyError, OverflowError):
+                continue
+            oldest = at if oldest is None else min(oldest, at)
+        return oldest
 
     # --- the daily push -------------------------------------------------------------------------
 
@@ -392,16 +470,8 @@ class Pusher:
 
     def history_complete(self, boundary: datetime) -> bool:
         """True when no work item taken before `boundary` still waits for the processor."""
-        boundary_ms = int(boundary.timestamp() * 1000)
-        for key in (PROCESSING, WORK):  # processing holds the older items
-            raw = self.r.lindex(key, 0)
-            if raw is None:
-                continue
-            try:
-                return int(json.loads(raw)["at"]) > boundary_ms
-            except (ValueError, TypeError, KeyError):
-                continue
-        return True
+        oldest = self.oldest_waiting()
+        return oldest is None or oldest > boundary
 
     # --- sending --------------------------------------------------------------------------------
 
@@ -443,6 +513,16 @@ class Pusher:
             )
             self.next_retry = retry_at
             return
+
+
+def _in_chunks(write: Callable[[list[Any]], int], rows: list[Any], size: int) -> int:
+    """write(rows) a chunk at a time; returns the sum of what it returns."""
+    return sum(write(rows[i : i + size]) for i in range(0, len(rows), size))
+
+
+def _slot_end(at: datetime) -> datetime:
+    """The end of the quarter hour (history.SLOT_MS) that contains `at`."""
+    return store.EPOCH_START + ((at - store.EPOCH_START) // SLOT + 1) * SLOT
 
 
 def _describe(pending: store.PendingPush, tz: ZoneInfo) -> str:

@@ -318,19 +318,29 @@ def start_state(con: Connection, tz: str, first_push_day: date) -> None:
 
 def history_changes(
     con: Connection, seen_index: int
-) -> tuple[datetime | None, int, datetime | None]:
-    """What may have changed since the last pass: the earliest time of a row written since
-    seen_index, the highest index now, and the start of the earliest deadband run still in
-    progress (its second row may yet move forward, past a boundary already computed)."""
-    ((new_from, max_index),) = con.run(
-        "SELECT min(cor_time_stamp), max(index) FROM consumption WHERE index > :seen",
+) -> tuple[datetime | None, int, list[datetime]]:
+    """What may have changed since the last pass, in one snapshot: the earliest time of a row
+    written since seen_index, the highest index now, and the time of every row the processor
+    may still move (a deadband run's second row, which is its meter's latest row). A row is
+    only ever moved within its quarter hour (history.py), so a pass need not look further
+    back than where these rows are."""
+    ((new_from, max_index, movable),) = con.run(
+        """SELECT (SELECT min(cor_time_stamp) FROM consumption WHERE index > :seen),
+                  (SELECT max(index) FROM consumption),
+                  ARRAY(SELECT c.cor_time_stamp FROM meter_status s
+                        JOIN consumption c ON c.index = s.upper_index
+                        WHERE s.run_index IS NOT NULL AND s.upper_index <> s.run_index)""",
         seen=seen_index,
     )
-    ((running_from,),) = con.run(
-        """SELECT min(c.cor_time_stamp) FROM meter_status s
-           JOIN consumption c ON c.index = s.run_index"""
-    )
-    return new_from, int(max_index if max_index is not None else seen_index), running_from
+    latest = int(max_index) if max_index is not None else seen_index
+    return new_from, max(latest, seen_index), list(movable or [])
+
+
+def try_pusher_lock(con: Connection) -> bool:
+    """Only one pusher may work on a database, or two could send the same push: a
+    session-level advisory lock says which."""
+    ((got,),) = con.run("SELECT pg_try_advisory_lock(hashtext('energy-worker pusher'))")
+    return bool(got)
 
 
 def first_history(con: Connection) -> datetime | None:
@@ -340,10 +350,11 @@ def first_history(con: Connection) -> datetime | None:
 
 def upsert_hours(
     con: Connection, hours: list[tuple[datetime, datetime, date]], now: datetime
-) -> None:
-    """Compute and store the hourly totals of every meter for the given (start, end, day)."""
+) -> int:
+    """Compute and store the hourly totals of every meter for the given (start, end, day);
+    returns how many rows were written (new, or changed)."""
     if not hours:
-        return
+        return 0
     con.run(
         f"""
         INSERT INTO meter_hourly_totals AS t
@@ -365,14 +376,14 @@ def upsert_hours(
         days=[h[2] for h in hours],
         now=now,
     )
+    return max(con.row_count, 0)
 
 
-def upsert_days(
-    con: Connection, days: list[tuple[date, datetime, datetime]], now: datetime
-) -> None:
-    """Compute and store meter_totals for the given (day, start, end)."""
+def upsert_days(con: Connection, days: list[tuple[date, datetime, datetime]], now: datetime) -> int:
+    """Compute and store meter_totals for the given (day, start, end); returns how many rows
+    were written (new, or changed)."""
     if not days:
-        return
+        return 0
     con.run(
         f"""
         INSERT INTO meter_totals AS t
@@ -396,6 +407,7 @@ def upsert_days(
         ends=[d[2] for d in days],
         now=now,
     )
+    return max(con.row_count, 0)
 
 
 def save_totals_state(

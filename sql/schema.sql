@@ -189,6 +189,7 @@ INSERT INTO schema_version (version) VALUES (2) ON CONFLICT (version) DO NOTHING
 -- the same numbers and the panels' SQL stays short. Grafana connects as a read-only role,
 -- created with its password from the environment by services/energy_worker/readonly_role.py.
 -- Days and hours are those of the session's TimeZone (that module sets it for the role).
+-- Everything here is CREATE OR REPLACE, applied at every start: a changed body takes effect.
 
 -- DOMAIN.md: t ms after a meter's last pulse its power is at most 3_600_000_000 / (t * pulses
 -- per kWh). No pulse means low power, not zero, and not the last reading forever.
@@ -197,17 +198,18 @@ RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT round(3600000000 / (greatest(p_ms, 1) * p_pulses_per_kwh), 3)
 $$;
 
--- Each meter's latest stored pulse (the deadband always stores the latest one).
+-- Each meter's latest pulse (the deadband always stores the latest one). A typed-in meter
+-- reading is no pulse: its row (the typing time, no power) is skipped.
 CREATE OR REPLACE VIEW meter_last_pulse AS
 SELECT m.meter_no, m.meter_name, m.pulse_per_kwh, m.max_energy,
        c.cor_time_stamp AS last_pulse,
        c.watt_consumption AS last_watt,     -- NULL: the latest pulse carried no power reading
-       c.kwh AS last_kwh
+       c.kwh AS last_kwh                    -- the reading at that pulse
 FROM meter_metadata m
 LEFT JOIN LATERAL (
-    SELECT cor_time_stamp, watt_consumption, kwh FROM consumption
-    WHERE consumption.meter_no = m.meter_no
-    ORDER BY cor_time_stamp DESC, index DESC LIMIT 1
+    SELECT h.cor_time_stamp, h.watt_consumption, h.kwh FROM consumption h
+    WHERE h.meter_no = m.meter_no AND NOT h.typed_in
+    ORDER BY h.cor_time_stamp DESC, h.index DESC LIMIT 1
 ) c ON true;
 
 -- The most a meter can draw at p_at, given its latest pulse: the latest reading (or the meter's
@@ -224,76 +226,102 @@ RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- Power per meter in [p_from, p_to] for a step-before line: a pulse's power is the mean over
--- the period that ends at it. The row just before p_from starts each line at the left edge.
--- After the latest pulse: points at 1, 2, 4, 8 ... times the last period, and at now(), each
--- with the bound, so a meter that went quiet falls toward zero.
+-- the period that ends at it. Where no power is known the line follows the bound from the pulse
+-- before: after the latest pulse (until now), and before a pulse without a power reading (first
+-- after a reboot, above the maximum), which gets the bound at its own time. In such a gap:
+-- points at 1, 2, 4, 8 ... times the period of the pulse that starts it, and at its end, so a
+-- meter that went quiet falls toward zero. The latest point before p_from starts each line at
+-- the left edge. Typed-in readings are no pulses and are skipped.
 CREATE OR REPLACE FUNCTION power_series(p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (at timestamptz, meter_no integer, meter_name text, watt numeric)
 LANGUAGE sql STABLE AS $$
-    SELECT c.cor_time_stamp, m.meter_no, m.meter_name, c.watt_consumption::numeric
-    FROM meter_metadata m
-    CROSS JOIN LATERAL (
-        (SELECT h.cor_time_stamp, h.watt_consumption FROM consumption h
-         WHERE h.meter_no = m.meter_no AND h.watt_consumption IS NOT NULL
-           AND h.cor_time_stamp < p_from
-         ORDER BY h.cor_time_stamp DESC, h.index DESC LIMIT 1)
+    WITH pulses AS (
+        -- Each meter's pulses in the range, the one before it and the one after it.
+        SELECT m.meter_no, m.meter_name, m.pulse_per_kwh, m.max_energy, c.index, c.t, c.w
+        FROM meter_metadata m
+        CROSS JOIN LATERAL (
+            (SELECT h.index, h.cor_time_stamp AS t, h.watt_consumption AS w FROM consumption h
+             WHERE h.meter_no = m.meter_no AND NOT h.typed_in AND h.cor_time_stamp < p_from
+             ORDER BY h.cor_time_stamp DESC, h.index DESC LIMIT 1)
+            UNION ALL
+            (SELECT h.index, h.cor_time_stamp, h.watt_consumption FROM consumption h
+             WHERE h.meter_no = m.meter_no AND NOT h.typed_in
+               AND h.cor_time_stamp BETWEEN p_from AND p_to)
+            UNION ALL
+            (SELECT h.index, h.cor_time_stamp, h.watt_consumption FROM consumption h
+             WHERE h.meter_no = m.meter_no AND NOT h.typed_in AND h.cor_time_stamp > p_to
+             ORDER BY h.cor_time_stamp, h.index LIMIT 1)
+        ) c
+    ), gaps AS (
+        -- Stretches without a power reading: (t0, t1] after the pulse at t0 (power w0).
+        SELECT p.meter_no, p.meter_name, p.pulse_per_kwh, p.max_energy,
+               b.t AS t0, b.w AS w0, p.t AS t1
+        FROM (SELECT * FROM pulses WHERE pulses.w IS NULL) p
+        CROSS JOIN LATERAL (
+            SELECT h.cor_time_stamp AS t, h.watt_consumption AS w FROM consumption h
+            WHERE h.meter_no = p.meter_no AND NOT h.typed_in AND h.cor_time_stamp <= p.t
+              AND (h.cor_time_stamp < p.t OR h.index < p.index)
+            ORDER BY h.cor_time_stamp DESC, h.index DESC LIMIT 1
+        ) b
         UNION ALL
-        (SELECT h.cor_time_stamp, h.watt_consumption FROM consumption h
-         WHERE h.meter_no = m.meter_no AND h.watt_consumption IS NOT NULL
-           AND h.cor_time_stamp BETWEEN p_from AND p_to)
-    ) c
-    UNION ALL
-    SELECT t.at, t.meter_no, t.meter_name,
-           meter_power_at(t.last_watt, t.max_energy, t.pulse_per_kwh, t.last_pulse, t.at)
-    FROM (
-        SELECT l.*, l.last_pulse + make_interval(secs => q.first_ms * 2 ^ k / 1000) AS at
+        -- Grafana's "now" is a little earlier than the database's: end the line at p_to then.
+        SELECT l.meter_no, l.meter_name, l.pulse_per_kwh, l.max_energy,
+               l.last_pulse, l.last_watt, least(now(), p_to)
         FROM meter_last_pulse l
-        -- first_ms: where the bound meets the latest reading (the latest period); ratio: how
-        -- many of those fit before the line's end. k stops short of it, so no point can
-        -- overflow a timestamp whatever the filter's order of evaluation.
-        CROSS JOIN LATERAL (SELECT 3600000000.0 / (coalesce(l.last_watt, l.max_energy)
-                                                   * l.pulse_per_kwh) AS first_ms) q
-        CROSS JOIN LATERAL (SELECT extract(epoch FROM least(now(), p_to) - l.last_pulse) * 1000
-                                   / q.first_ms AS ratio) r
-        CROSS JOIN LATERAL generate_series(
-            0, CASE WHEN r.ratio > 1 THEN ceil(ln(r.ratio) / ln(2))::integer - 1 ELSE -1 END) k
+        WHERE l.last_pulse IS NOT NULL
+    ), points AS (
+        SELECT p.t, p.meter_no, p.meter_name, p.w::numeric AS w
+        FROM pulses p
+        WHERE p.w IS NOT NULL AND p.t <= p_to
         UNION ALL
-        -- Grafana's "now" is a little earlier than the database's: end the line at p_to then
-        SELECT l.*, least(now(), p_to) FROM meter_last_pulse l
-    ) t
-    WHERE t.at BETWEEN p_from AND p_to AND t.at > t.last_pulse
+        SELECT d.t, g.meter_no, g.meter_name,
+               meter_power_at(g.w0, g.max_energy, g.pulse_per_kwh, g.t0, d.t)
+        FROM gaps g
+        CROSS JOIN LATERAL (SELECT least(g.t1, p_to) AS t_end) e
+        -- first_ms: where the bound meets the reading before the gap (its period); ratio: how
+        -- many of those fit before the gap's end. k stops short of it, so no point can
+        -- overflow a timestamp whatever the filter's order of evaluation.
+        CROSS JOIN LATERAL (SELECT 3600000000.0 / (coalesce(g.w0, g.max_energy)
+                                                   * g.pulse_per_kwh) AS first_ms) q
+        CROSS JOIN LATERAL (SELECT extract(epoch FROM e.t_end - g.t0) * 1000
+                                   / q.first_ms AS ratio) r
+        CROSS JOIN LATERAL (
+            SELECT g.t0 + make_interval(secs => q.first_ms * 2 ^ k / 1000) AS t
+            FROM generate_series(
+                0, CASE WHEN r.ratio > 1 THEN ceil(ln(r.ratio) / ln(2))::integer - 1
+                        ELSE -1 END) k
+            UNION ALL
+            SELECT e.t_end
+        ) d
+        WHERE d.t > g.t0
+    )
+    SELECT pt.t, pt.meter_no, pt.meter_name, pt.w FROM points pt
+    WHERE pt.t BETWEEN p_from AND p_to
+    UNION ALL
+    (SELECT DISTINCT ON (pt.meter_no) pt.t, pt.meter_no, pt.meter_name, pt.w FROM points pt
+     WHERE pt.t < p_from
+     ORDER BY pt.meter_no, pt.t DESC)
     ORDER BY 1, 2
 $$;
 
--- A meter's reading at any instant, from the stored history. The deadband keeps only the first
--- and last pulse of a plateau, so between two stored rows the count grows at constant power:
--- interpolate, to whole pulses. Before the history: its first reading; after: the latest.
+-- A meter's reading at an instant: the kWh of its latest row at or before it (ties: the row
+-- written last); NULL before its history. The pusher's totals and the Google push read the same
+-- (services/energy_worker/store.py), and the deadband stores the last pulse before every
+-- quarter-hour boundary (services/energy_worker/history.py), so at a boundary it is exact.
 CREATE OR REPLACE FUNCTION meter_kwh_at(p_meter_no integer, p_at timestamptz)
 RETURNS numeric LANGUAGE sql STABLE AS $$
-    SELECT trim_scale(CASE
-        WHEN a.kwh IS NULL THEN b.kwh
-        WHEN b.kwh IS NULL THEN a.kwh
-        ELSE a.kwh + round((b.kwh - a.kwh) * m.pulse_per_kwh * extract(epoch FROM p_at - a.t)
-                           / extract(epoch FROM b.t - a.t)) / m.pulse_per_kwh
-    END)
-    FROM meter_metadata m
-    LEFT JOIN LATERAL (
-        SELECT c.cor_time_stamp AS t, c.kwh FROM consumption c
-        WHERE c.meter_no = m.meter_no AND c.cor_time_stamp <= p_at
-        ORDER BY c.cor_time_stamp DESC, c.index DESC LIMIT 1
-    ) a ON true
-    LEFT JOIN LATERAL (
-        SELECT c.cor_time_stamp AS t, c.kwh FROM consumption c
-        WHERE c.meter_no = m.meter_no AND c.cor_time_stamp > p_at
-        ORDER BY c.cor_time_stamp, c.index LIMIT 1
-    ) b ON true
-    WHERE m.meter_no = p_meter_no
+    SELECT c.kwh FROM consumption c
+    WHERE c.meter_no = p_meter_no AND c.cor_time_stamp <= p_at
+    ORDER BY c.cor_time_stamp DESC, c.index DESC LIMIT 1
 $$;
 
 -- Energy per meter per calendar period ('hour', 'day', 'week', 'month', 'year') of the
--- session's time zone, for the periods that overlap [p_from, p_to): the reading at the period's
--- start and end (the latest reading while it is still running) and their difference. A day
--- that changes to or from summer time has 23 or 25 hours. Meters without history are left out.
+-- session's time zone, for the periods that overlap [p_from, p_to): the readings at the period's
+-- start and end (meter_kwh_at; the latest reading while it is still running) and their
+-- difference, so an hour or a day is what meter_hourly_totals and meter_totals hold. The period
+-- in which a meter's history begins counts from its first reading (where those tables have no
+-- number); periods before it are left out. A day that changes to or from summer time has 23 or
+-- 25 hours.
 CREATE OR REPLACE FUNCTION energy_per_period(p_from timestamptz, p_to timestamptz,
                                              p_unit text)
 RETURNS TABLE (period_start timestamptz, period_end timestamptz, meter_no integer,
@@ -317,20 +345,26 @@ LANGUAGE sql STABLE AS $$
         FROM readings r
         WINDOW w AS (PARTITION BY r.meter_no ORDER BY r.s)
     )
-    SELECT sp.period_start, sp.period_end, sp.meter_no, sp.meter_name, sp.kwh_start,
-           sp.kwh_end, trim_scale(sp.kwh_end - sp.kwh_start)
+    SELECT sp.period_start, sp.period_end, sp.meter_no, sp.meter_name,
+           coalesce(sp.kwh_start, f.kwh), sp.kwh_end,
+           trim_scale(sp.kwh_end - coalesce(sp.kwh_start, f.kwh))
     FROM spans sp
-    WHERE sp.period_end IS NOT NULL AND sp.kwh_start IS NOT NULL
+    LEFT JOIN LATERAL (
+        SELECT c.kwh FROM consumption c
+        WHERE sp.kwh_start IS NULL AND c.meter_no = sp.meter_no
+        ORDER BY c.cor_time_stamp, c.index LIMIT 1
+    ) f ON true
+    WHERE sp.period_end IS NOT NULL AND sp.kwh_end IS NOT NULL
     ORDER BY sp.period_start, sp.meter_no
 $$;
 
--- One row per meter: what the overview panel shows.
+-- One row per meter: what the overview panel shows. Its reading includes a typed-in one.
 CREATE OR REPLACE VIEW meter_overview AS
 SELECT l.meter_no, l.meter_name,
        meter_power_at(l.last_watt, l.max_energy, l.pulse_per_kwh, l.last_pulse, now())
            AS watt_now,
        l.last_watt,
-       coalesce(s.kwh, l.last_kwh) AS kwh,
+       coalesce(s.kwh, meter_kwh_at(l.meter_no, 'infinity')) AS kwh,
        l.last_pulse,
        extract(epoch FROM now() - l.last_pulse) AS last_pulse_age_s,
        coalesce(s.pulses_counted, 0) AS pulses_counted,

@@ -14,7 +14,7 @@ import math
 import random
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,7 +24,8 @@ import pg8000.native
 import pytest
 import yaml
 
-from energy_worker import config, db
+from energy_worker import config, db, schema, store, totals
+from energy_worker import history as deadband
 from energy_worker.readonly_role import (
     RELATIONS,
     ensure_from_env,
@@ -201,6 +202,7 @@ class Meter:
     max_w: int = 17250
     deviation_pct: int = 5
     pulses: list[tuple[datetime, int | None]] = field(default_factory=list)  # (time, watt)
+    typed: list[tuple[datetime, int]] = field(default_factory=list)  # (time, counts) typed in
 
     def pulse_at_power(self, start: datetime, end: datetime, watt: int) -> datetime:
         """Pulses at constant power from start (exclusive) up to end; returns the last one."""
@@ -219,41 +221,80 @@ class Meter:
         return sum(1 for p, _ in self.pulses if (p <= t if inclusive else p < t))
 
 
-def store(con: pg8000.native.Connection, meter: Meter) -> None:
-    """The history as the processor stores it (DOMAIN.md): a run of pulses within the deadband
-    keeps its first row and moves its second row to the latest pulse."""
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def store_history(con: pg8000.native.Connection, meter: Meter) -> None:
+    """The history as the processor stores it (energy_worker.ledger with history.place): a run
+    of pulses within the deadband keeps its first row and moves its second row to the latest
+    pulse, but not across a quarter-hour boundary. A typed-in reading sets the count."""
     rows: list[list] = []
-    reference: int | None = None
-    second: int | None = None
-    for counts, (t, watt) in enumerate(meter.pulses, start=1):
-        row = [meter.no, watt, counts, Decimal(counts) / meter.ppk, t]
-        in_band = (reference is None and watt is None and rows) or (
-            reference is not None
-            and watt is not None
-            and abs(watt - reference) * 100 <= reference * meter.deviation_pct
-        )
-        if not in_band:
-            rows.append(row)
-            reference, second = watt, None
-        elif second is None:
-            rows.append(row)
-            second = len(rows) - 1
+    run: deadband.Run | None = None
+    counts = 0
+    events = [(t, w, None) for t, w in meter.pulses] + [(t, None, c) for t, c in meter.typed]
+    for t, watt, typed_counts in sorted(events, key=lambda e: e[0]):
+        counts = counts + 1 if typed_counts is None else typed_counts
+        row = [meter.no, watt, counts, Decimal(counts) / meter.ppk, t, typed_counts is not None]
+        at_ms = (t - EPOCH) // timedelta(milliseconds=1)
+        where = deadband.place(run, watt, Decimal(meter.deviation_pct), at_ms)
+        if where is deadband.Place.MOVE_SECOND and run and run.second_row is not None:
+            rows[run.second_row] = row
+            run = replace(run, latest_at_ms=at_ms)
+            continue
+        rows.append(row)
+        if where is deadband.Place.SECOND and run is not None:
+            run = replace(run, second_row=len(rows) - 1, latest_at_ms=at_ms)
         else:
-            rows[second] = row
+            run = deadband.Run(watt, len(rows) - 1, None, at_ms)
     for r in rows:
         con.run(
             "INSERT INTO consumption (meter_no, watt_consumption, meter_counts, kwh, "
-            "cor_time_stamp) VALUES (:m, :w, :c, :k, :t)",
+            "cor_time_stamp, typed_in) VALUES (:m, :w, :c, :k, :t, :typed)",
             m=r[0],
             w=r[1],
             c=r[2],
             k=r[3],
             t=r[4],
+            typed=r[5],
+        )
+
+
+def add_meter(con: pg8000.native.Connection, m: Meter, rejected: int = 0) -> None:
+    """The meter, its history and its status row, as the processor leaves them."""
+    con.run(
+        "INSERT INTO meter_metadata (meter_no, meter_name, pulse_per_kwh, max_energy, "
+        "deviation_pct) VALUES (:n, :name, :p, :x, :d) ON CONFLICT (meter_no) DO UPDATE "
+        "SET meter_name = :name, pulse_per_kwh = :p, max_energy = :x, deviation_pct = :d",
+        n=m.no,
+        name=m.name,
+        p=m.ppk,
+        x=m.max_w,
+        d=m.deviation_pct,
+    )
+    store_history(con, m)
+    if m.pulses:
+        ((counts, kwh, at),) = con.run(
+            "SELECT meter_counts, kwh, cor_time_stamp FROM consumption WHERE meter_no = :n "
+            "ORDER BY cor_time_stamp DESC, index DESC LIMIT 1",
+            n=m.no,
+        )
+        con.run(
+            "INSERT INTO meter_status (meter_no, meter_counts, kwh, cor_time_stamp, "
+            "pulses_counted, pulses_rejected) VALUES (:n, :c, :k, :t, :p, :r)",
+            n=m.no,
+            c=counts,
+            k=kwh,
+            t=at,
+            p=len(m.pulses),
+            r=rejected,
         )
 
 
 DST_DAY_START = datetime(2025, 3, 28, 23, 0, tzinfo=UTC)  # 2025-03-29 00:00 Copenhagen
 DST_DAY_END = datetime(2025, 3, 31, 22, 0, tzinfo=UTC)  # 2025-04-01 00:00 Copenhagen
+# The generated pulses start 1 ms after a whole hour, so that none falls exactly on a
+# quarter-hour boundary (real pulses come at arbitrary milliseconds).
+HISTORY_START = DST_DAY_START - timedelta(hours=1) + timedelta(milliseconds=1)
 
 
 @dataclass
@@ -269,13 +310,13 @@ def history(owner) -> History:
     m2 = Meter(2, "Heat pump", 100)  # random plateaus and gaps, quiet since
     m3 = Meter(3, "Garage", 1000)  # never pulsed
     m4 = Meter(4, "Workshop", 1000)  # one pulse without power (after a reboot)
-    last = m1.pulse_at_power(DST_DAY_START - timedelta(hours=1), DST_DAY_END, 1000)
+    last = m1.pulse_at_power(HISTORY_START, DST_DAY_END, 1000)
     resume = now - timedelta(hours=2)
     m1.pulse_after_gap(last, resume)
     m1.pulse_at_power(resume, now - timedelta(hours=1), 2000)
 
     rng = random.Random(5)
-    t = DST_DAY_START - timedelta(hours=1)
+    t = HISTORY_START
     while t < DST_DAY_END:
         if rng.random() < 0.25:  # quiet for a while: the next pulse carries the gap's power
             nxt = t + timedelta(minutes=rng.randint(20, 300))
@@ -292,27 +333,7 @@ def history(owner) -> History:
     owner.run("DELETE FROM meter_status")
     owner.run("DELETE FROM meter_metadata WHERE meter_no > 4")
     for m in meters.values():
-        owner.run(
-            "INSERT INTO meter_metadata (meter_no, meter_name, pulse_per_kwh, max_energy, "
-            "deviation_pct) VALUES (:n, :name, :p, :x, :d) ON CONFLICT (meter_no) DO UPDATE "
-            "SET meter_name = :name, pulse_per_kwh = :p, max_energy = :x, deviation_pct = :d",
-            n=m.no,
-            name=m.name,
-            p=m.ppk,
-            x=m.max_w,
-            d=m.deviation_pct,
-        )
-        store(owner, m)
-        if m.pulses:
-            owner.run(
-                "INSERT INTO meter_status (meter_no, meter_counts, kwh, cor_time_stamp, "
-                "pulses_counted, pulses_rejected) VALUES (:n, :c, :k, :t, :c, :r)",
-                n=m.no,
-                c=len(m.pulses),
-                k=Decimal(len(m.pulses)) / m.ppk,
-                t=m.pulses[-1][0],
-                r=m.no - 1,
-            )
+        add_meter(owner, m, rejected=m.no - 1)
     owner.run(
         "UPDATE worker_progress SET backlog = 42, last_seq = 7, updated_at = :t",
         t=now - timedelta(seconds=5),
@@ -401,6 +422,11 @@ def local(y: int, mo: int, d: int, h: int = 0) -> datetime:
     return datetime(y, mo, d, h, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
 
 
+def kwh_between(m: Meter, start: datetime, end: datetime) -> Decimal:
+    """The energy of the pulses in (start, end]: what the readings at those instants differ by."""
+    return Decimal(m.count_before(end) - m.count_before(start)) / m.ppk
+
+
 def test_energy_per_day_over_summer_time_change(pg_module, reader, history):
     res = run_panel(pg_module, reader, "Energy per day (kWh)", DST_DAY_START, DST_DAY_END)
     assert res.columns == ["time", "metric", "value"]
@@ -411,15 +437,17 @@ def test_energy_per_day_over_summer_time_change(pg_module, reader, history):
         (local(2025, 3, 30), Decimal(23)),
         (local(2025, 3, 31), Decimal(24)),
     ]
-    # Never pulsed: no bars. Pulsing only since today: none in 2025.
-    assert {m for _, m, _ in res.rows} == {"House", "Heat pump", "Workshop"}
-    assert {v for _, m, v in res.rows if m == "Workshop"} == {0}
+    # Never pulsed, or pulsing only since today: no bars in 2025.
+    assert {m for _, m, _ in res.rows} == {"House", "Heat pump"}
     pump = history.meters[2]
+    days = [t for t, m, _ in res.rows if m == "Heat pump"]
+    assert days == [local(2025, 3, 29), local(2025, 3, 30), local(2025, 3, 31)]
     for t, m, v in res.rows:
-        if m == "Heat pump":
-            end = t + (timedelta(hours=23) if t == local(2025, 3, 30) else timedelta(days=1))
-            exact = Decimal(pump.count_before(end) - pump.count_before(t)) / pump.ppk
-            assert abs(v - exact) <= Decimal(1) / pump.ppk
+        end = t + (timedelta(hours=23) if t == local(2025, 3, 30) else timedelta(days=1))
+        assert v == kwh_between(history.meters[1 if m == "House" else 2], t, end), (m, t)
+    assert sum(v for _, m, v in res.rows if m == "Heat pump") == kwh_between(
+        pump, DST_DAY_START, DST_DAY_END
+    )
 
 
 def test_energy_per_hour_matches_the_pulses(pg_module, reader, history):
@@ -427,34 +455,70 @@ def test_energy_per_hour_matches_the_pulses(pg_module, reader, history):
     hours = sorted({t for t, _, _ in res.rows})
     assert len(hours) == 24 + 23 + 24
     assert all(h.minute == 0 and h.second == 0 for h in hours)
-    pump = history.meters[2]
-    total = Decimal(0)
+    assert {m for _, m, _ in res.rows} == {"House", "Heat pump"}
     for t, m, v in res.rows:
+        meter = history.meters[1 if m == "House" else 2]
+        # Exact: the deadband stores the last pulse before every quarter-hour boundary.
+        assert v == kwh_between(meter, t, t + timedelta(hours=1)), (m, t)
         if m == "House":
             assert v == 1
-        elif m == "Workshop":
-            assert v == 0
-        else:
-            exact = Decimal(pump.count_before(t + timedelta(hours=1)) - pump.count_before(t))
-            assert abs(v - exact / pump.ppk) <= Decimal(1) / pump.ppk, t
-            total += v
-    # Readings at the boundaries telescope: the sum is exact to one pulse at each end.
-    exact_total = pump.count_before(DST_DAY_END) - pump.count_before(DST_DAY_START)
-    assert abs(total - Decimal(exact_total) / pump.ppk) <= Decimal(2) / pump.ppk
+
+
+def test_energy_equals_the_pushers_totals(pg_module, owner, reader, history):
+    """Grafana's hours and days are what the pusher stores (and pushes) for them."""
+    tz = ZoneInfo(TZ)
+    days = [datetime(2025, 3, d).date() for d in (29, 30, 31)]
+    hours = [(s, e, d) for d in days for s, e in totals.day_hours(d, tz)]
+    store.upsert_hours(owner, hours, history.now)
+    store.upsert_days(owner, [(d, *totals.day_bounds(d, tz)) for d in days], history.now)
+    pushed_hours = {
+        (s, no): (a, z, diff)
+        for s, no, a, z, diff in owner.run(
+            "SELECT hour_start, meter_no, kwh_start, kwh, kwh_diff FROM meter_hourly_totals "
+            "WHERE day = ANY(:days) AND kwh_diff IS NOT NULL",
+            days=days,
+        )
+    }
+    pushed_days = {
+        (s, no): (a, z, diff)
+        for s, no, a, z, diff in owner.run(
+            "SELECT day_start, meter_no, kwh_start, kwh, kwh_diff FROM meter_totals "
+            "WHERE day = ANY(:days) AND kwh_diff IS NOT NULL",
+            days=days,
+        )
+    }
+    assert len(pushed_hours) == 2 * (24 + 23 + 24) and len(pushed_days) == 2 * 3
+    con = connect(pg_module, reader)
+    try:
+        for unit, pushed in (("hour", pushed_hours), ("day", pushed_days)):
+            rows = con.run(
+                "SELECT period_start, meter_no, kwh_start, kwh_end, kwh "
+                "FROM energy_per_period(:f, :t, :u)",
+                f=DST_DAY_START,
+                t=DST_DAY_END,
+                u=unit,
+            )
+            assert {(s, no): (a, z, d) for s, no, a, z, d in rows} == pushed, unit
+    finally:
+        con.close()
 
 
 def test_daily_totals_table(pg_module, reader, history):
     res = run_panel(pg_module, reader, "Daily totals", DST_DAY_START, DST_DAY_END)
     assert res.columns == ["Day", "Meter", "Energy (kWh)", "Reading at end of day (kWh)"]
-    assert res.by("Day") == ["2025-03-31"] * 3 + ["2025-03-30"] * 3 + ["2025-03-29"] * 3
-    assert res.by("Meter") == ["House", "Heat pump", "Workshop"] * 3
+    assert res.by("Day") == ["2025-03-31"] * 2 + ["2025-03-30"] * 2 + ["2025-03-29"] * 2
+    assert res.by("Meter") == ["House", "Heat pump"] * 3
     house = [r for r in res.rows if r[1] == "House"]
     m1 = history.meters[1]
-    first = m1.count_before(DST_DAY_START - timedelta(hours=1))  # nothing before the start
-    assert first == 0
+    assert m1.count_before(DST_DAY_START - timedelta(hours=1)) == 0  # nothing before it
     assert [r[2] for r in house] == [24, 23, 24]
-    # Readings: 1000 pulses per kWh, steady from one hour before the first day.
-    assert [r[3] for r in house] == [Decimal(1 + 24 + 23 + 24), Decimal(1 + 24 + 23), 25]
+    # The reading at a day's end counts every pulse up to it: 1000 per kWh, steady from one
+    # hour before the first day (its first pulse 3.6 s after the start: one pulse short).
+    assert [r[3] for r in house] == [
+        Decimal(m1.count_before(t)) / 1000
+        for t in (DST_DAY_END, local(2025, 3, 31), local(2025, 3, 30))
+    ]
+    assert house[-1][3] == Decimal("24.999")
 
 
 def test_power_per_meter_falls_toward_zero_when_quiet(pg_module, reader, history):
@@ -473,9 +537,11 @@ def test_power_per_meter_falls_toward_zero_when_quiet(pg_module, reader, history
     last_pulse = pulses[-1][0]
     stored = [(t, v) for t, v in house if t_from <= t <= last_pulse]
     # The pulse after the long gap carries the gap's mean power; then the 2 kW plateau, stored
-    # as its first and last pulse.
+    # as its first and last pulse and the last pulse before every quarter-hour boundary.
     resume = history.now - timedelta(hours=2)
-    assert stored == [(resume, pulses[-2001][1]), (pulses[-2000][0], 2000), (last_pulse, 2000)]
+    assert stored[:2] == [(resume, pulses[-2001][1]), (pulses[-2000][0], 2000)]
+    assert stored[-1] == (last_pulse, 2000)
+    assert 3 <= len(stored) - 2 <= 6 and {v for _, v in stored[1:]} == {2000}
     tail = [(t, v) for t, v in house if t > last_pulse]
     assert len(tail) >= 10
     assert [v for _, v in tail] == sorted((v for _, v in tail), reverse=True)
@@ -501,6 +567,111 @@ def test_power_of_a_past_range_ends_where_it_should(pg_module, reader, history):
     res = run_panel(pg_module, reader, "Power per meter (W)", DST_DAY_START, DST_DAY_END)
     assert all(t <= DST_DAY_END for t in res.by("time"))
     assert {v for t, m, v in res.rows if m == "House"} == {1000}
+
+
+@dataclass
+class Boiler:
+    meter: Meter
+    last_500: datetime  # the last pulse of a 500 W run
+    reboot: datetime  # three hours later: a pulse without a power reading (reboot)
+    last_pulse: datetime  # the last pulse of the 2000 W run after it
+    typed_at: datetime  # then a meter reading typed in
+
+
+@pytest.fixture
+def boiler(owner, history):
+    """A meter with a reboot after a quiet spell and a typed-in reading; removed afterwards."""
+    m = Meter(9, "Boiler", 1000)
+    start = history.now - timedelta(hours=6, milliseconds=7)
+    last_500 = m.pulse_at_power(start, start + timedelta(hours=1), 500)
+    reboot = last_500 + timedelta(hours=3)
+    m.pulses.append((reboot, None))
+    last_pulse = m.pulse_at_power(reboot, reboot + timedelta(hours=1), 2000)
+    typed_at = history.now - timedelta(minutes=5)
+    m.typed.append((typed_at, 123_456))
+    add_meter(owner, m)
+    yield Boiler(m, last_500, reboot, last_pulse, typed_at)
+    for table in ("meter_status", "consumption", "meter_metadata"):
+        owner.run(f"DELETE FROM {table} WHERE meter_no = 9")
+
+
+def boiler_series(res: Result) -> list[tuple[datetime, Decimal]]:
+    return [(t, v) for t, m, v in res.rows if m == "Boiler"]
+
+
+def test_power_before_a_pulse_without_reading_follows_the_bound(pg_module, reader, boiler):
+    """500 W until 12:00, a reboot pulse at 15:00 (no power reading), then 2000 W: the quiet
+    hours in between draw as the bound from the 12:00 pulse, never as the 2000 W after them."""
+    b = boiler
+    res = run_panel(
+        pg_module, reader, "Power per meter (W)", b.last_500 - timedelta(hours=1), b.last_pulse
+    )
+    series = boiler_series(res)
+    assert (b.last_500, 500) in series
+    gap = [(t, v) for t, v in series if b.last_500 < t <= b.reboot]
+    assert len(gap) >= 10 and gap[-1][0] == b.reboot
+    assert [v for _, v in gap] == sorted((v for _, v in gap), reverse=True)
+    for t, v in gap:  # the bound from the 12:00 pulse, capped by its 500 W
+        ms = (t - b.last_500) / timedelta(milliseconds=1)
+        assert math.isclose(v, min(500, 3_600_000_000 / (ms * 1000)), rel_tol=1e-3, abs_tol=1e-3)
+    # At the reboot pulse: one pulse in three hours.
+    assert math.isclose(gap[-1][1], 1 / 3, rel_tol=1e-2)
+    after = [v for t, v in series if t > b.reboot]
+    assert after and set(after) == {2000}
+
+    # A range that starts inside the gap enters at the bound, not at 500 W or 2000 W.
+    t_from = b.last_500 + timedelta(hours=1)
+    res = run_panel(
+        pg_module, reader, "Power per meter (W)", t_from, b.reboot + timedelta(minutes=1)
+    )
+    series = boiler_series(res)
+    assert series[0][0] < t_from and series[0][1] < 2
+    assert all(v < 2 for t, v in series if t <= b.reboot)
+    # And one that ends inside it ends at its right edge, at the bound.
+    t_to = b.last_500 + timedelta(hours=2)
+    res = run_panel(pg_module, reader, "Power per meter (W)", b.last_500, t_to)
+    series = boiler_series(res)
+    assert series[-1][0] == t_to
+    assert math.isclose(series[-1][1], 0.5, rel_tol=1e-2)  # 1 pulse in 2 h at 1000 per kWh
+
+
+def test_a_typed_in_reading_is_no_pulse(pg_module, reader, boiler, history):
+    b = boiler
+    res = run_panel(pg_module, reader, "Meters", history.now - timedelta(hours=1), history.now)
+    row = dict(zip(res.columns, next(r for r in res.rows if r[0] == "Boiler"), strict=True))
+    assert row["Last pulse"] == b.last_pulse
+    assert row["Reading (kWh)"] == Decimal("123.456")
+    age_ms = (res.now - b.last_pulse) / timedelta(milliseconds=1)
+    assert math.isclose(row["Since last pulse"], age_ms / 1000, rel_tol=1e-6)
+    # About an hour after 2000 W: about 1 W, not the bound from the meter's maximum at the
+    # typing time (a few minutes ago: about 12 W).
+    expected = min(2000, 3_600_000_000 / (age_ms * 1000))
+    assert math.isclose(row["Power now (W)"], expected, rel_tol=1e-3, abs_tol=1e-3)
+
+    # The graph's tail falls from the last pulse's 2000 W, through the typing time.
+    res = run_panel(pg_module, reader, "Power per meter (W)", b.reboot, history.now)
+    tail = [(t, v) for t, v in boiler_series(res) if t > b.last_pulse]
+    assert tail[0][1] == 2000
+    assert [v for _, v in tail] == sorted((v for _, v in tail), reverse=True)
+    for t, v in tail:
+        ms = (t - b.last_pulse) / timedelta(milliseconds=1)
+        assert math.isclose(v, min(2000, 3_600_000_000 / (ms * 1000)), rel_tol=1e-3, abs_tol=1e-3)
+
+    # The reading shows as energy in the hour it was typed in, exactly.
+    con = connect(pg_module, reader)
+    try:
+        rows = con.run(
+            "SELECT period_start, kwh_start, kwh_end FROM energy_per_period(:f, :t, 'hour') "
+            "WHERE meter_no = 9 AND period_start <= :at AND period_end > :at",
+            f=b.typed_at - timedelta(hours=1),
+            t=history.now,
+            at=b.typed_at,
+        )
+    finally:
+        con.close()
+    ((hour, kwh_start, kwh_end),) = rows
+    assert kwh_end == Decimal("123.456")
+    assert kwh_start == Decimal(b.meter.count_before(hour)) / 1000
 
 
 def test_meter_overview(pg_module, reader, history):
@@ -562,6 +733,24 @@ def test_worker_stats(pg_module, reader, history):
         "SELECT nextval('consumption_index_seq')",
         "SELECT * FROM schema_version",
         "TRUNCATE consumption",
+        # What PostgreSQL grants every role: temporary tables, large objects (stored in the
+        # database), advisory locks (the worker's own).
+        "CREATE TEMP TABLE intruder (x int)",
+        "SELECT lo_from_bytea(0, 'x')",
+        "SELECT lo_create(0)",
+        "SELECT lo_creat(-1)",
+        "SELECT lo_import('/etc/hostname')",
+        "SELECT lo_import('/etc/hostname', 0)",
+        "SELECT lo_put(0, 0, 'x')",
+        "SELECT lowrite(0, 'x')",
+        "SELECT pg_advisory_lock(hashtext('energy-worker processor'))",
+        "SELECT pg_try_advisory_lock(hashtext('energy-worker processor'))",
+        "SELECT pg_advisory_xact_lock(hashtext('energy-worker schema'))",
+        "SELECT pg_try_advisory_xact_lock(1)",
+        "SELECT pg_advisory_lock_shared(1, 2)",
+        "SELECT pg_try_advisory_lock_shared(1)",
+        "SELECT pg_advisory_xact_lock_shared(1)",
+        "SELECT pg_try_advisory_xact_lock_shared(1, 2)",
     ],
 )
 def test_reader_cannot_write(pg_module, reader, history, statement):
@@ -574,6 +763,78 @@ def test_reader_cannot_write(pg_module, reader, history, statement):
         assert err.value.args[0]["C"] == "42501"  # insufficient_privilege
     finally:
         con.close()
+
+
+def test_owner_keeps_what_public_lost(pg_module, owner, reader):
+    """The processor and the schema set-up take advisory locks as the owner, by a grant of its
+    own now that PUBLIC has none."""
+    (me,) = owner.run("SELECT current_user")[0]
+    rows = owner.run(
+        "SELECT p.proname, (SELECT array_agg(coalesce(r.rolname, 'PUBLIC') ORDER BY 1) "
+        "FROM aclexplode(p.proacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+        "WHERE a.privilege_type = 'EXECUTE') FROM pg_proc p "
+        "WHERE p.pronamespace = 'pg_catalog'::regnamespace "
+        "AND (p.proname LIKE 'lo\\_%' OR p.proname = 'lowrite' "
+        "OR p.proname LIKE 'pg\\_%advisory\\_%lock%')"
+    )
+    closed = {
+        "lo_create", "lo_creat", "lo_from_bytea", "lo_import", "lo_put", "lowrite",
+        "pg_advisory_lock", "pg_advisory_lock_shared", "pg_advisory_xact_lock",
+        "pg_advisory_xact_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
+        "pg_try_advisory_xact_lock", "pg_try_advisory_xact_lock_shared",
+    }  # fmt: skip
+    assert closed <= {name for name, _ in rows}
+    for name, grantees in rows:
+        if name in closed:
+            assert me in grantees and "PUBLIC" not in grantees, name
+        elif "unlock" in name:
+            assert grantees is None or "PUBLIC" in grantees, name  # releasing stays open
+    ((temp,),) = owner.run(
+        "SELECT array_agg(coalesce(r.rolname, 'PUBLIC')) FROM pg_database d, "
+        "aclexplode(d.datacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+        "WHERE d.datname = current_database() AND a.privilege_type = 'TEMPORARY'"
+    )
+    assert me in temp and "PUBLIC" not in temp
+    owner.run("CREATE TEMP TABLE owner_may (x int)")
+    owner.run("DROP TABLE owner_may")
+    assert owner.run("SELECT pg_try_advisory_lock(hashtext('energy-worker processor'))") == [[True]]
+    owner.run("SELECT pg_advisory_unlock(hashtext('energy-worker processor'))")
+
+
+def test_role_set_up_by_a_database_owner_who_is_no_superuser(pg_server, caplog):
+    """Only a superuser may take pg_catalog's functions from PUBLIC: without, the set-up says
+    what stays open, and still closes the temporary tables of the database it owns."""
+    suffix = uuid.uuid4().hex[:8]
+    boss, name, user = f"ew_owner_{suffix}", f"ew_test_owner_{suffix}", f"ew_reader_{suffix}"
+    admin = connect(pg_server)
+    admin.run(f"CREATE ROLE {boss} LOGIN CREATEROLE NOSUPERUSER")
+    admin.run(f"CREATE DATABASE {name} OWNER {boss}")
+    settings = config.PostgresSettings(**{**pg_server.__dict__, "database": name})
+    try:
+        con = connect(settings, boss)
+        try:
+            schema.apply(con, {})
+            with caplog.at_level("WARNING", logger="energy_worker.readonly_role"):
+                ensure_readonly_role(con, user, "pw", timezone=TZ)
+        finally:
+            con.close()
+        warned = [r.getMessage() for r in caplog.records]
+        assert any("not a superuser" in m and "pg_advisory_lock," in m for m in warned)
+        assert not any("temporary tables" in m for m in warned)
+        con = connect(settings, user)
+        try:
+            con.run("SET default_transaction_read_only = off")
+            with pytest.raises(pg8000.native.DatabaseError) as err:
+                con.run("CREATE TEMP TABLE intruder (x int)")
+            assert err.value.args[0]["C"] == "42501"
+            con.run("SELECT count(*) FROM meter_overview")
+        finally:
+            con.close()
+    finally:
+        admin.run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.run(f"DROP ROLE IF EXISTS {user}")
+        admin.run(f"DROP ROLE IF EXISTS {boss}")
+        admin.close()
 
 
 def test_reader_sessions_are_read_only_and_local(pg_module, reader):

@@ -6,7 +6,14 @@ server in clear: it is sent as a SCRAM-SHA-256 verifier computed here, as psql's
 does, so neither a server log of the statement nor an error message can show it.
 
 The role may log in, read what the dashboards show (RELATIONS) and nothing else; its sessions
-are read-only by default too, so a grant added by mistake later still cannot write.
+are read-only by default too, so a grant added by mistake later still cannot write. A session
+can turn that default off, so the grants are what counts: PostgreSQL lets every role (PUBLIC)
+create temporary tables, create and write large objects (stored in the database: they can fill a
+Raspberry Pi's SD card) and take advisory locks (the reader could squat on the locks the worker
+takes). Where the set-up may (a superuser, as in docker-compose; the database's owner for the
+temporary tables) those are taken from PUBLIC and granted back to the set-up's role, which the
+processor and the schema set-up run as; otherwise a warning says what stays open. No grant can
+keep a role from changing its own password or its own session defaults (ALTER ROLE itself).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from collections.abc import Mapping
@@ -37,8 +45,14 @@ RELATIONS = (
     "meter_hourly_totals",
 )
 DEFAULT_USER = "grafana_reader"
+# Functions PUBLIC may call that write all the same: large objects (in the database) and
+# advisory locks. pg_catalog.<name> for every signature of these names.
+WRITING_FUNCTIONS = ("lo_create", "lo_creat", "lo_from_bytea", "lo_import", "lo_put", "lowrite")
+ADVISORY_LOCKS = r"^pg_(try_)?advisory_(xact_)?lock(_shared)?$"
 SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
 STATEMENT_TIMEOUT = "30s"  # a dashboard over years of history must not hog a Raspberry Pi
+
+log = logging.getLogger("energy_worker.readonly_role")
 
 
 def scram_verifier(password: str, salt: bytes | None = None) -> str:
@@ -108,10 +122,49 @@ def ensure_readonly_role(
         )[0][0]
         if can_revoke:
             con.run(f"REVOKE CREATE ON SCHEMA {identifier(schema)} FROM PUBLIC")
+        close_public_writes(con, owner, database)
         con.run("COMMIT")
     except BaseException:
         con.run("ROLLBACK")
         raise
+
+
+def close_public_writes(con: pg8000.native.Connection, owner: str, database: str) -> None:
+    """Take from PUBLIC what lets any role write in a read-only session (module docstring), as
+    far as `owner` (the current user) may; `owner` keeps each right by a grant of its own."""
+    if con.run(
+        "SELECT pg_has_role(datdba, 'USAGE') FROM pg_database WHERE datname = current_database()"
+    )[0][0]:
+        con.run(f"REVOKE TEMPORARY ON DATABASE {identifier(database)} FROM PUBLIC")
+        con.run(f"GRANT TEMPORARY ON DATABASE {identifier(database)} TO {identifier(owner)}")
+    else:
+        log.warning(
+            "not the owner of database %s: every role, the Grafana reader too, may still "
+            "create temporary tables in it",
+            database,
+        )
+    functions = con.run(
+        "SELECT format('pg_catalog.%I(%s)', p.proname, "
+        "pg_get_function_identity_arguments(p.oid)), p.proname, "
+        "pg_has_role(p.proowner, 'USAGE') "
+        "FROM pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace "
+        "AND (p.proname = ANY(CAST(:names AS text[])) OR p.proname ~ :locks) ORDER BY 1",
+        names=list(WRITING_FUNCTIONS),
+        locks=ADVISORY_LOCKS,
+    )
+    skipped: set[str] = set()
+    for signature, name, may in functions:
+        if may:
+            con.run(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC")
+            con.run(f"GRANT EXECUTE ON FUNCTION {signature} TO {identifier(owner)}")
+        else:
+            skipped.add(name)
+    if skipped:
+        log.warning(
+            "not a superuser: every role, the Grafana reader too, may still create large "
+            "objects and take advisory locks (%s)",
+            ", ".join(sorted(skipped)),
+        )
 
 
 def ensure_from_env(

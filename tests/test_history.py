@@ -16,7 +16,7 @@ def test_first_pulse_starts_a_run():
 def test_inside_the_band_adds_then_moves_the_second_row():
     run = Run(2000, first_row=1)
     assert place(run, 2100, FIVE, 0) is Place.SECOND
-    assert place(Run(2000, 1, 2, 0), 1900, FIVE, 1000) is Place.MOVE_SECOND
+    assert place(Run(2000, 1, 2, 1), 1900, FIVE, 1000) is Place.MOVE_SECOND
 
 
 def test_leaving_the_band_starts_a_new_run():
@@ -32,7 +32,12 @@ def test_power_less_pulses_form_runs_of_their_own():
 
 
 def test_the_second_row_stops_at_a_quarter_hour_boundary():
-    before = SLOT_MS * 100 - 1
-    run = Run(2000, 1, 2, latest_at_ms=before)
-    assert place(run, 2000, FIVE, before) is Place.MOVE_SECOND
-    assert place(run, 2000, FIVE, before + 1) is Place.SECOND  # keeps the row before it
+    boundary = SLOT_MS * 100
+    run = Run(2000, 1, 2, latest_at_ms=boundary - 1)
+    assert place(run, 2000, FIVE, boundary) is Place.MOVE_SECOND  # the boundary's own pulse
+    run = Run(2000, 1, 2, latest_at_ms=boundary)
+    assert place(run, 2000, FIVE, boundary + 1) is Place.SECOND  # keeps the pulse at it
+
+
+def test_a_typed_in_reading_starts_a_run_of_its_own():
+    assert place(Run(None, 1, 2, 0), None, FIVE, 10, typed_in=True) is Place.NEW_RUN

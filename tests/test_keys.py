@@ -38,6 +38,7 @@ def test_legal_keys(key, kind, meter):
         ("channel::timestamp", "unknown key"),
         ("hello", "unknown key"),
         ("channel:1:timestamp ", "unknown key"),
+        ("channel:٣:timestamp", "unknown key"),  # a digit, but not an ASCII one
     ],
 )
 def test_illegal_keys(key, reason):

@@ -104,6 +104,7 @@ pulse_steps = st.lists(
         st.tuples(st.just("gap"), st.integers(1, 10 * HOUR)),  # a pulse after this many ms
         st.tuples(st.just("repeat"), st.just(0)),  # the last pulse delivered again
         st.tuples(st.just("powerup"), st.integers(0, 10 * HOUR)),  # reboot; first pulse at
+        st.tuples(st.just("reboot"), st.integers(0, 10 * HOUR)),  # the same, unannounced
     ),
     max_size=60,
 )
@@ -121,6 +122,19 @@ def test_any_pulse_sequence_counts_each_distinct_pulse_exactly_once(steps, ppk, 
         if action == "repeat":
             result = meter.pulse(state, millis, wall + 1, ppk, 10**9)
             assert result.outcome is Outcome.REPEAT
+        elif action == "reboot":
+            previous = millis
+            millis, wall = amount, wall + 1000
+            result = meter.pulse(state, millis, wall, ppk, 10**9)
+            period = (millis - previous) % 2**32
+            if period > 1000 + meter.REBOOT_SLACK_MS:  # only a reboot explains it
+                assert (result.outcome, result.watt, result.period) == (Outcome.REBOOT, None, -1)
+            elif period == 0:
+                assert result.outcome is Outcome.REPEAT
+                expected -= 1
+            else:  # millis restarted above the last value: indistinguishable from a pulse
+                assert (result.outcome, result.period) == (Outcome.POWER, period)
+            expected += 1
         elif action == "powerup":
             state = meter.powerup(state)
             millis, wall = amount, wall + amount + 1

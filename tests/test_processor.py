@@ -138,12 +138,13 @@ def test_reboot_wrap_over_maximum_and_metercount(spawn, r, sql):
     assert spawn("processor").wait_exit(30) == 0
     rows = history(sql, 3)
     assert rows[1] == (2000, 2, Decimal("0.002"), 1800)
-    assert [row[0] for row in rows] == [None, 2000, None, None, 2000]
+    # first pulse; 2000 W; after powerup; over the maximum; the typed-in reading; 2000 W
+    assert [row[0] for row in rows] == [None, 2000, None, None, None, 2000]
     s = status(sql, 3)
     assert (s["meter_counts"], s["kwh"], s["pulses_rejected"]) == (279971, Decimal("279.971"), 1)
     assert rows[-1][1:] == (279971, Decimal("279.971"), 1800)
     typed = sql.run("SELECT typed_in FROM consumption WHERE meter_no = 3 ORDER BY index")
-    assert [t[0] for t in typed] == [False, False, False, True, False]  # the reading's row
+    assert [t[0] for t in typed] == [False, False, False, False, True, False]
 
 
 def test_history_lands_at_the_time_the_key_was_taken(spawn, r, sql):
@@ -332,3 +333,60 @@ def test_redis_losing_its_data_starts_a_new_epoch_and_nothing_is_skipped(spawn, 
     wait_until(lambda: status(sql, 1)["meter_counts"] == 5)
     assert proc.popen.poll() is None
     assert sql.run("SELECT count(*) FROM worker_epochs")[0][0] == 2
+
+
+def test_a_lost_acknowledgement_after_commit_writes_nothing_twice(r, sql, pg, redis_db):
+    """Redis goes away between the commit and the ack: the batch comes back, is skipped, and
+    the stop in it still ends the processor."""
+    pulses(r, 2, [1000, 2800, 4600, 6400])
+    enqueue(r, "stop", "true")
+    proxy = TcpProxy(redis_db.host, redis_db.port)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=proxy.port, db=redis_db.db)
+        processor = Processor(client, pg, config.load_meters())
+        real_ack = processor.queues.ack
+        failures = []
+
+        def ack_on_a_dead_connection(count: int) -> None:
+            if not failures:
+                failures.append(count)
+                proxy.cut()  # the connection dies just as the ack goes out
+                try:
+                    real_ack(count)
+                finally:
+                    proxy.restore()
+            else:
+                real_ack(count)
+
+        processor.queues.ack = ack_on_a_dead_connection  # type: ignore[method-assign]
+        processor.run()  # returns once the stop is committed and acknowledged
+    finally:
+        proxy.close()
+    assert failures == [5]
+    assert [row[1] for row in history(sql, 2)] == [1, 2, 4]  # no second copy of the batch
+    assert status(sql, 2)["meter_counts"] == 4
+    assert drained(r)
+
+
+def test_redis_that_lost_its_last_writes_gets_a_new_epoch_before_the_router_starts(
+    worker_env, spawn, r, sql
+):
+    pulses(r, 1, [1000, 2800, 4600])
+    enqueue(r, "stop", "true")
+    assert spawn("processor").wait_exit(30) == 0
+    epoch = r.get(queue.EPOCH)
+    r.set(queue.SEQ, 2)  # a power cut took the last increments with it
+    setup = subprocess.run(
+        [sys.executable, "-m", "energy_worker.setup"],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "Redis lost writes" in setup.stderr
+    assert r.get(queue.EPOCH) != epoch
+    pulses(r, 1, [6400, 8200], start_ms=T0 + 5400)  # numbered 3 and 4 again, in the new epoch
+    enqueue(r, "stop", "true")
+    assert spawn("processor").wait_exit(30) == 0
+    assert status(sql, 1)["meter_counts"] == 5

@@ -327,7 +327,7 @@ def work_item(at: datetime) -> str:
     ("old_at", "new_at"),
     [
         ((10, 46), (10, 58)),  # within 10:45-11:00: the reading at 11:00 changes
-        ((11, 0), (11, 7)),  # from 11:00 itself: so does the one at 11:00 (the row left it)
+        ((10, 50), (11, 0)),  # to 11:00 itself: the boundary's own pulse counts at 11:00
     ],
 )
 def test_a_deadband_row_moved_after_its_hour_was_computed_is_followed(

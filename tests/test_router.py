@@ -202,3 +202,30 @@ def test_debug_switches_the_processor_too(spawn, r):
     proc.wait_for_log("debug logging on")
     r.set("debug", "false")
     proc.wait_for_log("debug logging off")
+
+
+def test_a_debug_key_of_another_type_is_rejected_and_pulses_keep_flowing(router, r):
+    r.rpush("debug", "x")
+    wait_until(lambda: not r.exists("debug"))
+    assert dead_letters(r)[0]["reason"] == "key holds a Redis list, not a string"
+    for millis in range(5):
+        r.set("channel:1:timestamp", str(millis))
+        wait_until(lambda: not r.exists("channel:1:timestamp"), 1.0, interval=0.001)
+    assert "Redis unavailable" not in router.log()
+
+
+def test_deleting_the_debug_key_switches_debug_off(router, r):
+    r.set("debug", "true")
+    router.wait_for_log("debug logging on")
+    r.delete("debug")
+    router.wait_for_log("debug logging off")
+
+
+def test_notifications_switched_off_behind_its_back_are_switched_on_again(router, r):
+    """A restarted Redis forgets a CONFIG SET; the router notices at its next sweep."""
+    r.config_set("notify-keyspace-events", "")
+    router.wait_for_log("keyspace notifications were off", timeout=15)
+    flags = r.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    assert {"E", "$"} <= set(flags)
+    r.set("channel:1:timestamp", "1")
+    wait_until(lambda: not r.exists("channel:1:timestamp"), 1.0, interval=0.001)

@@ -37,3 +37,16 @@ def close_quietly(con: pg8000.native.Connection | None) -> None:
         return
     with contextlib.suppress(UNAVAILABLE):
         con.close()
+
+
+# SQLSTATE classes of a lost or refused connection (PostgreSQL, appendix A): 08 connection
+# exception, 57 operator intervention (shutdown, restart), 53 insufficient resources.
+CONNECTION_CLASSES = ("08", "57", "53")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """A lost connection (retry quietly), rather than a statement PostgreSQL refused."""
+    if not isinstance(exc, pg8000.native.DatabaseError):
+        return True
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return str(fields.get("C", "")).startswith(CONNECTION_CLASSES)

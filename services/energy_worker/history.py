@@ -40,11 +40,21 @@ def in_band(reference: int | None, watt: int | None, deviation_pct: Decimal) -> 
     return abs(watt - reference) * 100 <= reference * deviation_pct
 
 
-def place(run: Run | None, watt: int | None, deviation_pct: Decimal, at_ms: int) -> Place:
-    if run is None or not in_band(run.reference_watt, watt, deviation_pct):
+def slot(at_ms: int) -> int:
+    """The quarter hour a time belongs to, its end included: a pulse exactly at a boundary is
+    the last of the quarter hour before it, so the reading at the boundary counts it."""
+    return (at_ms - 1) // SLOT_MS
+
+
+def place(
+    run: Run | None, watt: int | None, deviation_pct: Decimal, at_ms: int, typed_in: bool = False
+) -> Place:
+    """Where the row of a pulse (or of a typed-in reading) goes. A typed-in reading always
+    starts a run: its row is never moved, and never takes the place of a pulse's row."""
+    if run is None or typed_in or not in_band(run.reference_watt, watt, deviation_pct):
         return Place.NEW_RUN
     if run.second_row is None or run.latest_at_ms is None:
         return Place.SECOND
-    if at_ms // SLOT_MS != run.latest_at_ms // SLOT_MS:
+    if slot(at_ms) != slot(run.latest_at_ms):
         return Place.SECOND  # keep the last pulse before the boundary
     return Place.MOVE_SECOND

@@ -40,7 +40,7 @@ ROUTED = (Kind.POWERUP, Kind.METERCOUNT, Kind.TIMESTAMP, Kind.PUSH, Kind.STOP)
 LEFT_ALONE = (Kind.DEBUG, Kind.FOO, Kind.OWN)
 
 _FLAGS = {"powerup": Kind.POWERUP, "stop": Kind.STOP, "pushtogoogle": Kind.PUSH}
-_CHANNEL = re.compile(r"chann?el:(\d{1,2}):(timestamp|metercount)", re.IGNORECASE)
+_CHANNEL = re.compile(r"chann?el:([0-9]{1,2}):(timestamp|metercount)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

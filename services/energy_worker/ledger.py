@@ -78,7 +78,7 @@ def plan_batch(
         """Place a row in the history (history.place) and return the meter's new record."""
         nonlocal next_temp
         run = rec.run
-        where = history.place(run, watt, meters[no].deviation_pct, at_ms)
+        where = history.place(run, watt, meters[no].deviation_pct, at_ms, row.typed_in)
         if where is history.Place.MOVE_SECOND and run and run.second_row is not None:
             plan.rows_of(run.second_row)[run.second_row] = row
             return replace(rec, run=replace(run, latest_at_ms=at_ms), upper_index=run.second_row)
@@ -94,6 +94,9 @@ def plan_batch(
         plan.consumed += 1
         if already_done(item, plan.done):
             plan.skipped += 1
+            if item.kind is Kind.STOP:  # committed, but its acknowledgement was lost
+                plan.stop = True
+                break
             continue
         plan.done[item.epoch] = item.seq
         plan.last = (item.epoch, item.seq)

@@ -26,7 +26,7 @@ import redis
 from . import config, db, ledger, lifeline, logs, schema, store
 from .queue import Item, Queues
 from .redisconn import connect_redis
-from .retry import Outage
+from .retry import Outage, describe_error
 
 BATCH = 5000  # items per transaction: a 100,000-item backlog drains in 20 of them
 IDLE_WAIT = 2.0  # seconds blocked on Redis between looks at the debug key
@@ -98,17 +98,28 @@ class Processor:
                 )
                 self.queues.dead_letter(item.key, item.value, reason)
             self.commit(plan, backlog - consumed)
-            self.queues.ack(consumed)
-            self.redis_outage.succeeded()
         except db.UNAVAILABLE as exc:
             self.lost_database(exc)
             return False
         except redis.RedisError as exc:
-            # Committed but not acknowledged: the items come back and are skipped.
             self.redis_outage.failed(exc)
             return False
+        # Committed: from here on our state is the database's, whatever becomes of the ack.
         self.records.update(plan.records)
         self.done = plan.done
+        if plan.skipped:
+            log.warning(
+                "%s items were committed before (redelivered after a crash or a lost "
+                "acknowledgement); skipped",
+                plan.skipped,
+            )
+        try:
+            self.queues.ack(consumed)
+            self.redis_outage.succeeded()
+        except redis.RedisError as exc:
+            # The items come back and are skipped as done.
+            self.redis_outage.failed(exc)
+            return False
         log.debug(
             "batch of %s items committed (%s skipped as done, %s rows new, %s moved)",
             consumed,
@@ -179,6 +190,7 @@ class Processor:
             self.meters = store.load_meters(con)
             self.records = store.load_status(con)
             self.done = store.load_done(con)
+            self.check_redis_sequence()
         except (*db.UNAVAILABLE, RuntimeError) as exc:
             self.pg_outage.failed(exc)
             return False
@@ -192,7 +204,16 @@ class Processor:
         )
         return True
 
+    def check_redis_sequence(self) -> None:
+        """Redis that lost its last writes (a power cut) numbers new items again from where it
+        was: give them a new epoch, so they cannot look committed."""
+        problem = self.queues.ensure_ahead(self.done)
+        if problem:
+            log.error("%s", problem)
+
     def lost_database(self, exc: BaseException) -> None:
+        if not db.is_connection_error(exc):  # not an outage: say what PostgreSQL refused
+            log.error("PostgreSQL refused a batch (%s); retrying", describe_error(exc))
         db.close_quietly(self.con)
         self.con = None
         self.pg_outage.failed(exc)
@@ -200,6 +221,7 @@ class Processor:
     def wait_idle(self) -> None:
         """Block on Redis until work arrives; meanwhile follow the debug key and the backlog."""
         self.queues.wait_for_work(IDLE_WAIT)
+        self.check_redis_sequence()
         if self.saved_backlog != 0 and self.con is not None:
             backlog = self.queues.backlog()
             try:

@@ -346,7 +346,7 @@ class Pusher:
         new_from, max_index, movable = store.history_changes(con, state.seen_index)
         # Rows that may still move before the next pass; a row at a quarter-hour boundary
         # itself also changes the hour that ends there, hence the microsecond before it.
-        open_rows = [t for t in movable if _slot_end(t) > settled]
+        open_rows = [t for t in movable if _slot_end(t) >= settled]  # its end included
         running_from = min(open_rows) - timedelta(microseconds=1) if open_rows else None
         until = totals.hour_floor(now, self.tz)
         done_until = state.totals_until
@@ -521,8 +521,10 @@ def _in_chunks(write: Callable[[list[Any]], int], rows: list[Any], size: int) ->
 
 
 def _slot_end(at: datetime) -> datetime:
-    """The end of the quarter hour (history.SLOT_MS) that contains `at`."""
-    return store.EPOCH_START + ((at - store.EPOCH_START) // SLOT + 1) * SLOT
+    """The end of the quarter hour (history.slot) that contains `at`: a row exactly at a
+    boundary belongs to the quarter hour that ends there."""
+    at_ms = (at - store.EPOCH_START) // timedelta(milliseconds=1)
+    return store.EPOCH_START + (history.slot(at_ms) + 1) * SLOT
 
 
 def _describe(pending: store.PendingPush, tz: ZoneInfo) -> str:

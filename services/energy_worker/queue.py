@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,16 @@ return redis.call('LRANGE', KEYS[2], 0, limit - 1)
 """
 
 
+# Starts a new epoch, unless another process did so meanwhile. KEYS: epoch; ARGV: old, new
+_NEW_EPOCH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class Item:
     """One unit of work: a webhook key as the router took it."""
@@ -158,6 +169,7 @@ class Queues:
         self.r = r
         self._route = r.register_script(_ROUTE)
         self._take = r.register_script(_TAKE)
+        self._new_epoch = r.register_script(_NEW_EPOCH)
 
     def route(
         self,
@@ -226,6 +238,27 @@ class Queues:
     def ack(self, count: int) -> None:
         """The first `count` processing items are committed: drop them."""
         self.r.ltrim(PROCESSING, count, -1)
+
+    def ensure_ahead(self, done: Mapping[str, int]) -> str | None:
+        """If Redis's sequence number is behind what PostgreSQL has committed for the current
+        epoch (Redis lost its last writes), start a new epoch; says so when it did."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(EPOCH)
+        pipe.get(SEQ)
+        raw_epoch, raw_seq = pipe.execute()
+        if raw_epoch is None:
+            return None
+        epoch, seq = raw_epoch.decode(), int(raw_seq or 0)
+        committed = done.get(epoch)
+        if committed is None or seq >= committed:
+            return None
+        fresh = new_epoch()
+        if not self._new_epoch(keys=[EPOCH], args=[epoch, fresh]):
+            return None
+        return (
+            f"Redis lost writes: its sequence number {seq} is behind the {committed} committed "
+            f"in epoch {epoch}; new items are numbered in a new epoch {fresh}"
+        )
 
     def backlog(self) -> int:
         pipe = self.r.pipeline(transaction=False)

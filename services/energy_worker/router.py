@@ -52,6 +52,7 @@ class Router:
         self.debug = logs.DebugSwitch(log)
         self.sweep_interval = SWEEP_INTERVAL
         self.notifications_state: bool | None = None
+        self.new_key_events = True  # until the server says it has none (before Redis 7)
 
     def run(self) -> None:
         """Route until a stop has been routed (returns) or Redis fails (raises RedisError)."""
@@ -87,19 +88,27 @@ class Router:
         self.sweep_interval = SWEEP_INTERVAL if events else SWEEP_INTERVAL_POLLING
 
     def enable_notifications(self) -> list[str]:
-        """Make sure the server publishes key events; which ones we can hear."""
+        """Make sure the server publishes key events; which ones we can hear. Called again at
+        every sweep: a restarted server has forgotten a setting made at run time."""
         try:
-            flags = self.r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
-            wanted = set(flags) | {"E", "$"}
-            events = ["set"]
-            if not {"E", "$"} <= set(flags) or ("n" not in flags and "A" not in flags):
+            flags = set(
+                self.r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+            )
+            # "A" stands for all the classes of events, "$" (string commands) among them
+            has = flags | (set("g$lshzxet") if "A" in flags else set())
+            wanted = {"E", "$"} | ({"n"} if self.new_key_events else set())
+            if not wanted <= has:
+                wanted |= flags
+                if self.notifications_state:
+                    log.warning("keyspace notifications were off (a restarted server?); on again")
                 try:
-                    self.r.config_set("notify-keyspace-events", "".join(sorted(wanted | {"n"})))
-                    events.append("new")
-                except redis.ResponseError:  # servers before 7.0 know no new-key events
                     self.r.config_set("notify-keyspace-events", "".join(sorted(wanted)))
-            else:
-                events.append("new")
+                except redis.ResponseError:
+                    if not self.new_key_events:
+                        raise
+                    self.new_key_events = False  # servers before 7.0 know no new-key events
+                    wanted.discard("n")
+                    self.r.config_set("notify-keyspace-events", "".join(sorted(wanted)))
         except redis.ResponseError as exc:  # CONFIG refused (managed server, ACL)
             if self.notifications_state is not False:
                 log.warning(
@@ -109,6 +118,7 @@ class Router:
                 )
             self.notifications_state = False
             return []
+        events = ["set", "new"] if self.new_key_events else ["set"]
         if self.notifications_state is not True:
             log.info(
                 "listening to keyspace notifications (%s), sweeping every %s s",
@@ -120,6 +130,9 @@ class Router:
 
     def sweep(self) -> None:
         """Route every key present, in contract order (powerup first, stop last)."""
+        if self.notifications_state:
+            self.enable_notifications()  # a restarted server forgets them; we do not
+        self.debug.refresh(self.r, force=True)  # a deleted debug key announces nothing
         found: list[tuple[int, bytes]] = []
         for key in self.r.scan_iter(count=1000):
             name = _decoded(key)
@@ -133,6 +146,12 @@ class Router:
             self.handle(key, swept=True)
 
     def handle(self, key: bytes, swept: bool = False) -> None:
+        try:
+            self.route(key, swept)
+        except redis.ResponseError as exc:  # about this key, not an outage: log it, go on
+            log.error("could not handle key %s: %s", logs.shown(key), exc)
+
+    def route(self, key: bytes, swept: bool) -> None:
         name = _decoded(key)
         if name is None:
             self.reject(key, Kind.ILLEGAL, None, "key is not UTF-8")
@@ -161,10 +180,18 @@ class Router:
                 raise Stopped
 
     def follow_debug(self, key: bytes, name: str) -> None:
+        """The webhook's switch stays in place; we follow it (and reject a malformed one)."""
+        kind = self.r.type(key).decode()
+        if kind == "none":
+            self.debug.apply(None)  # deleted: back to normal logging
+            return
+        if kind != "string":
+            self.reject(key, Kind.DEBUG, None, f"key holds a Redis {kind}, not a string")
+            return
         value = self.r.get(key)
         if value is None:
-            return
-        if keys.value_problem(Kind.DEBUG, value.decode("utf-8", "replace")) is None:
+            self.debug.apply(None)
+        elif keys.value_problem(Kind.DEBUG, value.decode("utf-8", "replace")) is None:
             self.debug.apply(value)
         else:
             self.reject(key, Kind.DEBUG, None, "value is not 'true' or 'false'")

@@ -117,7 +117,7 @@ INSERT INTO worker_epochs (epoch, last_seq)
 
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (version) DO NOTHING;
 
--- Pusher (issue 4): meter_totals, hourly totals, push outbox
+-- Pusher (issue 4): meter_daily_totals, hourly totals, push outbox
 -- Written by services/energy_worker/pusher.py only. Totals are derived from consumption: a
 -- meter's reading at a boundary is the kWh of its latest row at or before that instant, and the
 -- pusher recomputes every hour and day whose history changed (late backlog, a moved deadband
@@ -125,10 +125,10 @@ INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (version) DO NOTHING
 -- pusher's TZ; the day summer time starts has 23 hours, the day it ends 25.
 -- Long format (one row per period and meter) so Grafana draws one series per meter, e.g.
 --   SELECT day_end AS time, meter_name AS metric, kWh_diff AS value
---   FROM meter_totals JOIN meter_metadata USING (meter_no) WHERE $__timeFilter(day_end)
+--   FROM meter_daily_totals JOIN meter_metadata USING (meter_no) WHERE $__timeFilter(day_end)
 
 -- One row per local day and meter: the reading at the day's end and the day's difference.
-CREATE TABLE IF NOT EXISTS meter_totals (
+CREATE TABLE IF NOT EXISTS meter_daily_totals (
     day          date        NOT NULL,      -- the local calendar day
     meter_no     integer     NOT NULL REFERENCES meter_metadata (meter_no),
     day_start    timestamptz NOT NULL,      -- the local midnight that starts it
@@ -139,7 +139,39 @@ CREATE TABLE IF NOT EXISTS meter_totals (
     computed_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (day, meter_no)
 );
-CREATE INDEX IF NOT EXISTS meter_totals_day_end ON meter_totals (day_end);
+CREATE INDEX IF NOT EXISTS meter_daily_totals_day_end ON meter_daily_totals (day_end);
+
+-- meter_totals as DOMAIN.md describes the original's: one row per day with each meter's kWh and
+-- the day's difference (meters 1 to 8). A database of the original stack keeps its own table of
+-- that name untouched; the pusher writes meter_daily_totals either way.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = current_schema() AND c.relname = 'meter_totals'
+                     AND c.relkind <> 'v') THEN
+        CREATE OR REPLACE VIEW meter_totals AS
+        SELECT day,
+               max(kWh) FILTER (WHERE meter_no = 1) AS kWh_1,
+               max(kWh_diff) FILTER (WHERE meter_no = 1) AS kWh_diff_1,
+               max(kWh) FILTER (WHERE meter_no = 2) AS kWh_2,
+               max(kWh_diff) FILTER (WHERE meter_no = 2) AS kWh_diff_2,
+               max(kWh) FILTER (WHERE meter_no = 3) AS kWh_3,
+               max(kWh_diff) FILTER (WHERE meter_no = 3) AS kWh_diff_3,
+               max(kWh) FILTER (WHERE meter_no = 4) AS kWh_4,
+               max(kWh_diff) FILTER (WHERE meter_no = 4) AS kWh_diff_4,
+               max(kWh) FILTER (WHERE meter_no = 5) AS kWh_5,
+               max(kWh_diff) FILTER (WHERE meter_no = 5) AS kWh_diff_5,
+               max(kWh) FILTER (WHERE meter_no = 6) AS kWh_6,
+               max(kWh_diff) FILTER (WHERE meter_no = 6) AS kWh_diff_6,
+               max(kWh) FILTER (WHERE meter_no = 7) AS kWh_7,
+               max(kWh_diff) FILTER (WHERE meter_no = 7) AS kWh_diff_7,
+               max(kWh) FILTER (WHERE meter_no = 8) AS kWh_8,
+               max(kWh_diff) FILTER (WHERE meter_no = 8) AS kWh_diff_8
+        FROM meter_daily_totals
+        GROUP BY day;
+    END IF;
+END
+$$;
 
 -- One row per local hour and meter, the same way.
 CREATE TABLE IF NOT EXISTS meter_hourly_totals (
@@ -318,7 +350,7 @@ $$;
 -- Energy per meter per calendar period ('hour', 'day', 'week', 'month', 'year') of the
 -- session's time zone, for the periods that overlap [p_from, p_to): the readings at the period's
 -- start and end (meter_kwh_at; the latest reading while it is still running) and their
--- difference, so an hour or a day is what meter_hourly_totals and meter_totals hold. The period
+-- difference, so an hour or a day is what meter_hourly_totals and meter_daily_totals hold. The period
 -- in which a meter's history begins counts from its first reading (where those tables have no
 -- number); periods before it are left out. A day that changes to or from summer time has 23 or
 -- 25 hours.

@@ -482,7 +482,7 @@ def test_energy_equals_the_pushers_totals(pg_module, owner, reader, history):
     pushed_days = {
         (s, no): (a, z, diff)
         for s, no, a, z, diff in owner.run(
-            "SELECT day_start, meter_no, kwh_start, kwh, kwh_diff FROM meter_totals "
+            "SELECT day_start, meter_no, kwh_start, kwh, kwh_diff FROM meter_daily_totals "
             "WHERE day = ANY(:days) AND kwh_diff IS NOT NULL",
             days=days,
         )

@@ -99,7 +99,7 @@ def check_totals_against_history(sql: pg8000.native.Connection) -> int:
     checked = 0
     for table, start, end in (
         ("meter_hourly_totals", "hour_start", "hour_end"),
-        ("meter_totals", "day_start", "day_end"),
+        ("meter_daily_totals", "day_start", "day_end"),
     ):
         for meter, s, e, k0, k1, diff in sql.run(
             f"SELECT meter_no, {start}, {end}, kWh_start, kWh, kWh_diff FROM {table}"
@@ -169,7 +169,7 @@ def test_daily_push_sends_the_readings_at_midnight_once(sql, make_pusher, server
     [(key, _data, attempts, status, error, sent)] = outbox(sql)
     assert (key, attempts, status, error, sent) == ("day:2024-06-01", 1, 200, None, True)
     rows = sql.run(
-        "SELECT meter_no, kWh_start, kWh, kWh_diff FROM meter_totals WHERE day = :d "
+        "SELECT meter_no, kWh_start, kWh, kWh_diff FROM meter_daily_totals WHERE day = :d "
         "AND meter_no IN (1, 2) ORDER BY meter_no",
         d=date(2024, 6, 1),
     )
@@ -226,7 +226,7 @@ def test_days_missed_while_the_pusher_was_down_are_filled_in_oldest_first(sql, m
     )[0]
     assert hours == 13 + 24 * 2 + 15  # from 11:00 on the 1st to 15:00 on the 4th
     diffs = sql.run(
-        "SELECT day, kWh_diff FROM meter_totals WHERE meter_no = 1 AND kWh_diff IS NOT NULL "
+        "SELECT day, kWh_diff FROM meter_daily_totals WHERE meter_no = 1 AND kWh_diff IS NOT NULL "
         "ORDER BY day"
     )
     assert diffs == [[date(2024, 6, 2), Decimal("1.000")], [date(2024, 6, 3), Decimal("1.000")]]
@@ -264,7 +264,7 @@ def test_dst_change_days(sql, make_pusher, server, day, hours, midnight_utc):
     assert len(rows) == hours
     assert all(diff == Decimal("1.000") for (diff,) in rows[:-1])
     [(day_diff,)] = sql.run(
-        "SELECT kWh_diff FROM meter_totals WHERE meter_no = 5 AND day = :d", d=day
+        "SELECT kWh_diff FROM meter_daily_totals WHERE meter_no = 5 AND day = :d", d=day
     )
     assert day_diff == sum(diff for (diff,) in rows) == Decimal("999.000") - Decimal("50.000")
     check_totals_against_history(sql)
@@ -593,7 +593,7 @@ def test_without_a_webhook_url_totals_run_and_pushes_are_skipped(sql, make_pushe
     assert outbox(sql) == [] and r.llen(PUSH) == 0 and r.llen(PUSH_PROCESSING) == 0
     [(next_day,)] = sql.run("SELECT next_push_day FROM pusher_state")
     assert next_day == date(2024, 6, 3)  # setting a URL later does not flood the sheet
-    [(days,)] = sql.run("SELECT count(DISTINCT day) FROM meter_totals")
+    [(days,)] = sql.run("SELECT count(DISTINCT day) FROM meter_daily_totals")
     assert days == 2
 
 
@@ -724,3 +724,18 @@ def test_configuration_errors_exit_2_with_one_line(spawn, env, message):
     assert proc.wait_exit() == 2
     assert message in proc.log()
     assert "secret-host" not in proc.log()
+
+
+def test_meter_totals_has_one_row_per_day_with_every_meters_reading(sql, make_pusher):
+    """DOMAIN.md's shape of the original's meter_totals, over the pusher's daily totals."""
+    add_row(sql, 1, "10.000", local(2024, 6, 1, 12))
+    add_row(sql, 1, "12.500", local(2024, 6, 2, 12))
+    add_row(sql, 2, "3.000", local(2024, 6, 2, 13))
+    make_pusher(Clock(local(2024, 6, 3, 0, 5))).step(block=False)
+    rows = sql.run(
+        "SELECT day, kWh_1, kWh_diff_1, kWh_2, kWh_diff_2 FROM meter_totals ORDER BY day"
+    )
+    assert [tuple(r) for r in rows] == [
+        (date(2024, 6, 1), Decimal("10.000"), None, None, None),
+        (date(2024, 6, 2), Decimal("12.500"), Decimal("2.500"), Decimal("3.000"), None),
+    ]

@@ -41,6 +41,7 @@ RELATIONS = (
     "meter_last_pulse",
     "meter_overview",
     "worker_overview",
+    "meter_daily_totals",
     "meter_totals",
     "meter_hourly_totals",
 )

@@ -380,13 +380,13 @@ def upsert_hours(
 
 
 def upsert_days(con: Connection, days: list[tuple[date, datetime, datetime]], now: datetime) -> int:
-    """Compute and store meter_totals for the given (day, start, end); returns how many rows
+    """Compute and store meter_daily_totals for the given (day, start, end); returns how many rows
     were written (new, or changed)."""
     if not days:
         return 0
     con.run(
         f"""
-        INSERT INTO meter_totals AS t
+        INSERT INTO meter_daily_totals AS t
             (day, meter_no, day_start, day_end, kWh_start, kWh, kWh_diff, computed_at)
         SELECT d.d, m.meter_no, d.s, d.e, a.kWh, z.kWh, z.kWh - a.kWh, :now
         FROM unnest(CAST(:days AS date[]), CAST(:starts AS timestamptz[]),

@@ -7,7 +7,8 @@
 #   2. render etc/postgres.ini.template to $POSTGRES_INI (default /etc/postgres.ini), mode 0600
 #   3. wait for PostgreSQL and Redis (POSTGRES_WAIT_SECONDS / REDIS_WAIT_SECONDS, default 600)
 #   4. apply the schema and the meter config (python -m energy_worker.setup)
-#   5. exec supervisord in the foreground
+#   5. run supervisord in the foreground, as a child (see ew_run_supervisord), and exit 0 only
+#      after the `stop` key
 #
 # With arguments that are not supervisord options it runs them instead (e.g. `sh` to look around).
 # Sourcing this file only defines the functions (the tests do that).
@@ -136,6 +137,58 @@ ew_apply_schema() {
 	python -m energy_worker.setup || EW_EXIT=$? ew_error "applying the schema and meter config failed; see the lines above"
 }
 
+# The stopwatch listener writes this just before it shuts supervisord down after a `stop`.
+EW_STOP_MARKER_NAME=stop-requested
+
+# Records a signal and passes it on to supervisord (trap handler).
+ew_forward() {
+	EW_SIGNAL="$1"
+	EW_TRAPPED=1
+	if [ -n "${EW_CHILD:-}" ]; then
+		kill -s "$1" "$EW_CHILD" 2>/dev/null || true
+	fi
+}
+
+# supervisord runs as a child of this shell, not `exec`ed in its place: the exit status must
+# tell a `stop` from a SIGTERM, and supervisord exits 0 either way. `docker stop` and a Docker
+# daemon shutting down (a reboot of the Pi) send SIGTERM; `restart: on-failure` never restarts
+# a container whose last exit was 0 (moby/moby#46465), so after a SIGTERM this exits 143 and the
+# container comes back with the daemon. Only a `stop` (the marker file exists) ends with 0.
+ew_run_supervisord() {
+	local marker="$ENERGY_WORKER_RUN_DIR/$EW_STOP_MARKER_NAME" status
+	rm -f "$marker" # a stale one of an earlier run of this container
+	EW_SIGNAL=
+	EW_CHILD=
+	trap 'ew_forward TERM' TERM
+	trap 'ew_forward INT' INT
+	supervisord -c "$APP_DIR/supervisord.conf" "$@" &
+	EW_CHILD=$!
+	# a signal that came before $! was known
+	if [ -n "$EW_SIGNAL" ]; then
+		kill -s "$EW_SIGNAL" "$EW_CHILD" 2>/dev/null || true
+	fi
+	while :; do
+		EW_TRAPPED=
+		status=0
+		wait "$EW_CHILD" || status=$?
+		# A trap interrupts `wait` (status 128+n) while supervisord still runs: wait again.
+		# Once supervisord has ended, `wait` returns its status, even a second time.
+		[ -n "$EW_TRAPPED" ] || break
+	done
+	trap - TERM INT
+	if [ "$status" -eq 0 ] && [ -e "$marker" ]; then
+		ew_log INFO "supervisord ended after the stop key; exit 0 (the container stays stopped)"
+		exit 0
+	fi
+	if [ "$status" -eq 0 ]; then
+		# TERM, or supervisord shut down some other way (supervisorctl shutdown): restartable
+		status=143
+		[ "$EW_SIGNAL" != INT ] || status=130
+	fi
+	ew_log INFO "supervisord ended${EW_SIGNAL:+ on SIG$EW_SIGNAL} without a stop key; exit $status"
+	exit "$status"
+}
+
 _is_sourced() {
 	# https://unix.stackexchange.com/a/215279
 	[ "${#FUNCNAME[@]}" -ge 2 ] &&
@@ -160,7 +213,7 @@ _main() {
 		# Grafana's: keep both out of their environment.
 		unset POSTGRES_PASSWORD GRAFANA_DB_PASSWORD
 		ew_log INFO "starting supervisord"
-		exec supervisord -c "$APP_DIR/supervisord.conf" "$@"
+		ew_run_supervisord "$@"
 	fi
 	exec "$@"
 }

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_entrypoint import HOSTILE_PASSWORDS
 
 from helpers import REPO
 
@@ -111,6 +112,8 @@ def test_compose_file_parses_and_keeps_its_promises():
     redis = services["redis-db"]
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    # every acknowledged write on disk: a power cut loses no pulse and no sequence number
+    assert command[command.index("--appendfsync") + 1] == "always"
     flags = command[command.index("--notify-keyspace-events") + 1]
     assert {"E", "$", "n"} <= set(flags)  # what the router listens to
     assert any(v["target"] == "/data" and v["type"] == "volume" for v in redis["volumes"])
@@ -129,6 +132,8 @@ def test_compose_file_parses_and_keeps_its_promises():
     assert worker["restart"] == "on-failure"
     env = worker["environment"]
     assert env["POSTGRES_HOST"] == "postgres-db" and env["REDIS_HOST"] == "redis-db"
+    # the entrypoint's settings reach it
+    assert env["POSTGRES_WAIT_SECONDS"] == "600" and env["REDIS_WAIT_SECONDS"] == "600"
     for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
         assert env[name] == services["postgres-db"]["environment"][name]
 
@@ -161,3 +166,71 @@ def test_env_example_documents_every_compose_variable():
     used = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", compose_text))
     documented = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", (REPO / ".env.example").read_text(), re.M))
     assert used - documented == set()
+
+
+# compose expands `$` in .env values, except in single quotes; `docker compose config` then
+# writes each `$` of a value as `$$` (so its output can be read again).
+# .env's passwords, and the name each has in the services' environment
+PASSWORDS = {
+    "POSTGRES_PASSWORD": "POSTGRES_PASSWORD",
+    "GRAFANA_DB_PASSWORD": "GRAFANA_DB_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD": "GF_SECURITY_ADMIN_PASSWORD",
+}
+
+
+def env_file_with(tmp_path: Path, lines: dict[str, str]) -> Path:
+    """.env.example with the given NAME=value lines instead of its own."""
+    kept = [
+        line
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if line.split("=", 1)[0] not in lines
+    ]
+    env_file = tmp_path / "env"
+    env_file.write_text("".join(f"{line}\n" for line in [*kept, *lines.values()]))
+    return env_file
+
+
+def passwords_seen(env_file: Path) -> dict[str, set[str]]:
+    """Each password as the services receive it."""
+    services = compose_config(env_file)["services"]
+    seen: dict[str, set[str]] = {name: set() for name in PASSWORDS}
+    for service in services.values():
+        environment = service.get("environment") or {}
+        for name, inside in PASSWORDS.items():
+            if inside in environment:
+                seen[name].add(environment[inside].replace("$$", "$"))
+    return seen
+
+
+def documented_example() -> tuple[str, str]:
+    """The quoted password line .env.example shows, and the password it means."""
+    text = (REPO / ".env.example").read_text()
+    match = re.search(r"^#\s+(POSTGRES_PASSWORD='([^'\n]*)')$", text, re.M)
+    assert match, ".env.example should show how to quote a password"
+    return match[1], match[2]
+
+
+def test_the_documented_quoting_keeps_the_documented_example(tmp_path: Path):
+    line, password = documented_example()
+    assert "$" in password and "#" in password
+    seen = passwords_seen(env_file_with(tmp_path, {"POSTGRES_PASSWORD": line}))
+    assert seen["POSTGRES_PASSWORD"] == {password}
+    # and without the quotes it is mangled, as .env.example warns
+    bare = passwords_seen(
+        env_file_with(tmp_path, {"POSTGRES_PASSWORD": f"POSTGRES_PASSWORD={password}"})
+    )
+    assert bare["POSTGRES_PASSWORD"] != {password}
+
+
+# What single quotes cannot hold (.env.example says so): a `'`, or a `\` at the end (compose
+# reads `\'` as a quote inside the value).
+QUOTABLE = [p for p in HOSTILE_PASSWORDS if "'" not in p and not p.endswith("\\")]
+QUOTABLE += ["p$ss%w#rd", "${POSTGRES_USER}$$ $1 \\$x", "back\\slash\\ inside"]
+
+
+@pytest.mark.parametrize("start", range(0, len(QUOTABLE), len(PASSWORDS)))
+def test_the_documented_quoting_keeps_hostile_passwords(tmp_path: Path, start: int):
+    values = dict(zip(PASSWORDS, QUOTABLE[start : start + len(PASSWORDS)], strict=False))
+    seen = passwords_seen(env_file_with(tmp_path, {n: f"{n}='{v}'" for n, v in values.items()}))
+    for name, value in values.items():
+        assert seen[name] == {value}, name

@@ -4,6 +4,7 @@ missing or unusable settings, and the wait for PostgreSQL and Redis with its lim
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from energy_worker import config
-from helpers import REPO
+from helpers import REPO, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -222,3 +223,91 @@ def test_other_commands_run_instead_of_the_service(tmp_path: Path):
     )
     assert result.returncode == 0 and result.stdout == "hello\n"
     assert not (tmp_path / "postgres.ini").exists()
+
+
+# supervisord's part in the exit status, with a stand-in on PATH: it exits 0 on SIGTERM and
+# SIGINT, as supervisord does, after a moment (stopping the programs takes one).
+FAKE_SUPERVISORD = """\
+import os, pathlib, signal, sys, time
+run = pathlib.Path(os.environ["ENERGY_WORKER_RUN_DIR"])
+mode = os.environ["FAKE_MODE"]
+def stop(signum, frame):
+    with (run / "fake.log").open("a") as log:
+        log.write(f"signal {signum}\\n")
+    time.sleep(0.5)
+    with (run / "fake.log").open("a") as log:
+        log.write("exited\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+(run / "fake.pid").write_text(str(os.getpid()))
+if mode == "stop":  # what the stopwatch listener does after the stop key
+    (run / "stop-requested").write_text("the stop key\\n")
+    sys.exit(0)
+if mode == "shutdown":  # supervisorctl shutdown: exit 0, no stop key
+    sys.exit(0)
+if mode == "crash":
+    sys.exit(3)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def run_supervisord_part(tmp_path: Path, mode: str) -> subprocess.Popen[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "supervisord"
+    fake.write_text(f"#!{sys.executable}\n{FAKE_SUPERVISORD}")
+    fake.chmod(0o755)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    env = base_env(tmp_path, FAKE_MODE=mode)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    return subprocess.Popen(
+        ["bash", "-c", 'source "$1" && ew_run_supervisord', "-", str(REPO / "entrypoint.sh")],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def fake_started(tmp_path: Path) -> int:
+    pid_file = tmp_path / "run" / "fake.pid"
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), 15, 0.01, "fake supervisord")
+    return int(pid_file.read_text())
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_is_passed_on_and_ends_non_zero(tmp_path: Path, sig: int, status: int):
+    # `docker stop` or a Docker daemon going down for a reboot: supervisord exits 0, but the
+    # container must not (restart: on-failure would leave it down). A marker of an earlier
+    # run's stop does not count.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "stop-requested").write_text("stale\n")
+    proc = run_supervisord_part(tmp_path, "run")
+    fake = fake_started(tmp_path)
+    assert not (tmp_path / "run" / "stop-requested").exists()
+    proc.send_signal(sig)
+    time.sleep(0.1)
+    proc.send_signal(sig)  # a second signal while supervisord stops: still waited for
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == status, stderr
+    log = (tmp_path / "run" / "fake.log").read_text()
+    assert f"signal {int(sig)}" in log and log.endswith("exited\n")  # it finished stopping
+    assert gone(fake)
+    assert f"supervisord ended on {sig.name} without a stop key; exit {status}" in stderr
+
+
+@pytest.mark.parametrize(("mode", "status"), [("stop", 0), ("shutdown", 143), ("crash", 3)])
+def test_only_the_stop_key_ends_with_zero(tmp_path: Path, mode: str, status: int):
+    proc = run_supervisord_part(tmp_path, mode)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == status, stderr

@@ -1,12 +1,14 @@
 """End to end on the host: the supervised stack started through entrypoint.sh exactly as the
-container starts it (render the ini, wait, set up, exec supervisord with supervisord.conf),
+container starts it (render the ini, wait, set up, run supervisord with supervisord.conf),
 against this run's real PostgreSQL database and Redis keyspace. Pulses go in through the
 webhook's protocol (SET only if absent) and are looked for in PostgreSQL."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +22,7 @@ import xmlrpc.client
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import IO, Any
 
 import pg8000.native
@@ -263,6 +266,34 @@ def test_stop_key_ends_supervisord_with_zero_and_everything_stored(
     assert time.monotonic() - started < 15, "stopping should take seconds"
     assert counted(pg) == hook.sent
     assert "processor finished the stop request" in stack.log()
+    assert (stack.run_dir / "stop-requested").exists()  # what told the entrypoint to exit 0
+
+
+def test_sigterm_ends_the_entrypoint_with_143_and_every_program_stopped(
+    pg: config.PostgresSettings, redis_db: config.RedisSettings, r: redis.Redis, tmp_path: Path
+):
+    # `docker stop`, or the Docker daemon stopping for a reboot: SIGTERM to the container's
+    # first process. supervisord exits 0 then; the container must not, or `restart:
+    # on-failure` leaves it down after the reboot. A stop marker of an earlier run is stale.
+    s = Stack(pg, redis_db, tmp_path)
+    s.run_dir.mkdir()
+    (s.run_dir / "stop-requested").write_text("the stop key\n")
+    try:
+        s.start()
+        hook = Webhook(r)
+        hook.pulses(10)
+        all_stored(pg, hook)
+        pids = [s.rpc().getPID(), *(s.pid(p) for p in (*PROGRAMS, "stopwatch"))]
+        assert s.popen is not None
+        s.popen.send_signal(signal.SIGTERM)  # the entrypoint's process only, not its group
+        assert s.wait_exit(40) == 143, s.log()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert "supervisord ended on SIGTERM without a stop key; exit 143" in s.log()
+        assert "Traceback" not in s.log(), s.log()[-4000:]
+    finally:
+        s.close()
 
 
 def test_a_restarted_stack_finds_its_data_again(
@@ -350,12 +381,14 @@ def devrun_round(var: Path, env: dict[str, str], hook: Webhook | None) -> Webhoo
         )
         client.close()
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-        assert proc.wait(60) == 0, log_path.read_text()
+        # 130: the entrypoint's status after SIGINT (only the stop key ends it with 0)
+        assert proc.wait(60) in (0, 130), log_path.read_text()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     text = log_path.read_text()
     assert "embedded PostgreSQL stopped" in text and "embedded Redis stopped" in text
+    assert "Traceback" not in text and " ERROR " not in text, text  # a calm Ctrl-C
     for port in (ports["postgres"], ports["redis"]):
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -374,3 +407,120 @@ def test_make_run_with_embedded_servers_stops_on_ctrl_c_and_keeps_its_data():
         devrun_round(var, env, hook)  # the second `make run` finds the first one's data
     finally:
         shutil.rmtree(var, ignore_errors=True)
+
+
+# The stopwatch listener on its own, with supervisord's RPC replaced.
+
+
+class FakeSupervisor:
+    """supervisord's RPC interface: getAllProcessInfo fails with each of `failures` in turn."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.calls: list[str] = []
+
+    def getAllProcessInfo(self) -> list[dict[str, Any]]:
+        self.calls.append("getAllProcessInfo")
+        if self.failures:
+            raise self.failures.pop(0)
+        return [{"name": "router", "statename": "RUNNING"}]
+
+    def shutdown(self) -> bool:
+        self.calls.append("shutdown")
+        return True
+
+
+class EndOfTest(Exception):
+    pass
+
+
+@pytest.fixture
+def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+    """stopwatch with supervisord's side faked; what logs.setup() changes is put back."""
+    from energy_worker import stopwatch  # noqa: PLC0415
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setenv("ENERGY_WORKER_RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(stopwatch, "RECONCILE_RETRY", 0.05, raising=False)
+
+    def no_more_events(_stdin: Any, _stdout: Any) -> None:
+        raise EndOfTest  # main() reached its event loop
+
+    monkeypatch.setattr(stopwatch.childutils.listener, "wait", no_more_events)
+    try:
+        yield stopwatch
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("failure", "logged"),
+    [
+        (xmlrpc.client.Fault(6, "SHUTDOWN_STATE"), "supervisord is shutting down"),
+        (ConnectionRefusedError(111, "Connection refused"), "could not look at the programs"),
+        (xmlrpc.client.Fault(1, "UNKNOWN_METHOD"), "could not look at the programs"),
+    ],
+)
+def test_stopwatch_outlives_an_rpc_error_at_start(
+    listener: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    failure: Exception,
+    logged: str,
+):
+    # A SIGTERM while the listener starts (Fault 6), or any other RPC error then, must not
+    # crash it: three quick crashes make it FATAL, and crashed programs stay down for good.
+    fake = FakeSupervisor(failure)
+    monkeypatch.setattr(listener, "rpc", lambda: SimpleNamespace(supervisor=fake))
+    with pytest.raises(EndOfTest):
+        listener.main(io.StringIO(), io.StringIO())
+    if logged.startswith("could not"):  # tried again a little later
+        wait_until(lambda: len(fake.calls) == 2, 5, 0.01, "a second look at the programs")
+    err = capsys.readouterr().err
+    assert logged in err and "Traceback" not in err, err
+    assert all(" stopwatch " in line for line in err.splitlines()), err
+
+
+def test_stopwatch_marks_the_stop_before_shutting_supervisord_down(
+    listener: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    fake = FakeSupervisor()
+    marker = tmp_path / "stop-requested"
+
+    def shutdown() -> bool:
+        assert marker.exists()  # written before supervisord begins to stop
+        return fake.shutdown()
+
+    monkeypatch.setattr(
+        listener, "rpc", lambda: SimpleNamespace(supervisor=SimpleNamespace(shutdown=shutdown))
+    )
+    log = logging.getLogger("test")
+    event = {"processname": "processor", "expected": "1"}
+    listener.handle("PROCESS_STATE_EXITED", event, listener.Restarter(log), log)
+    assert fake.calls == ["shutdown"]
+    # another program's expected exit (the router after routing the stop) is no stop yet
+    marker.unlink()
+    event = {"processname": "router", "expected": "1"}
+    listener.handle("PROCESS_STATE_EXITED", event, listener.Restarter(log), log)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_an_uncaught_exception_is_logged_with_the_process_name(where: str):
+    raiser = "raise RuntimeError('boom')"
+    if where == "thread":
+        raiser = "t = threading.Thread(target=lambda: 1 / 0); t.start(); t.join()"
+    result = subprocess.run(
+        [sys.executable, "-c", f"import threading\n"
+         f"from energy_worker import logs\nlogs.setup('router')\n{raiser}"],
+        env={**os.environ, "PYTHONPATH": str(REPO / "services")},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    lines = result.stderr.splitlines()
+    assert lines and all(" router CRITICAL " in line for line in lines), result.stderr
+    assert ("RuntimeError: boom" if where == "main" else "ZeroDivisionError") in result.stderr
+    assert result.returncode == (1 if where == "main" else 0)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
+import traceback
+from types import TracebackType
 
 import redis
 
@@ -32,7 +35,27 @@ def setup(process: str) -> logging.Logger:
     # can hold a key) into its warnings; we log what we need ourselves.
     logging.getLogger("urllib3").setLevel(logging.CRITICAL + 1)
     logging.getLogger("schedule").setLevel(logging.WARNING)
-    return logging.getLogger(process)
+    log = logging.getLogger(process)
+
+    # Uncaught exceptions are logged too, every line with the process name.
+    def uncaught(
+        kind: type[BaseException],
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        where: str = "",
+    ) -> None:
+        log.critical("uncaught exception%s:", where)
+        for line in "".join(traceback.format_exception(kind, exc, tb)).rstrip().splitlines():
+            log.critical("%s", line)
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is not SystemExit:
+            name = args.thread.name if args.thread else "?"
+            uncaught(args.exc_type, args.exc_value, args.exc_traceback, f" in thread {name}")
+
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
+    return log
 
 
 def shown(value: bytes | str, limit: int = MAX_SHOWN) -> str:

@@ -381,8 +381,8 @@ def devrun_round(var: Path, env: dict[str, str], hook: Webhook | None) -> Webhoo
         )
         client.close()
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-        # 130: the entrypoint's status after SIGINT (only the stop key ends it with 0)
-        assert proc.wait(60) in (0, 130), log_path.read_text()
+        # the entrypoint exits 130 after SIGINT; make run's Ctrl-C is no error for make
+        assert proc.wait(60) == 0, log_path.read_text()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

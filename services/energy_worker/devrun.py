@@ -41,6 +41,7 @@ PG_USER = "postgres"
 # postgres refuses to run as root; under root the server runs as this user (as pgserver does).
 PG_SYSTEM_USER = "pgserver"
 START_TIMEOUT = 60.0
+EXIT_INTERRUPTED = 130  # the entrypoint's status after SIGINT (128 + 2)
 STOP_TIMEOUT = 30.0
 
 log = logging.getLogger("devrun")
@@ -239,12 +240,17 @@ def run_entrypoint(env: dict[str, str]) -> int:
             proc.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
+    interrupted = False
     while True:
         try:
-            return proc.wait()
+            status = proc.wait()
         except KeyboardInterrupt:
             # The terminal sent SIGINT to supervisord too; wait for it to finish.
             log.info("stopping (supervisord is stopping the programs)")
+            interrupted = True
+            continue
+        # Ctrl-C is how `make run` is meant to end: not an error for make to report.
+        return 0 if interrupted and status == EXIT_INTERRUPTED else status
 
 
 def main() -> int:

@@ -390,3 +390,17 @@ def test_redis_that_lost_its_last_writes_gets_a_new_epoch_before_the_router_star
     enqueue(r, "stop", "true")
     assert spawn("processor").wait_exit(30) == 0
     assert status(sql, 1)["meter_counts"] == 5
+
+
+def test_redis_down_when_the_processor_starts_is_an_outage_not_a_crash(spawn, r, sql, redis_db):
+    proxy = TcpProxy(redis_db.host, redis_db.port)
+    try:
+        proxy.cut()
+        proc = spawn("processor", REDIS_PORT=str(proxy.port))
+        proc.wait_for_log("Redis unavailable")
+        proxy.restore()
+        pulses(r, 3, [1000, 2800])
+        wait_until(lambda: status(sql, 3)["meter_counts"] == 2, 30)
+        assert proc.popen.poll() is None and "Traceback" not in proc.log()
+    finally:
+        proxy.close()

@@ -55,6 +55,7 @@ class Processor:
         self.redis_outage = Outage("Redis", log)
         self.terminating = False
         self.busy = False  # a batch is between take and ack: SIGTERM lets it finish
+        self.sequence_checked = False
 
     def run(self) -> None:
         """Process until a stop item is committed."""
@@ -63,6 +64,9 @@ class Processor:
             if not self.connected():
                 continue
             try:
+                if not self.sequence_checked:
+                    self.check_redis_sequence()
+                    self.sequence_checked = True
                 self.debug.refresh(self.r)  # at most every 2 s, under load too
                 raw = self.queues.take(BATCH)
                 if not raw:
@@ -181,20 +185,21 @@ class Processor:
         """Connect, take the processor lock, bring the schema up to date and load the state."""
         if self.con is not None:
             return True
+        con = None
         try:
             con = db.connect(self.pg, "energy-worker processor")
             if not store.try_processor_lock(con):
-                db.close_quietly(con)
                 raise RuntimeError("another processor is working on this database")
             version = schema.apply(con, self.config_meters)
             self.meters = store.load_meters(con)
             self.records = store.load_status(con)
             self.done = store.load_done(con)
-            self.check_redis_sequence()
         except (*db.UNAVAILABLE, RuntimeError) as exc:
+            db.close_quietly(con)
             self.pg_outage.failed(exc)
             return False
         self.con = con
+        self.sequence_checked = False  # against the state just loaded (in run: Redis errors)
         self.pg_outage.succeeded()
         log.info(
             "connected to PostgreSQL %s (schema version %s, meters %s)",

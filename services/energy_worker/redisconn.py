@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .config import RedisSettings
 
@@ -11,7 +13,10 @@ def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> redis
     """A client; it connects lazily and reconnects by itself after a lost connection.
 
     The socket timeout leaves room for our own blocking calls (BLMOVE, pub/sub waits), so a
-    silent network failure is noticed without cutting a legitimate wait short.
+    silent network failure is noticed without cutting a legitimate wait short. redis-py's own
+    retries are kept to a quick two (a dropped idle connection); a real outage is the callers'
+    to handle (retry.Outage), so it is noticed and logged at once, not after redis-py's default
+    backoff of many seconds.
     """
     return redis.Redis(
         host=settings.host,
@@ -23,4 +28,5 @@ def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> redis
         socket_timeout=blocking_timeout + 10,
         socket_keepalive=True,
         health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
     )

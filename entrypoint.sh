@@ -129,12 +129,26 @@ ew_render_ini() {
 	ew_log INFO "wrote $target for $POSTGRES_USER@$POSTGRES_HOST:$POSTGRES_PORT/$POSTGRES_DB"
 }
 
+# Runs a start-up step as a child that SIGTERM/SIGINT end at once. As PID 1 of a container this
+# shell ignores a signal it has no trap for, and a trap waits for a foreground child: without
+# this, `docker stop` during the (up to 10 minute) wait for PostgreSQL would hang.
+ew_interruptible() {
+	local child status=0
+	"$@" &
+	child=$!
+	trap 'kill -TERM "$child" 2>/dev/null; ew_log INFO "stopped by SIGTERM during start-up"; exit 143' TERM
+	trap 'kill -TERM "$child" 2>/dev/null; exit 130' INT
+	wait "$child" || status=$?
+	trap - TERM INT
+	return "$status"
+}
+
 ew_wait_for_servers() {
-	python -m energy_worker.wait || EW_EXIT=$? ew_error "PostgreSQL or Redis is not usable; see the lines above"
+	ew_interruptible python -m energy_worker.wait || EW_EXIT=$? ew_error "PostgreSQL or Redis is not usable; see the lines above"
 }
 
 ew_apply_schema() {
-	python -m energy_worker.setup || EW_EXIT=$? ew_error "applying the schema and meter config failed; see the lines above"
+	ew_interruptible python -m energy_worker.setup || EW_EXIT=$? ew_error "applying the schema and meter config failed; see the lines above"
 }
 
 # The stopwatch listener writes this just before it shuts supervisord down after a `stop`.

@@ -4,6 +4,7 @@ missing or unusable settings, and the wait for PostgreSQL and Redis with its lim
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from energy_worker import config
@@ -311,3 +313,42 @@ def test_only_the_stop_key_ends_with_zero(tmp_path: Path, mode: str, status: int
     proc = run_supervisord_part(tmp_path, mode)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == status, stderr
+
+
+def can_be_pid_1() -> bool:
+    """Whether this machine lets us start a process as PID 1 of a new PID namespace (root)."""
+    if shutil.which("unshare") is None:
+        return False
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, check=False
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not can_be_pid_1(), reason="needs unshare of a PID namespace (root)")
+def test_docker_stop_during_the_wait_ends_it_at_once_as_pid_1(tmp_path: Path):
+    """In a container the entrypoint is PID 1, which ignores a signal it has no handler for:
+    `docker stop` during the (up to 10 minute) wait for PostgreSQL must still end it."""
+    env = unreachable(tmp_path, POSTGRES_WAIT_SECONDS="120")
+    outer = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", str(REPO / "entrypoint.sh")],
+        env=env,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        shell = wait_until(lambda: psutil.Process(outer.pid).children(), 10)[0]
+        wait_until(
+            lambda: any("energy_worker.wait" in " ".join(c.cmdline()) for c in shell.children()),
+            20,
+            what="the wait to start",
+        )
+        started = time.monotonic()
+        shell.send_signal(signal.SIGTERM)  # what `docker stop` sends to the container's PID 1
+        assert outer.wait(10) == 143
+        assert time.monotonic() - started < 5
+    finally:
+        if outer.poll() is None:
+            outer.kill()
+            outer.wait()

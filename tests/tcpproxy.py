@@ -34,6 +34,10 @@ class TcpProxy:
                 continue
             server.settimeout(None)
             with self.lock:
+                if not self.up:  # cut while this connection was being made
+                    client.close()
+                    server.close()
+                    continue
                 self.sockets |= {client, server}
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
@@ -52,8 +56,8 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Drop every connection and refuse new ones, as a dead server would."""
-        self.up = False
         with self.lock:
+            self.up = False
             for s in self.sockets:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)

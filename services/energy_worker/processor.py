@@ -188,7 +188,7 @@ class Processor:
         con = None
         try:
             con = db.connect(self.pg, "energy-worker processor")
-            if not store.try_processor_lock(con):
+            if not store.try_lock(con, "processor"):
                 raise RuntimeError("another processor is working on this database")
             version = schema.apply(con, self.config_meters)
             self.meters = store.load_meters(con)

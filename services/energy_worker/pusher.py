@@ -272,7 +272,7 @@ class Pusher:
         if self.con is None:
             con = self.connect()
             try:
-                locked = store.try_pusher_lock(con)
+                locked = store.try_lock(con, "pusher")
             except BaseException:
                 db.close_quietly(con)
                 raise

@@ -59,7 +59,6 @@ class Router:
         pubsub = self.r.pubsub(ignore_subscribe_messages=True)
         try:
             self.listen(pubsub)
-            self.debug.refresh(self.r, force=True)
             self.sweep()
             self.outage.succeeded()
             next_sweep = time.monotonic() + self.sweep_interval
@@ -132,16 +131,19 @@ class Router:
         """Route every key present, in contract order (powerup first, stop last)."""
         if self.notifications_state:
             self.enable_notifications()  # a restarted server forgets them; we do not
-        self.debug.refresh(self.r, force=True)  # a deleted debug key announces nothing
         found: list[tuple[int, bytes]] = []
+        debug_seen = False
         for key in self.r.scan_iter(count=1000):
             name = _decoded(key)
             kind = Kind.ILLEGAL if name is None else keys.classify(name, self.meters).kind
+            debug_seen |= kind is Kind.DEBUG
             if kind in keys.LEFT_ALONE and kind is not Kind.DEBUG:
                 continue
             order = keys.ROUTED.index(kind) if kind in keys.ROUTED else len(keys.ROUTED)
             found.append((order, key))
         found.sort(key=lambda pair: pair[0])
+        if not debug_seen:
+            self.debug.apply(None)  # a deleted debug key announces nothing: the sweep sees it
         for _, key in found:
             self.handle(key, swept=True)
 

@@ -253,9 +253,12 @@ def save_backlog(con: Connection, backlog: int) -> None:
     )
 
 
-def try_processor_lock(con: Connection) -> bool:
-    """Only one processor may work on a database: a session-level advisory lock says which."""
-    ((got,),) = con.run("SELECT pg_try_advisory_lock(hashtext('energy-worker processor'))")
+def try_lock(con: Connection, process: str) -> bool:
+    """Only one process of a kind ("processor", "pusher") may work on a database, or two would
+    count the same pulses or send the same push: a session-level advisory lock says which."""
+    ((got,),) = con.run(
+        "SELECT pg_try_advisory_lock(hashtext(:name))", name=f"energy-worker {process}"
+    )
     return bool(got)
 
 
@@ -334,13 +337,6 @@ def history_changes(
     )
     latest = int(max_index) if max_index is not None else seen_index
     return new_from, max(latest, seen_index), list(movable or [])
-
-
-def try_pusher_lock(con: Connection) -> bool:
-    """Only one pusher may work on a database, or two could send the same push: a
-    session-level advisory lock says which."""
-    ((got,),) = con.run("SELECT pg_try_advisory_lock(hashtext('energy-worker pusher'))")
-    return bool(got)
 
 
 def first_history(con: Connection) -> datetime | None:

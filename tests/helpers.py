@@ -9,9 +9,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from energy_worker.config import PostgresSettings
+from energy_worker.queue import Queues
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -78,3 +79,71 @@ def write_ini(settings: PostgresSettings, path: Path) -> Path:
     )
     path.chmod(0o600)
     return path
+
+
+# --- feeding the pipeline as the webhook and the router do ------------------------------------
+
+T0 = 1_795_000_000_000  # a wall time in ms
+METERS = frozenset(range(1, 8))  # etc/meters.toml
+
+
+def enqueue(r: Any, key: str, value: str, at_ms: int | None = None) -> None:
+    """What the webhook and the router do for one key: SET it, then route it."""
+    r.set(key, value)
+    routed = Queues(r, METERS).route(key.encode(), at_ms=at_ms)
+    assert routed.outcome == "routed", routed
+
+
+def enqueue_many(r: Any, entries: list[tuple[str, str, int]]) -> None:
+    """enqueue() for many keys, pipelined."""
+    queues = Queues(r, METERS)
+    pipe = r.pipeline(transaction=False)
+    for key, value, at_ms in entries:
+        pipe.set(key, value)
+        queues.route_in(pipe, key.encode(), at_ms=at_ms)
+    results = pipe.execute()
+    assert all(result is True or result[0] == b"routed" for result in results), results[:4]
+
+
+def backlog(n: int) -> list[tuple[str, str, int]]:
+    """n pulses, round-robin over the 7 meters, each meter pulsing every 500 ms."""
+    return [
+        (f"channel:{i % 7 + 1}:timestamp", str(1000 + (i // 7) * 500), T0 + (i // 7) * 500)
+        for i in range(n)
+    ]
+
+
+def pulses(r: Any, meter_no: int, millis: list[int], start_ms: int = T0) -> None:
+    base = millis[0]
+    for m in millis:
+        enqueue(r, f"channel:{meter_no}:timestamp", str(m), start_ms + (m - base))
+
+
+STATUS_COLUMNS = [
+    "meter_counts",
+    "kwh",
+    "pulse_time_stamp",
+    "pulse_period",
+    "pulses_counted",
+    "pulses_repeated",
+    "pulses_rejected",
+    "reference_watt_consumption",
+]
+
+
+def status(sql: Any, meter_no: int) -> dict[str, Any]:
+    (row,) = sql.run(
+        f"SELECT {', '.join(STATUS_COLUMNS)} FROM meter_status WHERE meter_no = :m", m=meter_no
+    )
+    return dict(zip(STATUS_COLUMNS, row, strict=True))
+
+
+def history(sql: Any, meter_no: int) -> list[tuple[Any, ...]]:
+    return [
+        tuple(row)
+        for row in sql.run(
+            "SELECT watt_consumption, meter_counts, kWh, pulse_period FROM consumption "
+            "WHERE meter_no = :m ORDER BY index",
+            m=meter_no,
+        )
+    ]

@@ -243,7 +243,7 @@ def stop(signum, frame):
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGINT, stop)
 (run / "fake.pid").write_text(str(os.getpid()))
-if mode == "stop":  # what the stopwatch listener does after the stop key
+if mode == "stop":  # what the exit listener does after the stop key
     (run / "stop-requested").write_text("the stop key\\n")
     sys.exit(0)
 if mode == "shutdown":  # supervisorctl shutdown: exit 0, no stop key

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from energy_worker import logs
 from helpers import REPO
 
 SCRIPT = """
 import socket, sys, threading
+import pytest
+
 from energy_worker import logs
-from energy_worker.google import Webhook
+from energy_worker.webhook import Webhook
 logs.setup("pusher")
 server = socket.create_server(("127.0.0.1", 0))
 def answer():
@@ -41,8 +46,25 @@ def test_a_library_warning_never_shows_the_webhook_url():
 
 
 def test_foreign_input_is_printable_quoted_and_truncated():
-    assert logs.shown(b"bad\xffname") == "'bad\\xffname'"
-    assert logs.shown("line\nbreak") == "'line\\nbreak'"
-    assert logs.shown("måler") == "'måler'"
-    long = logs.shown("9" * 500)
+    assert logs.quoted(b"bad\xffname") == "'bad\\xffname'"
+    assert logs.quoted("line\nbreak") == "'line\\nbreak'"
+    assert logs.quoted("måler") == "'måler'"
+    long = logs.quoted("9" * 500)
     assert long.startswith("'" + "9" * 80) and "(+420 chars)" in long
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_an_uncaught_exception_is_logged_with_the_process_name(where: str):
+    raiser = "raise RuntimeError('boom')"
+    if where == "thread":
+        raiser = "t = threading.Thread(target=lambda: 1 / 0); t.start(); t.join()"
+    result = subprocess.run(
+        [sys.executable, "-c", f"import threading\n"
+         f"from energy_worker import logs\nlogs.setup('router')\n{raiser}"],
+        env={**os.environ, "PYTHONPATH": str(REPO / "services")},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    lines = result.stderr.splitlines()
+    assert lines and all(" router CRITICAL " in line for line in lines), result.stderr
+    assert ("RuntimeError: boom" if where == "main" else "ZeroDivisionError") in result.stderr
+    assert result.returncode == (1 if where == "main" else 0)

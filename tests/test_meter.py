@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from energy_worker import meter
-from energy_worker.meter import MeterState, Outcome
+from energy_worker.domain import MeterState
+from energy_worker.meter import Outcome
 
 S0_CONSTANTS = st.sampled_from([100, 200, 400, 500, 800, 1000, 1600, 2000, 10000])
 HOUR = 3_600_000

@@ -1,87 +1,36 @@
-"""The processor against the real PostgreSQL and Redis: arithmetic in the tables, exactly-once
-under crashes, batching, and outages of either server."""
+"""The processor against the real PostgreSQL and Redis, in-process (Processor.run_once):
+arithmetic in the tables, exactly-once under crashes, batching, and outages of either server.
+As a process only where a process is what is tested: kill -9 in the middle of a backlog."""
 
 from __future__ import annotations
 
+import logging
 import signal
-import subprocess
-import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
-from unittest.mock import ANY
+from pathlib import Path
 
-import psutil
 import pytest
 import redis
 
-from energy_worker import config, db, ledger, queue, store
-from energy_worker.keys import classify
+from energy_worker import config, ledger, queue
 from energy_worker.processor import Processor
-from helpers import wait_until, write_ini
+from energy_worker.store import processor as store
+from helpers import (
+    REPO,
+    T0,
+    backlog,
+    enqueue,
+    enqueue_many,
+    history,
+    pulses,
+    status,
+    wait_until,
+)
 from tcpproxy import TcpProxy
 
-METERS = frozenset(range(1, 8))
-T0 = 1_795_000_000_000  # a wall time in ms
-
-
-def enqueue(r: redis.Redis, key: str, value: str, at_ms: int | None = None) -> None:
-    """What the webhook and the router do for one key: SET it, then route it."""
-    r.set(key, value)
-    found = classify(key, METERS)
-    routed = queue.Queues(r).route(key.encode(), found.kind, found.meter, key, now_ms=at_ms)
-    assert routed.outcome == "routed", routed
-
-
-def enqueue_many(r: redis.Redis, entries: list[tuple[str, str, int]]) -> None:
-    """enqueue() for many keys, pipelined."""
-    queues = queue.Queues(r)
-    pipe = r.pipeline(transaction=False)
-    for key, value, at_ms in entries:
-        found = classify(key, METERS)
-        pipe.set(key, value)
-        queues.route_in(pipe, key.encode(), found.kind, found.meter, now_ms=at_ms)
-    assert all(result in (True, [b"routed", ANY]) for result in pipe.execute())
-
-
-def backlog(n: int) -> list[tuple[str, str, int]]:
-    """n pulses, round-robin over the 7 meters, each meter at 2000 W (500 ms at 1000/kWh
-    gives 7200 W; spaced 500 ms apart)."""
-    return [
-        (f"channel:{i % 7 + 1}:timestamp", str(1000 + (i // 7) * 500), T0 + (i // 7) * 500)
-        for i in range(n)
-    ]
-
-
-def pulses(r: redis.Redis, meter_no: int, millis: list[int], start_ms: int = T0) -> None:
-    base = millis[0]
-    for m in millis:
-        enqueue(r, f"channel:{meter_no}:timestamp", str(m), start_ms + (m - base))
-
-
-def status(sql, meter_no: int) -> dict:
-    cols = [
-        "meter_counts",
-        "kwh",
-        "pulse_time_stamp",
-        "pulse_period",
-        "pulses_counted",
-        "pulses_repeated",
-        "pulses_rejected",
-        "reference_watt_consumption",
-    ]
-    (row,) = sql.run(f"SELECT {', '.join(cols)} FROM meter_status WHERE meter_no = :m", m=meter_no)
-    return dict(zip(cols, row, strict=True))
-
-
-def history(sql, meter_no: int) -> list[tuple]:
-    return [
-        tuple(row)
-        for row in sql.run(
-            "SELECT watt_consumption, meter_counts, kWh, pulse_period FROM consumption "
-            "WHERE meter_no = :m ORDER BY index",
-            m=meter_no,
-        )
-    ]
+METERS_FILE = REPO / "etc" / "meters.toml"
 
 
 def committed(sql) -> int:
@@ -92,16 +41,35 @@ def drained(r: redis.Redis) -> bool:
     return r.llen(queue.WORK) == 0 and r.llen(queue.PROCESSING) == 0
 
 
-def test_pulses_become_exact_history_with_the_deadband(spawn, r, sql):
+@pytest.fixture
+def make_processor(pg, r) -> Iterator:
+    made: list[Processor] = []
+
+    def make(client: redis.Redis | None = None, settings=None, **options) -> Processor:
+        processor = Processor(
+            client or r, settings or pg, config.load_meters(METERS_FILE), idle_wait=0.05, **options
+        )
+        made.append(processor)
+        return processor
+
+    yield make
+    for processor in made:
+        processor.session.close()
+
+
+def run_until(processor: Processor, condition, timeout: float = 15.0) -> None:
+    wait_until(lambda: processor.run_once() or condition(), timeout)
+
+
+def test_pulses_become_exact_history_with_the_deadband(make_processor, r, sql, caplog):
     # 2000 W for four pulses, a jump to 4000 W, a repeat, then back to 2000 W
     pulses(r, 1, [1000, 2800, 4600, 6400, 8200, 9100, 9100, 10000, 11800])
     enqueue(r, "stop", "true")
-    proc = spawn("processor")
-    assert proc.wait_exit(30) == 0
+    make_processor().run()
     assert history(sql, 1) == [
         (None, 1, Decimal("0.001"), -1),  # first pulse: no predecessor, no power
         (2000, 2, Decimal("0.002"), 1800),  # the 2000 W run: its first row ...
-        (2000, 5, Decimal("0.005"), 1800),  # ... and its second, moved to the run's last pulse
+        (2000, 5, Decimal("0.005"), 1800),  # ... and its moving row, at the run's last pulse
         (4000, 6, Decimal("0.006"), 900),  # 4000 W: a new run (the repeat counts nothing)
         (4000, 7, Decimal("0.007"), 900),
         (2000, 8, Decimal("0.008"), 1800),  # back to 2000 W: a new run
@@ -113,21 +81,22 @@ def test_pulses_become_exact_history_with_the_deadband(spawn, r, sql):
         1,
         11800,
     )
-    assert "stop: everything before it is committed" in proc.log()
+    assert "stop: everything before it is committed" in caplog.text
+    assert drained(r)
 
 
-def test_deadband_rows_are_exactly_two_per_plateau(spawn, r, sql):
+def test_deadband_rows_are_exactly_two_per_plateau(make_processor, r, sql):
     millis = [0]
     for period in [1800] * 10 + [900] * 10 + [1800] * 10:
         millis.append(millis[-1] + period)
     pulses(r, 2, millis)
     enqueue(r, "stop", "true")
-    assert spawn("processor").wait_exit(30) == 0
+    make_processor().run()
     assert [row[0] for row in history(sql, 2)] == [None, 2000, 2000, 4000, 4000, 2000, 2000]
     assert status(sql, 2)["meter_counts"] == 31
 
 
-def test_reboot_wrap_over_maximum_and_metercount(spawn, r, sql):
+def test_reboot_wrap_over_maximum_and_metercount(make_processor, r, sql):
     pulses(r, 3, [2**32 - 900, 900])  # wraps: 1800 ms -> 2000 W
     enqueue(r, "powerup", "true", T0 + 5000)
     enqueue(r, "channel:3:timestamp", "900", T0 + 6000)  # same millis, but a new baseline
@@ -135,7 +104,7 @@ def test_reboot_wrap_over_maximum_and_metercount(spawn, r, sql):
     enqueue(r, "channel:3:metercount", "27997", T0 + 7000)
     enqueue(r, "channel:3:timestamp", "2710", T0 + 8800)  # 1800 ms after 910
     enqueue(r, "stop", "true")
-    assert spawn("processor").wait_exit(30) == 0
+    make_processor().run()
     rows = history(sql, 3)
     assert rows[1] == (2000, 2, Decimal("0.002"), 1800)
     # first pulse; 2000 W; after powerup; over the maximum; the typed-in reading; 2000 W
@@ -147,195 +116,54 @@ def test_reboot_wrap_over_maximum_and_metercount(spawn, r, sql):
     assert [t[0] for t in typed] == [False, False, False, False, True, False]
 
 
-def test_history_lands_at_the_time_the_key_was_taken(spawn, r, sql):
+def test_history_lands_at_the_time_the_key_was_taken(make_processor, r, sql):
     pulses(r, 1, [1000, 2800], start_ms=T0)
     enqueue(r, "stop", "true")
-    assert spawn("processor").wait_exit(30) == 0
+    make_processor().run()
     times = sql.run(
         "SELECT (extract(epoch FROM cor_time_stamp) * 1000)::bigint FROM consumption ORDER BY index"
     )
     assert [t[0] for t in times] == [T0, T0 + 1800]
 
 
-def test_backlog_drains_in_few_transactions(spawn, r, sql, pg):
+@pytest.mark.parametrize("value", ["4294967295", "0"])
+def test_extreme_millis_values(make_processor, r, sql, value):
+    enqueue(r, "channel:1:timestamp", value)
+    enqueue(r, "stop", "true")
+    make_processor().run()
+    assert status(sql, 1)["pulse_time_stamp"] == int(value)
+
+
+def test_backlog_drains_in_few_transactions(make_processor, r, sql):
     n = 20_000
     enqueue_many(r, backlog(n))
     before = sql.run("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
     enqueue(r, "stop", "true")
-    assert spawn("processor").wait_exit(60) == 0
+    make_processor().run()
     assert committed(sql) == n + 1
-    total = sql.run("SELECT sum(meter_counts) FROM meter_status")[0][0]
-    assert total == n
+    assert sql.run("SELECT sum(meter_counts) FROM meter_status")[0][0] == n
     sql.run("SELECT pg_stat_clear_snapshot()")
     after = sql.run("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
     # 4 batches of 5,000 plus start-up; nothing like one transaction per pulse
     assert after[0][0] - before[0][0] < 60
 
 
-def test_crash_between_commit_and_ack_counts_nothing_twice(r, sql, pg):
+def test_crash_between_commit_and_ack_counts_nothing_twice(make_processor, r, sql):
     pulses(r, 4, [1000, 2800, 4600])
-    meters = config.load_meters()
-    first = Processor(r, pg, meters)
+    first = make_processor()
     assert first.connected()
-    raw = first.queues.take(100)
-    items, _ = first.decode(raw)
+    items, _ = first.decode(first.queues.take(100))
     plan = ledger.plan_batch(items, first.meters, first.records, first.done)
     first.commit(plan, 0)  # committed ... and the process dies before the ack
-    db.close_quietly(first.con)
+    first.session.close()
     assert r.llen(queue.PROCESSING) == 3
     enqueue(r, "stop", "true")
-    second = Processor(r, pg, meters)
-    second.run()
+    make_processor().run()
     assert status(sql, 4)["meter_counts"] == 3
     assert drained(r)
 
 
-def test_killed_mid_backlog_loses_nothing_and_counts_nothing_twice(spawn, r, sql):
-    n = 30_000
-    enqueue_many(r, backlog(n))
-    enqueue(r, "stop", "true")
-    for _ in range(4):  # kill it at four points of the drain
-        proc = spawn("processor")
-        progress = committed(sql)
-        wait_until(
-            lambda p=progress, proc=proc: committed(sql) > p or proc.popen.poll() is not None, 30
-        )
-        proc.kill(signal.SIGKILL)
-    assert spawn("processor").wait_exit(60) == 0
-    assert sql.run("SELECT sum(meter_counts), sum(pulses_counted) FROM meter_status")[0] == [n, n]
-    assert drained(r)
-
-
-def test_database_outage_loses_nothing(spawn, r, sql, pg, tmp_path):
-    proxy = TcpProxy(pg.host, pg.port)
-    try:
-        ini = write_ini(replace(pg, host="127.0.0.1", port=proxy.port), tmp_path / "proxy.ini")
-        proc = spawn("processor", POSTGRES_INI=str(ini))
-        proc.wait_for_log("connected to PostgreSQL")
-        pulses(r, 5, [1000, 2800])
-        wait_until(lambda: status(sql, 5)["meter_counts"] == 2)
-        proxy.cut()
-        pulses(r, 5, [4600, 6400, 8200], start_ms=T0 + 3600)
-        proc.wait_for_log("PostgreSQL unavailable")
-        assert status(sql, 5)["meter_counts"] == 2
-        proxy.restore()
-        wait_until(lambda: status(sql, 5)["meter_counts"] == 5, 30)
-        proc.wait_for_log("PostgreSQL is back")
-        assert proc.log().count("PostgreSQL unavailable") == 1  # once per change of state
-        assert [row[0] for row in history(sql, 5)] == [None, 2000, 2000]
-    finally:
-        proxy.close()
-
-
-def test_redis_outage_loses_nothing(spawn, r, sql, redis_db):
-    proxy = TcpProxy(redis_db.host, redis_db.port)
-    try:
-        proc = spawn("processor", REDIS_PORT=str(proxy.port))
-        proc.wait_for_log("connected to PostgreSQL")
-        pulses(r, 6, [1000, 2800])
-        wait_until(lambda: status(sql, 6)["meter_counts"] == 2)
-        proxy.cut()
-        pulses(r, 6, [4600, 6400], start_ms=T0 + 3600)
-        proc.wait_for_log("Redis unavailable")
-        proxy.restore()
-        wait_until(lambda: status(sql, 6)["meter_counts"] == 4, 30)
-        assert proc.popen.poll() is None
-    finally:
-        proxy.close()
-
-
-def test_item_for_a_meter_unknown_to_the_database_is_kept_not_dropped(spawn, r, sql):
-    sql.run("DELETE FROM meter_status WHERE meter_no = 7")
-    pulses(r, 7, [1000])
-    pulses(r, 1, [1000])
-    enqueue(r, "stop", "true")
-    proc = spawn("processor", METERS_CONFIG=str(_meters_without_7(sql)))
-    assert proc.wait_exit(30) == 0
-    letters = r.lrange(queue.DEADLETTER, 0, -1)
-    assert any(b"channel:7:timestamp" in letter for letter in letters)
-    assert status(sql, 1)["meter_counts"] == 1
-
-
-def _meters_without_7(sql):
-    import tempfile  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    text = Path(config.REPO_ROOT / "etc" / "meters.toml").read_text()
-    text = text[: text.rindex("[[meter]]")]
-    sql.run("DELETE FROM meter_metadata WHERE meter_no = 7")
-    path = Path(tempfile.mkdtemp()) / "meters.toml"
-    path.write_text(text)
-    return path
-
-
-@pytest.mark.parametrize("value", ["4294967295", "0"])
-def test_extreme_millis_values(spawn, r, sql, value):
-    enqueue(r, "channel:1:timestamp", value)
-    enqueue(r, "stop", "true")
-    assert spawn("processor").wait_exit(30) == 0
-    assert status(sql, 1)["pulse_time_stamp"] == int(value)
-
-
-def test_status_loads_what_it_saved(r, sql, pg):
-    pulses(r, 2, [1000, 2800, 4600, 6400])
-    enqueue(r, "stop", "true")
-    p = Processor(r, pg, config.load_meters())
-    p.run()
-    reloaded = store.load_status(sql)
-    assert reloaded[2] == p.records[2]
-
-
-@pytest.mark.parametrize("program", ["router", "processor", "pusher"])
-def test_a_program_whose_supervisor_dies_exits(worker_env, r, program):
-    """kill -9 of supervisord must not leave programs running unsupervised."""
-    supervisor = subprocess.Popen(
-        ["sh", "-c", f"{sys.executable} -m energy_worker.{program} 2>/dev/null & echo $!; wait"],
-        env=worker_env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert supervisor.stdout is not None
-    child = psutil.Process(int(supervisor.stdout.readline()))
-    wait_until(lambda: len(child.net_connections()) > 0, 15, what=f"{program} to connect")
-    supervisor.kill()
-    supervisor.wait()
-    wait_until(
-        lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE,
-        40,
-        what=f"{program} to exit",
-    )
-
-
-def test_sigterm_while_the_database_is_down_exits_at_once(spawn, r, pg, tmp_path):
-    proxy = TcpProxy(pg.host, pg.port)
-    try:
-        proxy.cut()
-        ini = write_ini(replace(pg, host="127.0.0.1", port=proxy.port), tmp_path / "proxy.ini")
-        proc = spawn("processor", POSTGRES_INI=str(ini))
-        proc.wait_for_log("PostgreSQL unavailable")
-        proc.popen.send_signal(signal.SIGTERM)
-        assert proc.wait_exit(3) == 143  # not after the backoff's wait
-    finally:
-        proxy.close()
-
-
-def test_redis_losing_its_data_starts_a_new_epoch_and_nothing_is_skipped(spawn, r, sql):
-    """Redis without persistence restarts empty: sequence numbers start again at 1, in a new
-    epoch, whatever the clock says."""
-    proc = spawn("processor")
-    pulses(r, 1, [1000, 2800, 4600])
-    wait_until(lambda: status(sql, 1)["meter_counts"] == 3)
-    claim = r.get("energy-worker:test-claim")
-    r.flushdb()
-    r.set("energy-worker:test-claim", claim or b"claimed", ex=3600)
-    r.set(queue.EPOCH, "0000000000000-00000000")  # an epoch that sorts before the old one
-    pulses(r, 1, [6400, 8200], start_ms=T0 + 5400)
-    wait_until(lambda: status(sql, 1)["meter_counts"] == 5)
-    assert proc.popen.poll() is None
-    assert sql.run("SELECT count(*) FROM worker_epochs")[0][0] == 2
-
-
-def test_a_lost_acknowledgement_after_commit_writes_nothing_twice(r, sql, pg, redis_db):
+def test_a_lost_acknowledgement_after_commit_writes_nothing_twice(make_processor, r, sql, redis_db):
     """Redis goes away between the commit and the ack: the batch comes back, is skipped, and
     the stop in it still ends the processor."""
     pulses(r, 2, [1000, 2800, 4600, 6400])
@@ -343,7 +171,7 @@ def test_a_lost_acknowledgement_after_commit_writes_nothing_twice(r, sql, pg, re
     proxy = TcpProxy(redis_db.host, redis_db.port)
     try:
         client = redis.Redis(host="127.0.0.1", port=proxy.port, db=redis_db.db)
-        processor = Processor(client, pg, config.load_meters())
+        processor = make_processor(client)
         real_ack = processor.queues.ack
         failures = []
 
@@ -368,39 +196,116 @@ def test_a_lost_acknowledgement_after_commit_writes_nothing_twice(r, sql, pg, re
     assert drained(r)
 
 
-def test_redis_that_lost_its_last_writes_gets_a_new_epoch_before_the_router_starts(
-    worker_env, spawn, r, sql
-):
-    pulses(r, 1, [1000, 2800, 4600])
+def test_killed_mid_backlog_loses_nothing_and_counts_nothing_twice(spawn, r, sql):
+    n = 30_000
+    enqueue_many(r, backlog(n))
     enqueue(r, "stop", "true")
-    assert spawn("processor").wait_exit(30) == 0
-    epoch = r.get(queue.EPOCH)
-    r.set(queue.SEQ, 2)  # a power cut took the last increments with it
-    setup = subprocess.run(
-        [sys.executable, "-m", "energy_worker.setup"],
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert "Redis lost writes" in setup.stderr
-    assert r.get(queue.EPOCH) != epoch
-    pulses(r, 1, [6400, 8200], start_ms=T0 + 5400)  # numbered 3 and 4 again, in the new epoch
-    enqueue(r, "stop", "true")
-    assert spawn("processor").wait_exit(30) == 0
-    assert status(sql, 1)["meter_counts"] == 5
+    for _ in range(4):  # kill it at four points of the drain
+        proc = spawn("processor")
+        progress = committed(sql)
+        wait_until(
+            lambda p=progress, proc=proc: committed(sql) > p or proc.popen.poll() is not None, 30
+        )
+        proc.kill(signal.SIGKILL)
+    assert spawn("processor").wait_exit(60) == 0
+    assert sql.run("SELECT sum(meter_counts), sum(pulses_counted) FROM meter_status")[0] == [n, n]
+    assert drained(r)
 
 
-def test_redis_down_when_the_processor_starts_is_an_outage_not_a_crash(spawn, r, sql, redis_db):
+def test_database_outage_loses_nothing(make_processor, r, sql, pg, caplog):
+    proxy = TcpProxy(pg.host, pg.port)
+    try:
+        processor = make_processor(settings=replace(pg, host="127.0.0.1", port=proxy.port))
+        pulses(r, 5, [1000, 2800])
+        run_until(processor, lambda: status(sql, 5)["meter_counts"] == 2)
+        proxy.cut()
+        pulses(r, 5, [4600, 6400, 8200], start_ms=T0 + 3600)
+        run_until(processor, lambda: "PostgreSQL unavailable" in caplog.text)
+        assert status(sql, 5)["meter_counts"] == 2
+        proxy.restore()
+        run_until(processor, lambda: status(sql, 5)["meter_counts"] == 5, 30)
+        assert "PostgreSQL is back" in caplog.text
+        assert caplog.text.count("PostgreSQL unavailable") == 1  # once per change of state
+        assert [row[0] for row in history(sql, 5)] == [None, 2000, 2000]
+    finally:
+        proxy.close()
+
+
+def test_redis_outage_loses_nothing(make_processor, r, sql, redis_db, caplog):
+    proxy = TcpProxy(redis_db.host, redis_db.port)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=proxy.port, db=redis_db.db, socket_timeout=2)
+        processor = make_processor(client)
+        pulses(r, 6, [1000, 2800])
+        run_until(processor, lambda: status(sql, 6)["meter_counts"] == 2)
+        proxy.cut()
+        pulses(r, 6, [4600, 6400], start_ms=T0 + 3600)
+        run_until(processor, lambda: "Redis unavailable" in caplog.text)
+        proxy.restore()
+        run_until(processor, lambda: status(sql, 6)["meter_counts"] == 4, 30)
+    finally:
+        proxy.close()
+
+
+def test_redis_down_when_it_starts_is_an_outage_not_a_crash(make_processor, r, sql, redis_db):
     proxy = TcpProxy(redis_db.host, redis_db.port)
     try:
         proxy.cut()
-        proc = spawn("processor", REDIS_PORT=str(proxy.port))
-        proc.wait_for_log("Redis unavailable")
+        client = redis.Redis(host="127.0.0.1", port=proxy.port, db=redis_db.db, socket_timeout=2)
+        processor = make_processor(client)
+        processor.run_once()
+        assert processor.redis_outage.down
         proxy.restore()
         pulses(r, 3, [1000, 2800])
-        wait_until(lambda: status(sql, 3)["meter_counts"] == 2, 30)
-        assert proc.popen.poll() is None and "Traceback" not in proc.log()
+        run_until(processor, lambda: status(sql, 3)["meter_counts"] == 2, 30)
     finally:
         proxy.close()
+
+
+def test_an_item_for_a_meter_unknown_to_the_database_is_kept_not_dropped(
+    make_processor, r, sql, tmp_path: Path
+):
+    sql.run("DELETE FROM meter_status WHERE meter_no = 7")
+    sql.run("DELETE FROM meter_metadata WHERE meter_no = 7")
+    text = METERS_FILE.read_text()
+    (tmp_path / "meters.toml").write_text(text[: text.rindex("[[meter]]")])
+    pulses(r, 7, [1000])
+    pulses(r, 1, [1000])
+    enqueue(r, "stop", "true")
+    processor = make_processor()
+    processor.config_meters = config.load_meters(tmp_path / "meters.toml")
+    processor.run()
+    letters = r.lrange(queue.DEADLETTER, 0, -1)
+    assert any(b"channel:7:timestamp" in letter for letter in letters)
+    assert status(sql, 1)["meter_counts"] == 1
+
+
+def test_status_loads_what_it_saved(make_processor, r, sql):
+    pulses(r, 2, [1000, 2800, 4600, 6400])
+    enqueue(r, "stop", "true")
+    processor = make_processor()
+    processor.run()
+    assert store.load_status(sql)[2] == processor.records[2]
+
+
+def test_redis_losing_its_data_starts_a_new_epoch_and_nothing_is_skipped(make_processor, r, sql):
+    """Redis without persistence restarts empty: sequence numbers start again at 1, in a new
+    epoch, whatever the clock says."""
+    processor = make_processor()
+    pulses(r, 1, [1000, 2800, 4600])
+    run_until(processor, lambda: status(sql, 1)["meter_counts"] == 3)
+    r.flushdb()
+    r.set(queue.EPOCH, "0000000000000-00000000")  # an epoch that sorts before the old one
+    pulses(r, 1, [6400, 8200], start_ms=T0 + 5400)
+    run_until(processor, lambda: status(sql, 1)["meter_counts"] == 5)
+    assert sql.run("SELECT count(*) FROM worker_epochs")[0][0] == 2
+
+
+def test_the_debug_key_switches_its_logging(make_processor, r, caplog):
+    caplog.set_level(logging.INFO)
+    processor = make_processor()
+    processor.debug.interval = 0
+    r.set("debug", "true")
+    run_until(processor, lambda: "debug logging on" in caplog.text)
+    r.set("debug", "false")
+    run_until(processor, lambda: "debug logging off" in caplog.text)

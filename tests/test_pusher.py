@@ -14,13 +14,13 @@ from decimal import Decimal
 import pg8000.native
 import psutil
 import pytest
-from sheet_server import HANG, SheetServer, request_line, sheet_server
 
-from energy_worker import db, google, queue, store, totals
-from energy_worker.keys import Kind
-from energy_worker.pusher import MAX_BLOCK, PUSH_PROCESSING, AnotherPusher, Pusher, Settings
-from energy_worker.queue import PUSH, WORK
+from energy_worker import config, db, queue, sheet, totals
+from energy_worker.pusher import MAX_BLOCK, Pusher
+from energy_worker.queue import PUSH, PUSH_PROCESSING, WORK
+from energy_worker.store import pusher as store
 from helpers import wait_until, write_ini
+from sheet_server import HANG, SheetServer, request_line, sheet_server
 from tcpproxy import TcpProxy
 
 CPH = totals.zone("Europe/Copenhagen")
@@ -118,10 +118,9 @@ def make_pusher(pg, r) -> Iterator[Callable[..., Pusher]]:
     def make(clock: Clock, url: str | None = None, **settings: object) -> Pusher:
         options: dict[str, object] = {"tz": CPH, "timeout": 2.0, **settings}
         pusher = Pusher(
-            lambda: db.connect(pg, "energy-worker test pusher"),
+            db.LockedSession(lambda name: db.connect(pg, name), "pusher"),
             r,
-            Settings(webhook_url=url, **options),  # type: ignore[arg-type]
-            logging.getLogger("pusher"),
+            config.PushSettings(webhook_url=config.secret(url), **options),  # type: ignore[arg-type]
             clock,
         )
         made.append(pusher)
@@ -501,12 +500,12 @@ def feed_2000_w_across_midnight(r, spawn) -> None:
     """The real router's items and the real processor: meter 1 at 2000 W, a pulse every 1.8 s
     from 23:59:30 to 00:00:40; 17 pulses fall before midnight."""
     start_ms = int(local(2024, 6, 1, 23, 59, 30).timestamp() * 1000)
-    queues = queue.Queues(r)
+    queues = queue.Queues(r, frozenset(range(1, 8)))
     for i in range(40):
         r.set("channel:1:timestamp", str(10_000 + i * 1800))
-        queues.route(b"channel:1:timestamp", Kind.TIMESTAMP, 1, "c1", now_ms=start_ms + i * 1800)
+        queues.route(b"channel:1:timestamp", at_ms=start_ms + i * 1800)
     r.set("stop", "true")
-    queues.route(b"stop", Kind.STOP, None, "stop")
+    queues.route(b"stop")
     assert spawn("processor").wait_exit(30) == 0
 
 
@@ -520,7 +519,7 @@ def test_totals_and_push_from_the_processors_own_history(spawn, sql, make_pusher
     pusher.step(block=False)
     clock.set(local(2024, 6, 2, 1, 0, 5))
     pusher.step(block=False)
-    assert server.got() == [sheet_line(data(m1=google.kwh_text(expected)))]
+    assert server.got() == [sheet_line(data(m1=sheet.kwh_text(expected)))]
     assert check_totals_against_history(sql) >= 7 * 2
 
 
@@ -556,21 +555,22 @@ def test_pushtogoogle_sends_the_current_readings_at_once(sql, make_pusher, serve
 
 
 def test_a_request_waits_in_redis_while_postgres_is_unreachable(pg, r, server):
-    from energy_worker.config import PostgresSettings  # noqa: PLC0415
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        dead = PostgresSettings("127.0.0.1", s.getsockname()[1], pg.database, pg.user, "")
+        dead = config.PostgresSettings("127.0.0.1", s.getsockname()[1], pg.database, pg.user)
     clock = Clock(local(2024, 6, 1, 10))
-    settings = Settings(webhook_url=server.base + PATH, tz=CPH)
+    settings = config.PushSettings(webhook_url=config.secret(server.base + PATH), tz=CPH)
     broken = Pusher(
-        lambda: db.connect(dead, "t", timeout=1), r, settings, logging.getLogger("p"), clock
+        db.LockedSession(lambda name: db.connect(dead, name, timeout=1), "pusher"),
+        r,
+        settings,
+        clock,
     )
     r.rpush(PUSH, request_item(5))
-    with pytest.raises(db.UNAVAILABLE):
-        broken.take_request(0)
+    with pytest.raises(db.ERRORS):
+        broken.requests.take(0)
     assert r.lrange(PUSH_PROCESSING, 0, -1) == [request_item(5)]  # kept, not lost
-    fine = Pusher(lambda: db.connect(pg, "t"), r, settings, logging.getLogger("p"), clock)
+    fine = Pusher(db.LockedSession(lambda name: db.connect(pg, name), "pusher"), r, settings, clock)
     try:
         fine.step(block=False)
         fine.step(block=False)
@@ -606,12 +606,12 @@ def test_a_second_pusher_on_the_same_database_does_not_send(sql, make_pusher, se
     r.rpush(PUSH, request_item(1))
     clock.set(local(2024, 6, 2, 0, 2))
     for _ in range(2):
-        with pytest.raises(AnotherPusher):
+        with pytest.raises(db.LockHeld):
             second.step(block=False)
         # it touched nothing: no request taken, no push recorded, nothing sent
         assert server.got() == [] and outbox(sql) == [] and r.llen(PUSH) == 1
     first.step(block=False)  # the day's push goes, and the request is recorded
-    with pytest.raises(AnotherPusher):
+    with pytest.raises(db.LockHeld):
         second.step(block=False)
     first.step(block=False)  # the request goes
     assert server.got() == [sheet_line(data(m1="5.00"))] * 2
@@ -626,13 +626,14 @@ def test_idle_it_sleeps_until_the_next_due_instant(make_pusher, server):
     clock = Clock(local(2024, 6, 1, 10, 30))
     pusher = make_pusher(clock, server.base + PATH)
     pusher.step(block=False)
-    pusher.scheduler.clear()  # the scheduler runs on the real clock; look at our own instants
+    # the scheduler runs on the real clock; look at our own instants
+    pusher.schedule.scheduler.clear()
     assert pusher.wake_in() == MAX_BLOCK  # capped; the next hour is 30 minutes away
     clock.set(local(2024, 6, 1, 10, 59, 58))
     assert pusher.wake_in() == pytest.approx(7)  # 11:00:05
     clock.set(local(2024, 6, 1, 23, 59, 59))
     pusher.step(block=False)
-    pusher.scheduler.clear()
+    pusher.schedule.scheduler.clear()
     assert pusher.wake_in() == pytest.approx(6)  # 00:00:05 totals come before the 00:02 push
 
 
@@ -658,7 +659,7 @@ def test_the_process_pushes_on_request_keeps_secrets_and_stops_cleanly(spawn, r,
     assert proc.wait_exit() == 143  # a signal, not a stop item
     log = proc.log()
     assert "SECRETID" not in log and "s3cret" not in log
-    assert "stopped by signal" in log
+    assert "stopped by SIGTERM" in log
 
 
 def test_the_process_without_url_says_so_once(spawn, r):
@@ -666,9 +667,11 @@ def test_the_process_without_url_says_so_once(spawn, r):
     proc.wait_for_log("GOOGLE_WEBHOOK_URL is not set: totals only, no pushes to the Google Sheet")
     r.rpush(PUSH, request_item(1))
     wait_until(lambda: r.llen(PUSH) == 0 and r.llen(PUSH_PROCESSING) == 0, what="the request")
+    # nothing but the router writes this list, and only requests: anything else is kept aside
     r.rpush(PUSH, json.dumps({"e": "e", "s": 2, "k": "x", "v": "true", "at": 1, "key": "stop"}))
-    assert proc.wait_exit() == 0  # a stop item
-    assert "stop item: exiting" in proc.log()
+    wait_until(lambda: r.llen(queue.DEADLETTER) == 1, what="the stray item to be kept aside")
+    assert "a STOP item on the push list" in json.loads(r.lindex(queue.DEADLETTER, 0))["reason"]
+    assert proc.popen.poll() is None
 
 
 def test_the_process_survives_a_database_outage_with_a_request_in_hand(

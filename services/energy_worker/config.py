@@ -10,15 +10,26 @@ and REDIS_USERNAME for a server with ACL users.
 
 Meters: a TOML file (METERS_CONFIG, else /etc/energy-worker/meters.toml, else the default for
 7 meters shipped in etc/meters.toml).
+
+The pusher: GOOGLE_WEBHOOK_URL, PUSH_TIME, TZ, PUSH_TIMEOUT, PUSH_HISTORY_WAIT (push_settings).
+
+Secrets (passwords, the sheet's URL) are held as Secret, whose repr is '***': no settings object
+can show one in a log line or a traceback.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from . import sheet, totals
+from .domain import Meter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POSTGRES_INI = Path("/etc/postgres.ini")
@@ -30,19 +41,27 @@ class ConfigError(Exception):
     """A configuration file or variable is missing or wrong; the message says which."""
 
 
+class Secret(str):
+    """A string that never shows itself in a repr (so not in a dataclass's, nor a traceback's).
+    Used as a str where it is needed: only there is its value written out."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+def secret(value: str | None) -> Secret | None:
+    return Secret(value) if value else None
+
+
 @dataclass(frozen=True)
 class PostgresSettings:
     host: str
     port: int
     database: str
     user: str
-    password: str
-
-    def __repr__(self) -> str:  # never show the password, not even in a traceback
-        return (
-            f"PostgresSettings(host={self.host!r}, port={self.port}, "
-            f"database={self.database!r}, user={self.user!r}, password=***)"
-        )
+    password: Secret = field(default_factory=Secret)
 
     def describe(self) -> str:
         return f"{self.user}@{self.host}:{self.port}/{self.database}"
@@ -53,27 +72,11 @@ class RedisSettings:
     host: str
     port: int
     db: int
-    password: str | None
+    password: Secret | None = None
     username: str | None = None  # for servers with ACL users (Redis 6+)
-
-    def __repr__(self) -> str:
-        return (
-            f"RedisSettings(host={self.host!r}, port={self.port}, db={self.db}, "
-            f"username={self.username!r}, password=***)"
-        )
 
     def describe(self) -> str:
         return f"{self.host}:{self.port}/{self.db}"
-
-
-@dataclass(frozen=True)
-class Meter:
-    number: int
-    name: str
-    pulses_per_kwh: int
-    max_power_w: int
-    deviation_pct: Decimal
-    power_factor: Decimal = Decimal(1)
 
 
 def parse_ini(text: str) -> dict[str, dict[str, str]]:
@@ -101,6 +104,8 @@ def postgres_settings(path: str | os.PathLike[str] | None = None) -> PostgresSet
         sections = parse_ini(ini.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {ini}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{ini} is not valid UTF-8") from None
     section = sections.get("postgresql")
     if section is None:
         raise ConfigError(f"{ini} has no [postgresql] section")
@@ -116,12 +121,12 @@ def postgres_settings(path: str | os.PathLike[str] | None = None) -> PostgresSet
         port=port,
         database=section["database"],
         user=section["user"],
-        password=section.get("password", ""),
+        password=Secret(section.get("password", "")),
     )
 
 
-def redis_settings(env: dict[str, str] | None = None) -> RedisSettings:
-    env = dict(os.environ) if env is None else env
+def redis_settings(env: Mapping[str, str] | None = None) -> RedisSettings:
+    env = os.environ if env is None else env
     try:
         port = int(env.get("REDIS_PORT") or 6379)
         db = int(env.get("REDIS_DB") or 0)
@@ -131,7 +136,7 @@ def redis_settings(env: dict[str, str] | None = None) -> RedisSettings:
         host=env.get("REDIS_HOST") or "redis-db",
         port=port,
         db=db,
-        password=env.get("REDIS_PASSWORD") or None,
+        password=secret(env.get("REDIS_PASSWORD")),
         username=env.get("REDIS_USERNAME") or None,
     )
 
@@ -196,3 +201,57 @@ def _decimal(value: object, name: str) -> Decimal:
     if result is None or isinstance(value, bool) or not result.is_finite() or result < 0:
         raise ValueError(f"{name} must be a number of 0 or more, not {value!r}")
     return result
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    """The pusher's settings (GOOGLE_WEBHOOK_URL unset: totals only, no pushes)."""
+
+    webhook_url: Secret | None
+    push_time: time = totals.DEFAULT_PUSH_TIME
+    tz: ZoneInfo = field(default_factory=lambda: ZoneInfo(totals.DEFAULT_TZ))
+    timeout: float = 20.0  # seconds per push request
+    history_wait: timedelta = timedelta(hours=2)
+    retry_first: float = 30.0  # seconds before the first retry of a failed push; doubles ...
+    retry_max: float = 900.0  # ... up to this
+
+
+def push_settings(env: Mapping[str, str] | None = None) -> PushSettings:
+    """GOOGLE_WEBHOOK_URL, PUSH_TIME (HH:MM), TZ, PUSH_TIMEOUT and PUSH_HISTORY_WAIT (seconds).
+    Raises ConfigError naming the variable."""
+    env = os.environ if env is None else env
+    try:
+        push_time = totals.parse_clock(env.get("PUSH_TIME"))
+    except ValueError as exc:
+        raise ConfigError(f"PUSH_TIME: {exc}") from None
+    try:
+        tz = totals.zone(env.get("TZ"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    url = secret((env.get("GOOGLE_WEBHOOK_URL") or "").strip())
+    if url is not None:
+        try:
+            sheet.check_url(url)
+        except ValueError as exc:  # its text never holds the URL
+            raise ConfigError(str(exc)) from None
+    return PushSettings(
+        webhook_url=url,
+        push_time=push_time,
+        tz=tz,
+        timeout=seconds(env, "PUSH_TIMEOUT", 20.0, 1.0, 300.0),
+        history_wait=timedelta(seconds=seconds(env, "PUSH_HISTORY_WAIT", 7200, 0, 86400)),
+    )
+
+
+def seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    """A number of seconds from the environment, within [low, high]."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g}")
+    return value

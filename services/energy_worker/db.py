@@ -1,20 +1,54 @@
-"""PostgreSQL connections (pg8000: pure Python, so the image needs no compiler)."""
+"""PostgreSQL plumbing (pg8000: pure Python, so the image needs no compiler): connections,
+transactions, the rule that tells an outage from a refused statement, and the lock that lets
+only one process of a kind work on a database.
+
+The lock is a session-level advisory lock that expires: its holder runs a statement at least
+every HEARTBEAT seconds (Lock.keep_alive), and a session that has held it silently for LEASE
+seconds is taken for dead (a network partition leaves such a session on the server for hours,
+until TCP keepalive gives up) and is terminated, which releases the lock and rolls back whatever
+it had not committed. So after any partition the work resumes within LEASE of the network's
+return, and still only one session ever holds the lock.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
 
 import pg8000.native
 
 from .config import PostgresSettings
+from .outage import Outage
 
-# Errors that mean "the database is not reachable right now": retry, never crash.
-UNAVAILABLE = (pg8000.native.InterfaceError, OSError, pg8000.native.DatabaseError)
+Connection = pg8000.native.Connection
+# Every error a database call can raise: a lost connection, or a statement refused.
+ERRORS = (pg8000.native.InterfaceError, OSError, pg8000.native.DatabaseError)
+# SQLSTATE classes of a lost or refused connection (PostgreSQL, appendix A): 08 connection
+# exception, 57 operator intervention (shutdown, restart, our own lock takeover), 53
+# insufficient resources.
+OUTAGE_CLASSES = ("08", "57", "53")
+HEARTBEAT = 10.0  # seconds: a lock holder runs a statement at least this often
+LEASE = 30.0  # seconds: a holder silent for this long is taken for dead
+# Server-side settings of our sessions: the server notices a dead client within about half a
+# minute (where TCP can tell), and never keeps a transaction open for an absent one.
+SESSION_SETTINGS = (
+    "SET TIME ZONE 'UTC'",
+    "SET tcp_keepalives_idle = 10",
+    "SET tcp_keepalives_interval = 5",
+    "SET tcp_keepalives_count = 3",
+    "SET idle_in_transaction_session_timeout = '60s'",
+)
+
+log = logging.getLogger("energy_worker.db")
 
 
-def connect(
-    settings: PostgresSettings, application_name: str, timeout: float = 10
-) -> pg8000.native.Connection:
+class LockHeld(Exception):
+    """Another live process of the same kind holds the lock on this database."""
+
+
+def connect(settings: PostgresSettings, application_name: str, timeout: float = 10) -> Connection:
     # As with libpq, a host that is a directory means the server's unix socket in it.
     socket = settings.host.startswith("/")
     con = pg8000.native.Connection(
@@ -28,25 +62,169 @@ def connect(
         timeout=timeout,
         tcp_keepalive=True,
     )
-    con.run("SET TIME ZONE 'UTC'")
+    for statement in SESSION_SETTINGS:
+        con.run(statement)
     return con
 
 
-def close_quietly(con: pg8000.native.Connection | None) -> None:
+def close_quietly(con: Connection | None) -> None:
     if con is None:
         return
-    with contextlib.suppress(UNAVAILABLE):
+    with contextlib.suppress(*ERRORS):
         con.close()
 
 
-# SQLSTATE classes of a lost or refused connection (PostgreSQL, appendix A): 08 connection
-# exception, 57 operator intervention (shutdown, restart), 53 insufficient resources.
-CONNECTION_CLASSES = ("08", "57", "53")
+@contextlib.contextmanager
+def transaction(con: Connection) -> Iterator[Connection]:
+    """BEGIN ... COMMIT, or ROLLBACK when the block raises (a rollback on a lost connection is
+    moot: the server rolls back on its own)."""
+    con.run("BEGIN")
+    try:
+        yield con
+    except BaseException:
+        with contextlib.suppress(*ERRORS):
+            con.run("ROLLBACK")
+        raise
+    con.run("COMMIT")
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """A lost connection (retry quietly), rather than a statement PostgreSQL refused."""
+def sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a PostgreSQL error, '' for anything else."""
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return str(fields.get("C", ""))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The one rule for every program: a lost connection or a server going away is an outage
+    (wait and reconnect quietly); anything else is a statement PostgreSQL refused (say what)."""
     if not isinstance(exc, pg8000.native.DatabaseError):
         return True
-    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    return str(fields.get("C", "")).startswith(CONNECTION_CLASSES)
+    return sqlstate(exc).startswith(OUTAGE_CLASSES)
+
+
+def failed(exc: BaseException, outage: Outage) -> None:
+    """Report a database error as the one rule says, and wait before the next attempt."""
+    if isinstance(exc, LockHeld) or is_outage(exc):
+        outage.failed(exc)
+    else:
+        outage.refused(exc)
+
+
+def lock_key(name: str) -> str:
+    return f"energy-worker {name}"
+
+
+class Lock:
+    """The lock of one kind of process ("processor", "pusher") on a database, held by the
+    session `con` once take() succeeded."""
+
+    def __init__(self, con: Connection, name: str, lease: float = LEASE) -> None:
+        self.con = con
+        self.name = name
+        self.lease = lease
+        self.last_statement = time.monotonic()
+
+    def take(self) -> None:
+        """Take the lock, taking it over from a session that has been silent for the lease;
+        raises LockHeld while its holder is alive."""
+        if self._try():
+            return
+        holder = self.con.run(
+            """SELECT a.pid, extract(epoch FROM now() - a.state_change)::float8,
+                      a.application_name, coalesce(host(a.client_addr), 'local')
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+               WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+                         SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND l.classid::bigint = (hashtext(:key)::bigint >> 32) & 4294967295
+                 AND l.objid::bigint = hashtext(:key)::bigint & 4294967295
+                 AND l.objsubid = 1 AND a.pid <> pg_backend_pid()""",
+            key=lock_key(self.name),
+        )
+        if not holder:  # released meanwhile
+            if self._try():
+                return
+            raise LockHeld(f"another {self.name} holds the lock on this database")
+        pid, silent, app, client = holder[0]
+        if silent is None or silent < self.lease:
+            raise LockHeld(
+                f"another {self.name} is working on this database "
+                f"(session {pid} of {app or '?'} from {client})"
+            )
+        log.warning(
+            "the %s lock is held by session %s (%s from %s), silent for %.0f s: taken for dead "
+            "(a network partition leaves such sessions behind); terminating it",
+            self.name,
+            pid,
+            app or "?",
+            client,
+            silent,
+        )
+        try:
+            self.con.run("SELECT pg_terminate_backend(:pid)", pid=pid)
+        except pg8000.native.DatabaseError as exc:  # not allowed to: say so, and wait
+            raise LockHeld(f"could not terminate session {pid}: {sqlstate(exc)}") from None
+        deadline = time.monotonic() + 10
+        while not self._try():  # the lock goes when the terminated backend has exited
+            if time.monotonic() > deadline:
+                raise LockHeld(f"the {self.name} lock of terminated session {pid} is still held")
+            time.sleep(0.05)
+
+    def _try(self) -> bool:
+        ((got,),) = self.con.run(
+            "SELECT pg_try_advisory_lock(hashtext(:key))", key=lock_key(self.name)
+        )
+        self.last_statement = time.monotonic()
+        return bool(got)
+
+    def keep_alive(self) -> None:
+        """Show the server this session is alive: a statement every HEARTBEAT seconds."""
+        if time.monotonic() - self.last_statement >= HEARTBEAT:
+            self.con.run("SELECT 1")
+            self.last_statement = time.monotonic()
+
+    def touched(self) -> None:
+        """The holder has just run statements of its own (they count as a heartbeat)."""
+        self.last_statement = time.monotonic()
+
+
+class LockedSession:
+    """A program's connection, opened on first use and holding the lock of its kind
+    ("processor", "pusher"): the one place a program connects."""
+
+    def __init__(
+        self, connect: Callable[[str], Connection], name: str, lease: float = LEASE
+    ) -> None:
+        self._connect = connect  # connect(application_name)
+        self.name = name
+        self.lease = lease
+        self._con: Connection | None = None
+        self._lock: Lock | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._con is not None
+
+    def connection(self) -> Connection:
+        """The session's connection; raises LockHeld or a connection error (ERRORS)."""
+        if self._con is None:
+            con = self._connect(lock_key(self.name))
+            lock = Lock(con, self.name, self.lease)
+            try:
+                lock.take()
+            except BaseException:
+                close_quietly(con)
+                raise
+            self._con, self._lock = con, lock
+        return self._con
+
+    def keep_alive(self) -> None:
+        if self._lock is not None:
+            self._lock.keep_alive()
+
+    def touched(self) -> None:
+        if self._lock is not None:
+            self._lock.touched()
+
+    def close(self) -> None:
+        close_quietly(self._con)
+        self._con = self._lock = None

@@ -67,7 +67,7 @@ def free_port(preferred: int | None) -> int:
     raise OSError("no free port")
 
 
-def shown(path: str | os.PathLike[str]) -> str:
+def repo_relative(path: str | os.PathLike[str]) -> str:
     """A path as a person types it: relative to the repository where it is inside."""
     path = Path(path).resolve()
     return (
@@ -145,7 +145,7 @@ class Server:
         if self.popen is not None and self.popen.poll() is not None:
             raise SystemExit(
                 f"devrun: embedded {self.name} exited ({self.popen.returncode}); "
-                f"see {shown(self.log_path)}"
+                f"see {repo_relative(self.log_path)}"
             )
 
 
@@ -176,7 +176,9 @@ class EmbeddedPostgres(Server):
         self.data.mkdir(mode=0o700, exist_ok=True)
         self.prepare_user()
         if not (self.data / "PG_VERSION").exists():
-            log.info("creating the embedded PostgreSQL's data in %s (once)", shown(self.data))
+            log.info(
+                "creating the embedded PostgreSQL's data in %s (once)", repo_relative(self.data)
+            )
             with self.log_path.open("ab") as out:
                 subprocess.run(
                     [str(self.bin / "initdb"), "-D", str(self.data), "--auth=trust",
@@ -191,7 +193,9 @@ class EmbeddedPostgres(Server):
             **self.run_as,
         )  # fmt: skip
         wait_for("PostgreSQL", self.create_database)
-        log.info("embedded PostgreSQL on 127.0.0.1:%s (log: %s)", self.port, shown(self.log_path))
+        log.info(
+            "embedded PostgreSQL on 127.0.0.1:%s (log: %s)", self.port, repo_relative(self.log_path)
+        )
 
     def create_database(self) -> None:
         self.check_alive()
@@ -225,7 +229,9 @@ class EmbeddedRedis(Server):
              "--pidfile", str(pid_file), "--notify-keyspace-events", "E$"],
         )  # fmt: skip
         wait_for("Redis", self.ping)
-        log.info("embedded Redis on 127.0.0.1:%s (log: %s)", self.port, shown(self.log_path))
+        log.info(
+            "embedded Redis on 127.0.0.1:%s (log: %s)", self.port, repo_relative(self.log_path)
+        )
 
     def ping(self) -> None:
         self.check_alive()
@@ -287,7 +293,7 @@ def main() -> int:
         log.info(
             "to look at the programs: ENERGY_WORKER_RUN_DIR=%s "
             ".venv/bin/supervisorctl -c supervisord.conf status",
-            shown(env["ENERGY_WORKER_RUN_DIR"]),
+            repo_relative(env["ENERGY_WORKER_RUN_DIR"]),
         )
         return run_entrypoint(env)
     finally:

@@ -1,9 +1,9 @@
-"""The power history's deadband, pure (DOMAIN.md, "Storage").
+"""The power history's deadband, pure (docs/DOMAIN.md, "Storage").
 
 A run is a stretch of pulses whose power stays within deviation_pct of the power of the pulse
-that started it. A run is stored as its first row and a second row that is moved forward to
-each later pulse, so a plateau costs two rows and the latest count is always stored.
-One addition to the original: the second row is not moved across a quarter-hour boundary (UTC,
+that started it. A run is stored as its first row and a moving row that follows each later
+pulse, so a plateau costs two rows and the latest count is always stored.
+One addition to the original: the moving row is not moved across a quarter-hour boundary (UTC,
 so local hours in every time zone); a new one is started instead. Then the last pulse before
 every boundary is stored, and hourly and daily totals read exact readings from the history, at
 a cost of at most four rows per meter per hour.
@@ -14,24 +14,17 @@ row share one run, and the next real reading starts anew.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from decimal import Decimal
+
+from .domain import Run
 
 SLOT_MS = 15 * 60 * 1000
 
 
 class Place(enum.Enum):
     NEW_RUN = "new_run"  # insert a row that starts a new run
-    SECOND = "second"  # insert a row that becomes the run's (new) second row
-    MOVE_SECOND = "move_second"  # update the run's second row to this pulse
-
-
-@dataclass(frozen=True)
-class Run:
-    reference_watt: int | None  # power of the pulse that started the run
-    first_row: int  # consumption.index of the run's first row
-    second_row: int | None = None  # and of its second, once it has one
-    latest_at_ms: int | None = None  # when the pulse of the run's latest row happened
+    NEW_MOVING = "new_moving"  # insert a row that becomes the run's (new) moving row
+    MOVE = "move"  # update the run's moving row to this pulse
 
 
 def in_band(reference: int | None, watt: int | None, deviation_pct: Decimal) -> bool:
@@ -53,8 +46,8 @@ def place(
     starts a run: its row is never moved, and never takes the place of a pulse's row."""
     if run is None or typed_in or not in_band(run.reference_watt, watt, deviation_pct):
         return Place.NEW_RUN
-    if run.second_row is None or run.latest_at_ms is None:
-        return Place.SECOND
+    if run.moving_row is None or run.latest_at_ms is None:
+        return Place.NEW_MOVING
     if slot(at_ms) != slot(run.latest_at_ms):
-        return Place.SECOND  # keep the last pulse before the boundary
-    return Place.MOVE_SECOND
+        return Place.NEW_MOVING  # keep the last pulse before the boundary
+    return Place.MOVE

@@ -1,14 +1,22 @@
-"""What a Redis key written by the webhook means: the input contract, as a pure function.
+"""The input contract: what a Redis key written by the webhook means (pure; docs/DOMAIN.md).
 
-| key (any letter case)        | kind        | value                                  |
-|------------------------------|-------------|----------------------------------------|
-| channel:<n>:timestamp        | TIMESTAMP   | millis() of the pulse, 0 .. 2^32-1     |
-| channel:<n>:metercount       | METERCOUNT  | reading x 100, 0 .. 9999999            |
-| powerup / stop / pushtogoogle| POWERUP ... | true                                   |
-| debug                        | DEBUG       | true / false, left for the webhook     |
-| foo                          | FOO         | the webhook's self-test, left alone    |
-| energy-worker:...            | OWN         | our own lists and counters             |
-Older documents spell the channel `Chanel`; both are accepted. Anything else is ILLEGAL.
+| key (ASCII letter case aside) | kind       | value                                 |
+|-------------------------------|------------|---------------------------------------|
+| channel:<n>:timestamp         | TIMESTAMP  | millis() of the pulse, 0 .. 2^32-1    |
+| channel:<n>:metercount        | METERCOUNT | reading x 100, 0 .. 9999999           |
+| powerup / stop / pushtogoogle | POWERUP .. | true                                  |
+| debug                         | DEBUG      | true / false, left for the webhook    |
+| foo                           | FOO        | the webhook's self-test, left alone   |
+| energy-worker:...             | OWN        | our own lists and counters            |
+Older documents spell the channel `Chanel`; both are accepted. <n> is a configured meter number
+written without leading zeros. Anything else is ILLEGAL.
+
+Names and values are bytes, as Redis holds them, and are read the way the router's Lua script
+reads them (queue.py): a name is the contract's only when it is ASCII and matches the contract's
+spelling after ASCII lower-casing, so no Unicode case rule (the long s, the dotless i, the Kelvin
+sign) can turn a name into another kind; digits are ASCII digits. One table of cases
+(tests/key_cases.py) runs against both, so the two cannot drift apart. Every kind is reached by
+a branch that names it; a name that matches none is ILLEGAL.
 """
 
 from __future__ import annotations
@@ -38,9 +46,17 @@ class Kind(enum.Enum):
 # rebooted Arduino sends powerup before its first new pulse, and stop goes last.
 ROUTED = (Kind.POWERUP, Kind.METERCOUNT, Kind.TIMESTAMP, Kind.PUSH, Kind.STOP)
 LEFT_ALONE = (Kind.DEBUG, Kind.FOO, Kind.OWN)
-
-_FLAGS = {"powerup": Kind.POWERUP, "stop": Kind.STOP, "pushtogoogle": Kind.PUSH}
-_CHANNEL = re.compile(r"chann?el:([0-9]{1,2}):(timestamp|metercount)", re.IGNORECASE)
+# Values: the flags take 'true', debug 'true' or 'false', the channels a whole number.
+LIMITS = {Kind.TIMESTAMP: MAX_MILLIS, Kind.METERCOUNT: MAX_METERCOUNT}
+FLAG_NAMES = {
+    b"powerup": Kind.POWERUP,
+    b"stop": Kind.STOP,
+    b"pushtogoogle": Kind.PUSH,
+    b"debug": Kind.DEBUG,
+    b"foo": Kind.FOO,
+}
+CHANNEL_KINDS = {b"timestamp": Kind.TIMESTAMP, b"metercount": Kind.METERCOUNT}
+_CHANNEL = re.compile(rb"chann?el:([1-9][0-9]?):([a-z]+)")
 
 
 @dataclass(frozen=True)
@@ -50,39 +66,46 @@ class Classified:
     reason: str = ""  # why it is illegal
 
 
-def classify(key: str, meters: frozenset[int] | set[int]) -> Classified:
+def _as_bytes(name: bytes | str) -> bytes:
+    return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+
+
+def classify(name: bytes | str, meters: frozenset[int] | set[int]) -> Classified:
     """Classify a key name; `meters` are the configured meter numbers."""
-    if key.startswith(OWN_PREFIX):
+    key = _as_bytes(name)
+    if key.startswith(OWN_PREFIX.encode()):
         return Classified(Kind.OWN)
-    lower = key.lower()
-    if lower in _FLAGS:
-        return Classified(_FLAGS[lower])
-    if lower == "debug":
-        return Classified(Kind.DEBUG)
-    if lower == "foo":
-        return Classified(Kind.FOO)
-    match = _CHANNEL.fullmatch(key)
-    if match is None:
+    if not key.isascii():
+        return Classified(Kind.ILLEGAL, reason="unknown key")
+    lower = key.lower()  # bytes.lower() changes ASCII letters only, as Lua's string.lower
+    flag = FLAG_NAMES.get(lower)
+    if flag is not None:
+        return Classified(flag)
+    match = _CHANNEL.fullmatch(lower)
+    kind = CHANNEL_KINDS.get(match.group(2)) if match else None
+    if match is None or kind is None:
         return Classified(Kind.ILLEGAL, reason="unknown key")
     meter = int(match.group(1))
     if meter not in meters:
         return Classified(Kind.ILLEGAL, meter, reason=f"meter {meter} is not configured")
-    kind = Kind.TIMESTAMP if match.group(2).lower() == "timestamp" else Kind.METERCOUNT
     return Classified(kind, meter)
 
 
-def value_problem(kind: Kind, value: str) -> str | None:
-    """Why a value is not legal for its kind, or None. (The router checks the same rules
-    atomically in Lua, see queue.py; this is the reference and what the tests pin.)"""
-    if kind in (Kind.TIMESTAMP, Kind.METERCOUNT):
-        limit = MAX_MILLIS if kind is Kind.TIMESTAMP else MAX_METERCOUNT
-        if not (value.isascii() and value.isdigit()):
+def value_problem(kind: Kind, value: bytes | str) -> str | None:
+    """Why a value is not legal for its kind, or None."""
+    raw = _as_bytes(value)
+    limit = LIMITS.get(kind)
+    if limit is not None:
+        if not (raw.isascii() and raw.isdigit()):  # bytes.isdigit(): ASCII digits only
             return "value is not a whole number"
-        if len(value) > len(str(limit)) or int(value) > limit:
+        digits = raw.lstrip(b"0")
+        if len(digits) > len(str(limit)) or int(digits or b"0") > limit:
             return f"value is above {limit}"
         return None
     if kind in (Kind.POWERUP, Kind.STOP, Kind.PUSH):
-        return None if value.lower() == "true" else "value is not 'true'"
+        return None if raw.lower() == b"true" else "value is not 'true'"
     if kind is Kind.DEBUG:
-        return None if value.lower() in ("true", "false") else "value is not 'true' or 'false'"
-    return None
+        return None if raw.lower() in (b"true", b"false") else "value is not 'true' or 'false'"
+    if kind in (Kind.FOO, Kind.OWN):
+        return None
+    return "unknown key"  # ILLEGAL: no value makes it legal

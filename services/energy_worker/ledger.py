@@ -2,21 +2,21 @@
 from its I/O. The result is a Plan: the rows to insert and update and the new meter states,
 which the processor writes in one transaction.
 
-New rows get temporary negative indexes; the processor swaps in real ones before writing.
+Every kind the processor handles has a handler in HANDLERS; an item of any other kind is
+unusable (it goes to the dead-letter list), never a pulse. New rows get temporary negative
+indexes; the processor swaps in real ones before writing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from . import history, meter
-from .config import Meter
+from .domain import Item, Meter, MeterRecord, Row, Run, at_time
 from .keys import Kind
-from .queue import Item
-from .store import MeterRecord, Row, at_time
 
 log = logging.getLogger("energy_worker.ledger")
 
@@ -46,50 +46,163 @@ class Plan:
     def remap(self, real: dict[int, int]) -> None:
         """Replace temporary indexes by the real ones."""
         self.new_rows = {real[i]: row for i, row in self.new_rows.items()}
-
-        def fix(index: int | None) -> int | None:
-            return real.get(index, index) if index is not None else None
-
         for no, rec in self.records.items():
-            run = rec.run
-            if run is not None:
-                run = replace(
-                    run,
-                    first_row=real.get(run.first_row, run.first_row),
-                    second_row=fix(run.second_row),
+            if rec.run is not None:
+                run = rec.run
+                moving = run.moving_row
+                self.records[no] = replace(
+                    rec,
+                    run=replace(
+                        run,
+                        first_row=real.get(run.first_row, run.first_row),
+                        moving_row=None if moving is None else real.get(moving, moving),
+                    ),
                 )
-            self.records[no] = replace(rec, run=run, upper_index=fix(rec.upper_index))
+
+    def kwh(self, meters: Mapping[int, Meter]) -> dict[int, Decimal]:
+        """The reading of every touched meter."""
+        return {
+            no: meter.kwh(rec.state.counts, meters[no].pulses_per_kwh)
+            for no, rec in self.records.items()
+        }
+
+
+class _Batch:
+    """The plan of one batch while it is being built: the committed state, and the changes."""
+
+    def __init__(
+        self, meters: Mapping[int, Meter], records: Mapping[int, MeterRecord], plan: Plan
+    ) -> None:
+        self.meters = meters
+        self.committed = records
+        self.plan = plan
+        self.next_temp = -1
+
+    def record(self, no: int) -> MeterRecord:
+        return self.plan.records.get(no) or self.committed[no]
+
+    def store(self, no: int, rec: MeterRecord, row: Row, watt: int | None, at_ms: int) -> None:
+        """Place a row in the history (history.place) and keep the meter's new record."""
+        run = rec.run
+        where = history.place(run, watt, self.meters[no].deviation_pct, at_ms, row.typed_in)
+        if where is history.Place.MOVE and run is not None and run.moving_row is not None:
+            self.plan.rows_of(run.moving_row)[run.moving_row] = row
+            self.plan.records[no] = replace(rec, run=replace(run, latest_at_ms=at_ms))
+            return
+        index, self.next_temp = self.next_temp, self.next_temp - 1
+        self.plan.new_rows[index] = row
+        if where is history.Place.NEW_MOVING and run is not None:
+            run = replace(run, moving_row=index, latest_at_ms=at_ms)
+        else:
+            run = Run(watt, index, None, at_ms)
+        self.plan.records[no] = replace(rec, run=run)
+
+    def meter_of(self, item: Item) -> int | None:
+        """The item's meter, if both the config and PostgreSQL know it; else it is unusable."""
+        no = item.meter
+        if no is None or no not in self.meters or no not in self.committed:
+            self.plan.unusable.append((item, f"meter {no} is not configured in PostgreSQL"))
+            return None
+        return no
+
+
+def _pulse(batch: _Batch, item: Item) -> None:
+    no = batch.meter_of(item)
+    if no is None:
+        return
+    m = batch.meters[no]
+    rec = batch.record(no)
+    result = meter.pulse(rec.state, int(item.value), item.at_ms, m.pulses_per_kwh, m.max_power_w)
+    outcome = result.outcome
+    if outcome is meter.Outcome.REPEAT:
+        log.info("meter %s: millis %s delivered twice; counted once", no, item.value)
+        batch.plan.records[no] = replace(rec, repeated=rec.repeated + 1)
+        return
+    if outcome is meter.Outcome.OVER_MAX:
+        log.warning(
+            "meter %s: %s W from a %s ms period is above its maximum of %s W; "
+            "pulse counted, power not stored",
+            no,
+            meter.power_w(result.period, m.pulses_per_kwh),
+            result.period,
+            m.max_power_w,
+        )
+        rec = replace(rec, over_max=rec.over_max + 1)
+    elif outcome is meter.Outcome.REBOOT:
+        log.warning(
+            "meter %s: millis went from %s to %s, which only a reboot explains; "
+            "pulse counted as the new baseline",
+            no,
+            rec.state.last_millis,
+            item.value,
+        )
+    state = result.state
+    row = Row(
+        no,
+        result.watt,
+        state.counts,
+        meter.kwh(state.counts, m.pulses_per_kwh),
+        state.last_millis,
+        result.period,
+        at_time(item.at_ms),
+    )
+    batch.store(
+        no, replace(rec, state=state, counted=rec.counted + 1), row, result.watt, item.at_ms
+    )
+
+
+def _typed_in_reading(batch: _Batch, item: Item) -> None:
+    no = batch.meter_of(item)
+    if no is None:
+        return
+    m = batch.meters[no]
+    rec = batch.record(no)
+    state, exact = meter.set_reading(rec.state, int(item.value), m.pulses_per_kwh)
+    if not exact:
+        log.warning(
+            "meter %s: reading %s rounded to %s pulses (%s pulses/kWh)",
+            no,
+            item.value,
+            state.counts,
+            m.pulses_per_kwh,
+        )
+    kwh = meter.kwh(state.counts, m.pulses_per_kwh)
+    log.info("meter %s set to %s kWh by a typed-in reading", no, kwh)
+    row = Row(no, None, state.counts, kwh, state.last_millis, -1, at_time(item.at_ms), True)
+    batch.store(no, replace(rec, state=state), row, None, item.at_ms)
+
+
+def _powerup(batch: _Batch, _item: Item) -> None:
+    for no in batch.meters:
+        if no in batch.committed:
+            rec = batch.record(no)
+            batch.plan.records[no] = replace(rec, state=meter.powerup(rec.state))
+    log.info("powerup: the Arduino restarted; next pulse of each meter sets its baseline")
+
+
+def _stop(batch: _Batch, _item: Item) -> None:
+    batch.plan.stop = True
+
+
+# What the processor does with each kind it is handed. Kind.PUSH goes to the pusher's list.
+HANDLERS: dict[Kind, Callable[[_Batch, Item], None]] = {
+    Kind.TIMESTAMP: _pulse,
+    Kind.METERCOUNT: _typed_in_reading,
+    Kind.POWERUP: _powerup,
+    Kind.STOP: _stop,
+}
 
 
 def plan_batch(
     items: list[Item],
-    meters: dict[int, Meter],
-    records: dict[int, MeterRecord],
+    meters: Mapping[int, Meter],
+    records: Mapping[int, MeterRecord],
     done: Mapping[str, int],
 ) -> Plan:
-    """What the batch does. `records` and `done` are the committed state; not modified."""
+    """What the batch does. `records` and `done` are the committed state; not modified. The
+    plan ends with the first stop item: what follows it stays for the next start."""
     plan = Plan(done=dict(done))
-    next_temp = -1
-
-    def record(no: int) -> MeterRecord:
-        return plan.records.get(no) or records[no]
-
-    def store(no: int, rec: MeterRecord, row: Row, watt: int | None, at_ms: int) -> MeterRecord:
-        """Place a row in the history (history.place) and return the meter's new record."""
-        nonlocal next_temp
-        run = rec.run
-        where = history.place(run, watt, meters[no].deviation_pct, at_ms, row.typed_in)
-        if where is history.Place.MOVE_SECOND and run and run.second_row is not None:
-            plan.rows_of(run.second_row)[run.second_row] = row
-            return replace(rec, run=replace(run, latest_at_ms=at_ms), upper_index=run.second_row)
-        index, next_temp = next_temp, next_temp - 1
-        plan.new_rows[index] = row
-        if where is history.Place.SECOND and run is not None:
-            run = replace(run, second_row=index, latest_at_ms=at_ms)
-        else:
-            run = history.Run(watt, index, None, at_ms)
-        return replace(rec, run=run, upper_index=index)
-
+    batch = _Batch(meters, records, plan)
     for item in items:
         plan.consumed += 1
         if already_done(item, plan.done):
@@ -100,93 +213,11 @@ def plan_batch(
             continue
         plan.done[item.epoch] = item.seq
         plan.last = (item.epoch, item.seq)
-        if item.kind is Kind.STOP:
-            plan.stop = True
+        handler = HANDLERS.get(item.kind)
+        if handler is None:
+            plan.unusable.append((item, f"the processor does not handle kind {item.kind.name}"))
+            continue
+        handler(batch, item)
+        if plan.stop:
             break
-        if item.kind is Kind.POWERUP:
-            for no in meters:
-                rec = record(no)
-                plan.records[no] = replace(rec, state=meter.powerup(rec.state))
-            log.info("powerup: the Arduino restarted; next pulse of each meter sets its baseline")
-            continue
-        no = item.meter
-        if no is None or no not in meters or no not in records:
-            plan.unusable.append((item, f"meter {no} is not configured in PostgreSQL"))
-            continue
-        m = meters[no]
-        rec = record(no)
-        at = at_time(item.at_ms)
-        if item.kind is Kind.METERCOUNT:
-            state, exact = meter.set_reading(rec.state, int(item.value), m.pulses_per_kwh)
-            if not exact:
-                log.warning(
-                    "meter %s: reading %s rounded to %s pulses (%s pulses/kWh)",
-                    no,
-                    item.value,
-                    state.counts,
-                    m.pulses_per_kwh,
-                )
-            log.info(
-                "meter %s set to %s kWh by a typed-in reading",
-                no,
-                meter.kwh(state.counts, m.pulses_per_kwh),
-            )
-            row = Row(
-                no,
-                None,
-                state.counts,
-                meter.kwh(state.counts, m.pulses_per_kwh),
-                state.last_millis,
-                -1,
-                at,
-                typed_in=True,
-            )
-            plan.records[no] = store(no, replace(rec, state=state), row, None, item.at_ms)
-            continue
-        # a pulse
-        result = meter.pulse(
-            rec.state, int(item.value), item.at_ms, m.pulses_per_kwh, m.max_power_w
-        )
-        outcome = result.outcome
-        if outcome is meter.Outcome.REPEAT:
-            log.info("meter %s: millis %s delivered twice; counted once", no, item.value)
-            plan.records[no] = replace(rec, repeated=rec.repeated + 1)
-            continue
-        if outcome is meter.Outcome.OVER_MAX:
-            log.warning(
-                "meter %s: %s W from a %s ms period is above its maximum of %s W; "
-                "pulse counted, power not stored",
-                no,
-                meter.power_w(result.period, m.pulses_per_kwh),
-                result.period,
-                m.max_power_w,
-            )
-            rec = replace(rec, rejected=rec.rejected + 1)
-        elif outcome is meter.Outcome.REBOOT:
-            log.warning(
-                "meter %s: millis went from %s to %s, which only a reboot explains; "
-                "pulse counted as the new baseline",
-                no,
-                rec.state.last_millis,
-                item.value,
-            )
-        state = result.state
-        row = Row(
-            no,
-            result.watt,
-            state.counts,
-            meter.kwh(state.counts, m.pulses_per_kwh),
-            state.last_millis,
-            result.period,
-            at,
-        )
-        rec = replace(rec, state=state, counted=rec.counted + 1)
-        plan.records[no] = store(no, rec, row, result.watt, item.at_ms)
     return plan
-
-
-def kwh_of(plan: Plan, meters: dict[int, Meter]) -> dict[int, Decimal]:
-    return {
-        no: meter.kwh(rec.state.counts, meters[no].pulses_per_kwh)
-        for no, rec in plan.records.items()
-    }

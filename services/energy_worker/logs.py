@@ -2,6 +2,7 @@
 
 The webhook's `debug` key (true/false) switches every process to verbose logging; each process
 looks at it when it wakes anyway (DebugSwitch.refresh), so the switch costs no extra polling.
+Foreign input is only ever logged through quoted(): printable, quoted and truncated.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from types import TracebackType
-
-import redis
 
 DEBUG_KEY = "debug"
 MAX_SHOWN = 80  # characters of foreign input shown in a log line
@@ -58,7 +58,7 @@ def setup(process: str) -> logging.Logger:
     return log
 
 
-def shown(value: bytes | str, limit: int = MAX_SHOWN) -> str:
+def quoted(value: bytes | str, limit: int = MAX_SHOWN) -> str:
     """Foreign input made safe for one log line: printable, quoted, truncated."""
     text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
     text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
@@ -77,19 +77,17 @@ class DebugSwitch:
         self.enabled = False
         self._checked = float("-inf")
 
-    def refresh(self, r: redis.Redis, *, force: bool = False) -> None:
+    def refresh(self, read: Callable[[], bytes | None]) -> None:
+        """Look at the key (read() returns its value) if `interval` has passed since the last
+        look. read() may raise; the caller's own handling reports an outage."""
         now = time.monotonic()
-        if not force and now - self._checked < self.interval:
+        if now - self._checked < self.interval:
             return
         self._checked = now
-        try:
-            value = r.get(DEBUG_KEY)
-        except redis.RedisError:
-            return  # the caller's own Redis handling reports the outage
-        self.apply(value)
+        self.apply(read())
 
     def apply(self, value: bytes | None) -> None:
-        enabled = value is not None and value.strip().lower() == b"true"
+        enabled = value is not None and value.lower() == b"true"
         if enabled == self.enabled:
             return
         self.enabled = enabled

@@ -1,4 +1,4 @@
-"""The meter arithmetic of DOMAIN.md, pure: no I/O, no floats.
+"""The meter arithmetic (docs/DOMAIN.md), pure: no I/O, no floats.
 
 A meter's state is its pulse count and the last pulse it saw. `pulse` turns one Arduino
 millis() value into the new state and what it means: counted or not, and the power it shows.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+
+from .domain import MeterState
 
 WRAP = 2**32  # millis() wraps after about 49.7 days
 WATT_MS_PER_KWH = 3_600_000_000  # 1 kWh = 3.6e9 W*ms
@@ -37,7 +39,8 @@ def power_w(period_ms: int, pulses_per_kwh: int) -> int:
 
 
 def power_bound_w(quiet_ms: int, pulses_per_kwh: int) -> int:
-    """The most a meter can be drawing when it has been quiet for quiet_ms (DOMAIN.md)."""
+    """The most a meter can be drawing when it has been quiet for quiet_ms: no pulse means
+    low power, not zero."""
     return power_w(max(quiet_ms, 1), pulses_per_kwh)
 
 
@@ -60,14 +63,6 @@ class Outcome(enum.Enum):
     REBOOT = "reboot"  # counted; millis went back in a way only a reboot explains; no power
     OVER_MAX = "over_max"  # counted; the power is above the meter's maximum, so not stored
     REPEAT = "repeat"  # same millis as the previous pulse: one pulse delivered twice
-
-
-@dataclass(frozen=True)
-class MeterState:
-    counts: int = 0
-    last_millis: int | None = None  # None: no predecessor known
-    last_period: int = -1
-    last_at_ms: int | None = None  # wall time of the last counted pulse, ms since 1970
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ its webhook key, the work list, the processor's processing list, or committed in
 Items carry (epoch, seq): seq increases by one per routed item, and epoch changes only when
 Redis lost its data, so the processor can tell an item it has already committed (see
 processor.py). Epochs start with the time they were made, so a newer epoch sorts later.
+
+The route script reads a key the way keys.classify and keys.value_problem do; one table of
+cases (tests/key_cases.py) runs against both.
 """
 
 from __future__ import annotations
@@ -12,18 +15,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 import redis.client
 
-from .keys import MAX_METERCOUNT, MAX_MILLIS, OWN_PREFIX, ROUTED, Kind
+from .keys import MAX_METERCOUNT, MAX_MILLIS, OWN_PREFIX, Kind
 
 WORK = OWN_PREFIX + "work"
 PROCESSING = OWN_PREFIX + "processing"
 PUSH = OWN_PREFIX + "push"
+PUSH_PROCESSING = OWN_PREFIX + "push-processing"
 DEADLETTER = OWN_PREFIX + "deadletter"
 REJECTED = OWN_PREFIX + "rejected"
 SEQ = OWN_PREFIX + "seq"
@@ -31,72 +34,109 @@ EPOCH = OWN_PREFIX + "epoch"
 DEADLETTER_CAP = 1000
 PREVIEW_BYTES = 200
 
-# Routes one webhook key: validates its type and value and either moves it onto a list as a
-# numbered item, or removes it and keeps a copy with the reason in the dead-letter list.
-# KEYS: key, destination list, seq, epoch, dead-letter list, rejected counter
-# ARGV: kind, meter, now_ms, epoch candidate, reject reason ('' unless already illegal),
-#       key as shown to a person, dead-letter cap, preview bytes, max millis, max metercount
-_ROUTE = """
-local kind, meter, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local cap, preview_bytes = tonumber(ARGV[7]), tonumber(ARGV[8])
-local function shown(s)
+# Routes one key: reads its name and value as keys.py does, and either moves it onto the list
+# for its kind as a numbered item, removes it with a copy and the reason in the dead-letter
+# list, or leaves it (the webhook's debug switch and self-test, our own keys).
+# KEYS: key, work list, push list, seq, epoch, dead-letter list, rejected counter
+# ARGV: now_ms, epoch candidate, ',<meter>,<meter>,...,' (the configured meters),
+#       dead-letter cap, preview bytes, max millis, max metercount, our own prefix
+# Returns {'routed', kind, seq} | {'rejected', reason, preview} | {'left', kind[, value]} |
+#         {'gone'}: a debug key is left with its value, for the router to follow
+_ROUTE = r"""
+local key, now, meters = KEYS[1], tonumber(ARGV[1]), ARGV[3]
+local cap, preview_bytes, own = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[8]
+local limits = {t = ARGV[6], c = ARGV[7]}
+local flags = {powerup = 'p', stop = 'x', pushtogoogle = 'g', debug = 'debug', foo = 'foo'}
+local channels = {timestamp = 't', metercount = 'c'}
+
+local function printable(s)
   s = string.sub(s, 1, preview_bytes)
-  return (string.gsub(s, '[^\\32-\\126]', function(c)
-    return string.format('\\\\x%02x', string.byte(c)) end))
+  return (string.gsub(s, '[^\32-\126]', function(c)
+    return string.format('\\x%02x', string.byte(c)) end))
 end
-local ktype = redis.call('TYPE', KEYS[1]).ok
-if ktype == 'none' then return {'gone'} end
-local value = nil
-local preview
-if ktype == 'string' then
-  value = redis.call('GET', KEYS[1])
-  preview = shown(value)
-elseif ktype == 'list' then
-  preview = 'list: ' .. shown(table.concat(redis.call('LRANGE', KEYS[1], 0, 9), ', '))
-elseif ktype == 'set' then
-  preview = 'set: ' .. shown(table.concat(redis.call('SRANDMEMBER', KEYS[1], 10), ', '))
-elseif ktype == 'zset' then
-  preview = 'zset: ' .. shown(table.concat(redis.call('ZRANGE', KEYS[1], 0, 9), ', '))
-elseif ktype == 'hash' then
-  local fields = redis.call('HSCAN', KEYS[1], 0, 'COUNT', 10)[2]
-  preview = 'hash: ' .. shown(table.concat(fields, ', '))
-else
-  preview = ktype
+
+-- keys.classify: kind, meter, reason
+local function classify(name)
+  if string.sub(name, 1, #own) == own then return 'own' end
+  if string.find(name, '[\128-\255]') then return 'illegal', nil, 'unknown key' end
+  local lower = string.lower(name)
+  if flags[lower] then return flags[lower] end
+  local n, word = string.match(lower, '^chann?el:([1-9]%d?):(%l+)$')
+  local kind = word and channels[word]
+  if not kind then return 'illegal', nil, 'unknown key' end
+  if not string.find(meters, ',' .. n .. ',', 1, true) then
+    return 'illegal', n, 'meter ' .. n .. ' is not configured'
+  end
+  return kind, n
 end
-local reason = ARGV[5]
-if reason == '' then
-  if value == nil then
-    reason = 'key holds a Redis ' .. ktype .. ', not a string'
-  elseif kind == 't' or kind == 'c' then
-    local limit = (kind == 't') and ARGV[9] or ARGV[10]
-    if not string.match(value, '^%d+$') then
-      reason = 'value is not a whole number'
-    elseif #value > #limit or tonumber(value) > tonumber(limit) then
-      reason = 'value is above ' .. limit
+
+-- keys.value_problem: nil when the value is legal for the kind
+local function value_problem(kind, value)
+  local limit = limits[kind]
+  if limit then
+    if not string.match(value, '^%d+$') then return 'value is not a whole number' end
+    local digits = string.gsub(value, '^0+', '')
+    if #digits > #limit or (tonumber(digits) or 0) > tonumber(limit) then
+      return 'value is above ' .. limit
     end
-  elseif string.lower(value) ~= 'true' then
-    reason = "value is not 'true'"
+    return nil
+  end
+  local lower = string.lower(value)
+  if kind == 'debug' then
+    if lower == 'true' or lower == 'false' then return nil end
+    return "value is not 'true' or 'false'"
+  end
+  if lower ~= 'true' then return "value is not 'true'" end
+  return nil
+end
+
+local function preview_of(ktype)
+  if ktype == 'string' then return printable(redis.call('GET', key)) end
+  local sample
+  if ktype == 'list' then sample = redis.call('LRANGE', key, 0, 9)
+  elseif ktype == 'set' then sample = redis.call('SRANDMEMBER', key, 10)
+  elseif ktype == 'zset' then sample = redis.call('ZRANGE', key, 0, 9)
+  elseif ktype == 'hash' then sample = redis.call('HSCAN', key, 0, 'COUNT', 10)[2]
+  else return ktype end
+  return ktype .. ': ' .. printable(table.concat(sample, ', '))
+end
+
+local ktype = redis.call('TYPE', key).ok
+if ktype == 'none' then return {'gone'} end
+local kind, meter, reason = classify(key)
+if kind == 'own' or kind == 'foo' then return {'left', kind} end
+local value = nil
+if reason == nil then
+  if ktype ~= 'string' then
+    reason = 'key holds a Redis ' .. ktype .. ', not a string'
+  else
+    value = redis.call('GET', key)
+    reason = value_problem(kind, value)
   end
 end
-if reason ~= '' then
-  redis.call('DEL', KEYS[1])
-  local entry = cjson.encode({key=ARGV[6], value=preview, reason=reason, at=now})
-  redis.call('LPUSH', KEYS[5], entry)
-  redis.call('LTRIM', KEYS[5], 0, cap - 1)
-  redis.call('INCR', KEYS[6])
+if reason == nil and kind == 'debug' then return {'left', kind, value} end
+if reason ~= nil then
+  local preview = preview_of(ktype)
+  redis.call('DEL', key)
+  local entry = cjson.encode({key = printable(key), value = preview, reason = reason, at = now})
+  redis.call('LPUSH', KEYS[6], entry)
+  redis.call('LTRIM', KEYS[6], 0, cap - 1)
+  redis.call('INCR', KEYS[7])
   return {'rejected', reason, preview}
 end
-local epoch = redis.call('GET', KEYS[4])
+local epoch = redis.call('GET', KEYS[5])
 if not epoch then
-  epoch = ARGV[4]
-  redis.call('SET', KEYS[4], epoch)
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[5], epoch)
 end
-local seq = redis.call('INCR', KEYS[3])
-local item = {e=epoch, s=seq, k=kind, v=value, at=now, key=ARGV[6]}
-if meter ~= '' then item.m = tonumber(meter) end
-redis.call('RPUSH', KEYS[2], cjson.encode(item))
-redis.call('DEL', KEYS[1])
-return {'routed', seq}
+local seq = redis.call('INCR', KEYS[4])
+local item = {e = epoch, s = seq, k = kind, v = value, at = now, key = key}
+if meter then item.m = tonumber(meter) end
+local destination = KEYS[2]
+if kind == 'g' then destination = KEYS[3] end
+redis.call('RPUSH', destination, cjson.encode(item))
+redis.call('DEL', key)
+return {'routed', kind, seq}
 """
 
 # Moves up to ARGV[1] items, counting those already there, from the head of the work list to
@@ -114,7 +154,6 @@ end
 return redis.call('LRANGE', KEYS[2], 0, limit - 1)
 """
 
-
 # Starts a new epoch, unless another process did so meanwhile. KEYS: epoch; ARGV: old, new
 _NEW_EPOCH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -126,106 +165,64 @@ return 0
 
 
 @dataclass(frozen=True)
-class Item:
-    """One unit of work: a webhook key as the router took it."""
-
-    epoch: str
-    seq: int
-    kind: Kind
-    meter: int | None
-    value: str
-    at_ms: int  # when the router took the key: when the pulse happened, to the millisecond
-    key: str
-
-    @classmethod
-    def decode(cls, raw: bytes | str) -> Item:
-        data: dict[str, Any] = json.loads(raw)
-        return cls(
-            epoch=str(data["e"]),
-            seq=int(data["s"]),
-            kind=Kind(data["k"]),
-            meter=int(data["m"]) if data.get("m") is not None else None,
-            value=str(data["v"]),
-            at_ms=int(data["at"]),
-            key=str(data["key"]),
-        )
-
-
-@dataclass(frozen=True)
 class Routed:
-    outcome: str  # 'routed', 'rejected' or 'gone'
-    reason: str = ""
-    preview: str = ""
+    outcome: str  # 'routed', 'rejected', 'left' or 'gone'
+    kind: Kind | None = None  # routed or left: of what kind
+    reason: str = ""  # rejected: why
+    preview: str = ""  # rejected: the value, printable and truncated
+    value: bytes | None = None  # left: the debug key's value
 
 
 def new_epoch() -> str:
     return f"{time.time_ns() // 1_000_000:013d}-{os.urandom(4).hex()}"
 
 
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class Queues:
     """Our Redis lists, with the scripts that move items between them."""
 
-    def __init__(self, r: redis.Redis) -> None:
+    def __init__(self, r: redis.Redis, meters: Collection[int] = ()) -> None:
         self.r = r
+        self.meters_arg = "," + ",".join(str(n) for n in sorted(meters)) + ","
         self._route = r.register_script(_ROUTE)
         self._take = r.register_script(_TAKE)
         self._new_epoch = r.register_script(_NEW_EPOCH)
 
-    def route(
-        self,
-        key: bytes,
-        kind: Kind,
-        meter: int | None,
-        shown_key: str,
-        reject_reason: str = "",
-        now_ms: int | None = None,
-    ) -> Routed:
-        """Move a webhook key onto the list for its kind, or reject it (with reject_reason
-        when the key name already says it is illegal)."""
-        keys, args = self._route_call(key, kind, meter, shown_key, reject_reason, now_ms)
-        result = self._route(keys=keys, args=args)
+    def route(self, key: bytes, at_ms: int | None = None) -> Routed:
+        """Move a webhook key onto the list for its kind, reject it, or leave it."""
+        result = self._route(keys=self._keys(key), args=self._args(at_ms))
         outcome = result[0].decode()
+        if outcome in ("routed", "left"):
+            value = result[2] if outcome == "left" and len(result) > 2 else None
+            return Routed(outcome, Kind(result[1].decode()), value=value)
         if outcome == "rejected":
-            return Routed(outcome, result[1].decode(), result[2].decode("utf-8", "replace"))
+            return Routed(
+                outcome, reason=result[1].decode(), preview=result[2].decode("utf-8", "replace")
+            )
         return Routed(outcome)
 
-    def route_in(
-        self,
-        pipe: redis.client.Pipeline,
-        key: bytes,
-        kind: Kind,
-        meter: int | None,
-        now_ms: int | None = None,
-    ) -> None:
+    def route_in(self, pipe: redis.client.Pipeline, key: bytes, at_ms: int | None = None) -> None:
         """route(), queued on a pipeline: for building a backlog fast (tests, benchmark)."""
-        keys, args = self._route_call(key, kind, meter, key.decode(), "", now_ms)
-        self._route(keys=keys, args=args, client=pipe)
+        self._route(keys=self._keys(key), args=self._args(at_ms), client=pipe)
 
     @staticmethod
-    def _route_call(
-        key: bytes,
-        kind: Kind,
-        meter: int | None,
-        shown_key: str,
-        reject_reason: str,
-        now_ms: int | None,
-    ) -> tuple[list[object], list[object]]:
-        destination = PUSH if kind is Kind.PUSH else WORK
-        kind_code = kind.value if kind in ROUTED else ""
-        keys: list[object] = [key, destination, SEQ, EPOCH, DEADLETTER, REJECTED]
-        args: list[object] = [
-            kind_code,
-            "" if meter is None else meter,
-            time.time_ns() // 1_000_000 if now_ms is None else now_ms,
+    def _keys(key: bytes) -> list[object]:
+        return [key, WORK, PUSH, SEQ, EPOCH, DEADLETTER, REJECTED]
+
+    def _args(self, at_ms: int | None) -> list[object]:
+        return [
+            now_ms() if at_ms is None else at_ms,
             new_epoch(),
-            reject_reason,
-            shown_key,
+            self.meters_arg,
             DEADLETTER_CAP,
             PREVIEW_BYTES,
             MAX_MILLIS,
             MAX_METERCOUNT,
+            OWN_PREFIX,
         ]
-        return keys, args
 
     def take(self, limit: int) -> list[bytes]:
         """Items to process: what the processing list holds, topped up from the work list."""
@@ -234,6 +231,10 @@ class Queues:
     def wait_for_work(self, timeout: float) -> bool:
         """Block until an item arrives (moving it to processing), or timeout seconds pass."""
         return self.r.blmove(WORK, PROCESSING, timeout, "LEFT", "RIGHT") is not None
+
+    def waiting(self) -> int:
+        """Items on the work list, not yet taken (a read: costs Redis no write)."""
+        return int(self.r.llen(WORK))
 
     def ack(self, count: int) -> None:
         """The first `count` processing items are committed: drop them."""
@@ -260,6 +261,24 @@ class Queues:
             f"in epoch {epoch}; new items are numbered in a new epoch {fresh}"
         )
 
+    def oldest_waiting(self) -> int | None:
+        """When the oldest work item still waiting for the processor was stamped (ms since 1970;
+        None: none waits). Both lists in one transaction, so an item moving between them is
+        seen once."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lindex(PROCESSING, 0)  # processing holds the older items
+        pipe.lindex(WORK, 0)
+        oldest = None
+        for raw in pipe.execute():
+            if raw is None:
+                continue
+            try:
+                at = int(json.loads(raw)["at"])
+            except (ValueError, TypeError, KeyError):
+                continue
+            oldest = at if oldest is None else min(oldest, at)
+        return oldest
+
     def backlog(self) -> int:
         pipe = self.r.pipeline(transaction=False)
         pipe.llen(WORK)
@@ -267,10 +286,9 @@ class Queues:
         return sum(pipe.execute())
 
     def dead_letter(self, key: str, value: str, reason: str) -> None:
-        """Keep a copy of input the processor could not use (the router does its own)."""
-        entry = json.dumps(
-            {"key": key, "value": value, "reason": reason, "at": time.time_ns() // 1_000_000}
-        )
+        """Keep a copy of input the processor or pusher could not use (the router's own
+        rejections are kept by its script)."""
+        entry = json.dumps({"key": key, "value": value, "reason": reason, "at": now_ms()})
         pipe = self.r.pipeline(transaction=True)
         pipe.lpush(DEADLETTER, entry)
         pipe.ltrim(DEADLETTER, 0, DEADLETTER_CAP - 1)

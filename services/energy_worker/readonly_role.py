@@ -1,4 +1,4 @@
-"""The read-only PostgreSQL role Grafana connects as (issue 5).
+"""The read-only PostgreSQL role Grafana connects as.
 
 Its password comes from the environment, so the role cannot live in sql/schema.sql; the set-up
 step calls ensure_readonly_role() after applying the schema. The password never reaches the
@@ -29,6 +29,8 @@ from collections.abc import Mapping
 import pg8000.native
 from pg8000.native import identifier, literal
 from scramp.utils import ScramException, saslprep
+
+from . import db
 
 # What the dashboards read: the tables behind the views and functions of the schema's Grafana
 # section (functions run with the caller's rights), those views, and the pusher's totals once
@@ -91,8 +93,7 @@ def ensure_readonly_role(
     if user == owner:
         raise ValueError("the read-only role must not be the schema's owner")
     role = identifier(user)
-    con.run("BEGIN")
-    try:
+    with db.transaction(con):
         # Roles are cluster-wide: serialize concurrent set-ups of this database.
         con.run("SELECT pg_advisory_xact_lock(hashtext('energy-worker readonly role'))")
         exists = con.run("SELECT 1 FROM pg_roles WHERE rolname = :u", u=user)
@@ -124,10 +125,6 @@ def ensure_readonly_role(
         if can_revoke:
             con.run(f"REVOKE CREATE ON SCHEMA {identifier(schema)} FROM PUBLIC")
         close_public_writes(con, owner, database)
-        con.run("COMMIT")
-    except BaseException:
-        con.run("ROLLBACK")
-        raise
 
 
 def close_public_writes(con: pg8000.native.Connection, owner: str, database: str) -> None:

@@ -15,7 +15,7 @@ def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> redis
     The socket timeout leaves room for our own blocking calls (BLMOVE, pub/sub waits), so a
     silent network failure is noticed without cutting a legitimate wait short. redis-py's own
     retries are kept to a quick two (a dropped idle connection); a real outage is the callers'
-    to handle (retry.Outage), so it is noticed and logged at once, not after redis-py's default
+    to handle (outage.Outage), so it is noticed and logged at once, not after redis-py's default
     backoff of many seconds.
     """
     return redis.Redis(

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from pathlib import Path
 
-import pg8000.native
-
-from . import store
-from .config import REPO_ROOT, Meter
+from . import db
+from .config import REPO_ROOT
+from .domain import Meter
+from .store import meters as meter_store
 
 SCHEMA_FILE = REPO_ROOT / "sql" / "schema.sql"
-log = logging.getLogger("energy_worker.schema")
 
 
-def apply(
-    con: pg8000.native.Connection, meters: dict[int, Meter], schema: Path = SCHEMA_FILE
-) -> int:
+def apply(con: db.Connection, meters: Mapping[int, Meter], schema: Path = SCHEMA_FILE) -> int:
     """Apply the schema and the meters in one transaction; returns the schema version.
 
     An advisory lock keeps two processes starting at once from racing on CREATE statements.
     """
-    con.run("BEGIN")
-    try:
+    with db.transaction(con):
         con.run("SELECT pg_advisory_xact_lock(hashtext('energy-worker schema'))")
         # pg8000's simple-query path runs a multi-statement script as written.
         con.execute_simple(schema.read_text(encoding="utf-8"))
-        store.upsert_meters(con, meters)
+        meter_store.upsert_meters(con, meters)
         ((version,),) = con.run("SELECT max(version) FROM schema_version")
-        con.run("COMMIT")
-    except BaseException:
-        con.run("ROLLBACK")
-        raise
     return int(version)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 
 import pg8000.native
 import redis
 
-from . import config, db, logs
-from .retry import describe_error
+from . import config, db, program
+from .outage import describe_error
 
 DEFAULT_WAIT_SECONDS = 600.0
+log = logging.getLogger("energy_worker.wait")
 REPORT_EVERY = 5.0  # seconds between progress lines
 ATTEMPT_EVERY = 1.0  # seconds between connection attempts
 CONNECT_TIMEOUT = 5.0
@@ -50,10 +50,9 @@ def check_postgres(settings: config.PostgresSettings) -> None:
     try:
         conn = db.connect(settings, "energy-worker wait", timeout=CONNECT_TIMEOUT)
     except pg8000.native.DatabaseError as exc:
-        fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-        reason = FATAL_SQLSTATES.get(fields.get("C", ""))
+        reason = FATAL_SQLSTATES.get(db.sqlstate(exc))
         if reason:
-            raise Fatal(f"{reason}: {fields.get('M', '')}") from None
+            raise Fatal(f"{reason}: {exc.args[0].get('M', '')}") from None
         raise
     try:
         conn.run("SELECT 1")
@@ -117,19 +116,11 @@ def wait_for(
         time.sleep(min(ATTEMPT_EVERY, max(0.0, limit - (now - start))))
 
 
-def main() -> int:
-    log = logs.setup("wait")
-    try:
-        pg = config.postgres_settings()
-        rs = config.redis_settings()
-        pg_limit = limit_from_env("POSTGRES_WAIT_SECONDS")
-        redis_limit = limit_from_env("REDIS_WAIT_SECONDS")
-    except config.ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        return 2
-    except UnicodeDecodeError:
-        log.error("configuration error: the PostgreSQL settings file is not valid UTF-8")
-        return 2
+def main(_termination: program.Termination) -> int:
+    pg = config.postgres_settings()
+    rs = config.redis_settings()
+    pg_limit = limit_from_env("POSTGRES_WAIT_SECONDS")
+    redis_limit = limit_from_env("REDIS_WAIT_SECONDS")
     targets = (
         (f"PostgreSQL at {pg.describe()}", lambda: check_postgres(pg), pg_limit),
         (f"Redis at {rs.describe()}", lambda: check_redis(rs), redis_limit),
@@ -137,15 +128,12 @@ def main() -> int:
     for what, check, limit in targets:
         try:
             if not wait_for(what, check, limit, log):
-                return 1
+                return program.EXIT_FAILED
         except Fatal as exc:
             log.error("%s refuses us, which waiting will not mend: %s", what, exc)
-            return 2
+            return program.EXIT_CONFIG
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    program.run("wait", main)

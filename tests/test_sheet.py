@@ -7,9 +7,10 @@ import time
 from decimal import Decimal
 
 import pytest
-from sheet_server import HANG, request_line, sheet_server
 
-from energy_worker.google import Webhook, data_string, push_url, shown_url
+from energy_worker.sheet import data_string, push_url, shown_url
+from energy_worker.webhook import Webhook
+from sheet_server import HANG, request_line, sheet_server
 
 PATH = "/energyRegistrations/updateEnergyRegistrations"
 

@@ -1,19 +1,18 @@
-"""Supervisor event listener: restarts crashed programs with backoff, and ends supervisord
-once the processor has finished a `stop`.
+"""supervisord event listener that acts on each program's exit: it starts a crashed program
+again, with a delay that grows only in a crash loop, and ends supervisord once the processor
+has finished a `stop` (the stop protocol, docs/CONTRACT.md).
 
 Why not supervisord's own autorestart: supervisord only backs off a program that dies within
-`startsecs`, and it treats even an exit 0 inside that window as a failed start and restarts
-the program. A processor that finds a stop marker right after starting would then be started
-again instead of ending the service. So the programs run with `startsecs=0` and
-`autorestart=false`, and this listener decides:
+`startsecs`, and it treats even an exit 0 inside that window as a failed start and restarts the
+program. A processor that finds a stop marker right after starting would then be started again
+instead of ending the service. So the programs run with `startsecs=0` and `autorestart=false`,
+and this listener decides:
 
-- processor exited 0 (expected): everything before the stop marker is committed (see
-  docs/CONTRACT.md), so supervisord is told to shut down; it then exits 0. Just before, the
-  file $ENERGY_WORKER_RUN_DIR/stop-requested is written: supervisord exits 0 on a SIGTERM too,
-  and entrypoint.sh exits 0 (the container stays stopped) only when it finds this file.
-- any other expected exit (the router after routing the stop): it stays down.
-- a crash (an exit code other than 0, a signal) or FATAL: started again after a delay that
-  doubles from 1 s up to 60 s, back to 1 s once the program had stayed up for a minute.
+- processor exited 0 (expected): everything before the stop marker is committed, so supervisord
+  is told to shut down, after the stop marker file is written (entrypoint.sh reads it);
+- any other expected exit (the router after routing the stop): it stays down;
+- a crash (an exit status other than 0, a signal) or FATAL: started again after RestartPolicy's
+  delay.
 
 Its stdout is supervisor's event protocol; its log lines go to stderr.
 """
@@ -24,21 +23,54 @@ import logging
 import os
 import sys
 import threading
+import time
 import xmlrpc.client
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from supervisor import childutils
 from supervisor.xmlrpc import Faults
 
-from . import logs
+from . import logs, program
 
-FIRST_DELAY = 1.0
-MAX_DELAY = 60.0
-STABLE_AFTER = 60.0  # seconds up after which a crash no longer counts as a crash loop
 FINISHER = "processor"  # its expected exit means: the stop is complete
 STOP_MARKER = "stop-requested"  # in $ENERGY_WORKER_RUN_DIR; entrypoint.sh looks for it
 RECONCILE_RETRY = 5.0  # seconds between attempts to look at the programs at start
+
+
+class RestartPolicy:
+    """How long to wait before starting a crashed program again.
+
+    A program that had been up for `stable_after` seconds is started again after `first`
+    seconds: a crash now and then costs about a second. Only a crash loop (a crash within
+    `stable_after` of every start) doubles the delay, up to the program's cap; the router's cap
+    is a few seconds, because while it is down no key is cleared and the Arduinos' buffers
+    overflow, which loses pulses for good.
+    """
+
+    def __init__(
+        self,
+        first: float = 0.5,
+        stable_after: float = 10.0,
+        caps: dict[str, float] | None = None,
+        default_cap: float = 60.0,
+    ) -> None:
+        self.first = first
+        self.stable_after = stable_after
+        self.caps = {"router": 4.0} if caps is None else caps
+        self.default_cap = default_cap
+        self.previous: dict[str, float] = {}  # the last delay of a program in a crash loop
+
+    def delay(self, name: str, uptime: float | None) -> float:
+        """The delay before starting `name` again after it crashed having been up `uptime`
+        seconds (None: unknown, taken as a crash loop)."""
+        if (uptime is not None and uptime >= self.stable_after) or name not in self.previous:
+            delay = self.first
+        else:
+            delay = min(self.previous[name] * 2, self.caps.get(name, self.default_cap))
+        self.previous[name] = delay
+        return delay
 
 
 def rpc() -> Any:
@@ -47,11 +79,11 @@ def rpc() -> Any:
 
 
 class Restarter:
-    """Starts crashed programs again, each after its own growing delay."""
+    """Starts crashed programs again, each after RestartPolicy's delay."""
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger, policy: RestartPolicy | None = None) -> None:
         self.log = log
-        self.delays: dict[str, float] = {}
+        self.policy = policy or RestartPolicy()
         self.timers: dict[str, threading.Timer] = {}
         self.lock = threading.Lock()
 
@@ -59,14 +91,11 @@ class Restarter:
         with self.lock:
             if name in self.timers:
                 return
-            delay = self.delays.get(name, FIRST_DELAY)
-            if uptime is not None and uptime >= STABLE_AFTER:
-                delay = FIRST_DELAY
-            self.delays[name] = min(delay * 2, MAX_DELAY)
+            delay = self.policy.delay(name, uptime)
             timer = threading.Timer(delay, self._start, args=(name,))
             timer.daemon = True
             self.timers[name] = timer
-        self.log.warning("%s is down; starting it again in %.0f s", name, delay)
+        self.log.warning("%s is down; starting it again in %.1f s", name, delay)
         timer.start()
 
     def _start(self, name: str) -> None:
@@ -81,9 +110,12 @@ class Restarter:
             self.log.error("could not reach supervisord to start %s: %s", name, exc)
 
 
-def uptime_of(info: dict[str, Any]) -> float | None:
+def uptime_of(info: dict[str, Any], now: Callable[[], float] = time.time) -> float | None:
+    """How long a stopped program had been up, from supervisord's process info."""
     start, stop = info.get("start") or 0, info.get("stop") or 0
-    return float(stop - start) if start and stop >= start else None
+    if not start:
+        return None
+    return float((stop if stop >= start else now()) - start)
 
 
 def mark_stop_requested(log: logging.Logger) -> None:
@@ -156,10 +188,17 @@ def reconcile_at_start(me: str, restarter: Restarter, log: logging.Logger) -> No
     timer.start()
 
 
+def policy_from_env() -> RestartPolicy:
+    """RESTART_STABLE_AFTER (seconds) shortens what counts as a healthy run, for tests."""
+    stable = float(os.environ.get("RESTART_STABLE_AFTER") or 10.0)
+    return RestartPolicy(stable_after=stable)
+
+
 def main(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    log = logs.setup("stopwatch")
-    me = os.environ.get("SUPERVISOR_PROCESS_NAME", "stopwatch")
-    restarter = Restarter(log)
+    log = logs.setup("exit_listener")
+    program.follow_supervisor(log)
+    me = os.environ.get("SUPERVISOR_PROCESS_NAME", "exit_listener")
+    restarter = Restarter(log, policy_from_env())
     reconcile_at_start(me, restarter, log)
     while True:
         headers, payload = childutils.listener.wait(stdin, stdout)

@@ -1,0 +1,79 @@
+"""Backoff for a lost dependency (PostgreSQL, Redis, a broker), logging once per change of state
+rather than per attempt."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+
+class Outage:
+    """Tracks one dependency: down since when, and how long to wait before the next attempt."""
+
+    def __init__(
+        self,
+        name: str,
+        log: logging.Logger,
+        first_delay: float = 0.2,
+        max_delay: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.name = name
+        self.log = log
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.sleep = sleep
+        self.down_since: float | None = None
+        self.delay = first_delay
+        self.refusal: str | None = None  # the statement error last logged
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        """The dependency is unreachable: record it and wait before the next attempt."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.log.warning(
+                "%s unavailable (%s); retrying with backoff", self.name, describe_error(exc)
+            )
+        else:
+            self.log.debug("%s still unavailable: %s", self.name, describe_error(exc))
+        self.wait()
+
+    def refused(self, exc: BaseException) -> None:
+        """The dependency answered, and refused what we asked (a bug, a full disk, a changed
+        schema): say what it refused, once per distinct refusal, and wait as for an outage."""
+        text = describe_error(exc)
+        if text != self.refusal:
+            self.refusal = text
+            self.log.error("%s refused a statement (%s); retrying with backoff", self.name, text)
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        self.wait()
+
+    def wait(self) -> None:
+        self.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.max_delay)
+
+    def succeeded(self) -> None:
+        if self.down_since is not None:
+            self.log.warning(
+                "%s is back after %.1f s", self.name, time.monotonic() - self.down_since
+            )
+        self.down_since = None
+        self.refusal = None
+        self.delay = self.first_delay
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short description of an error (its class and first line, no secrets). A PostgreSQL
+    error (pg8000 passes the server's fields as a dict) shows its SQLSTATE and message."""
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else None
+    if fields is not None and "M" in fields:
+        text = f"{fields.get('C', '?')} {fields['M']}"
+    else:
+        text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__

@@ -1,0 +1,101 @@
+"""How every program starts, follows its supervisor, reacts to SIGTERM and exits.
+
+    program.run("router", main)   # main(termination) -> exit status
+
+Exit statuses, the same for every program (docs/CONTRACT.md):
+  0   after a stop (the stop protocol, docs/CONTRACT.md): the only expected exit
+  1   its supervisor is gone, or an unexpected error
+  2   a configuration error, said in one line
+  143 SIGTERM (128 + 15): not a stop, so supervisord and the container restart it
+
+SIGTERM ends a program at once, except inside a busy section (a batch between taking it from
+Redis and acknowledging it), which it finishes first. Every other effect is transactional, so
+stopping anywhere else loses nothing.
+
+A program exits when its supervisor is gone (kill -9 of supervisord, a closed terminal under
+`make run`): the kernel sends it SIGTERM then (PR_SET_PDEATHSIG), whatever it is doing: waiting
+out an outage, blocked on Redis, or inside a batch, which it finishes. It never runs on
+unsupervised, holding locks and connections, or worse, clearing keys of a server that has
+since taken its port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+from . import logs
+from .config import ConfigError
+
+EXIT_STOPPED = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Termination:
+    """The SIGTERM policy: exit at once, or at the end of the busy section it arrives in."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._busy = 0
+
+    def handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.requested = True
+        if self._busy == 0:
+            # SystemExit, not an Exception: no `except Exception` on the way can swallow it.
+            raise SystemExit(128 + signum)
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """A section SIGTERM lets finish; the program exits at its end if one came."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+        if self.requested and self._busy == 0:
+            raise SystemExit(EXIT_TERMINATED)
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self.handle)
+
+
+def follow_supervisor(log: logging.Logger) -> None:
+    """Ask the kernel for SIGTERM when the process that started this one ends (Linux)."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: nothing to ask
+        return
+    if os.getppid() != parent:  # it died before we asked
+        log.error("the process that started this one is gone; exiting")
+        raise SystemExit(EXIT_FAILED)
+
+
+def run(name: str, main: Callable[[Termination], int]) -> None:
+    """Set up logging, supervision and SIGTERM, run main, and exit with its status. A
+    configuration error (ConfigError) exits 2 with one line."""
+    log = logs.setup(name)
+    termination = Termination()
+    termination.install()
+    follow_supervisor(log)
+    try:
+        status = main(termination)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        status = EXIT_CONFIG
+    except SystemExit as exc:
+        if termination.requested:
+            log.info("stopped by SIGTERM")
+        raise SystemExit(exc.code) from None
+    sys.exit(status)

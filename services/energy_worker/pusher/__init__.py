@@ -1,0 +1,125 @@
+"""The pusher: hourly and daily totals, and the Google Sheet push. Nothing is lost.
+
+`python -m energy_worker.pusher`. Each pass of its loop, in order:
+
+| part                      | job                                                                |
+|---------------------------|--------------------------------------------------------------------|
+| pusher/schedule.py        | says what is due: the totals after each local hour, the daily push  |
+| pusher/totals_pass.py     | hourly and daily totals from the stored history                    |
+| pusher/daily.py           | the readings at each local midnight into the outbox, at PUSH_TIME  |
+| pusher/outbox.py          | sends the outbox to the sheet, oldest first, retrying with backoff |
+| pusher/requests.py        | `pushtogoogle` requests from Redis into the outbox                 |
+Its SQL is store/pusher.py; its connection holds the pusher lock (db.LockedSession), so only one
+pusher works on a database. Idle, it blocks in Redis (BLMOVE on the request list) until the next
+thing is due, at most MAX_BLOCK seconds. Time comes from an injectable clock, so tests never wait.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import redis
+
+from .. import db, logs, totals
+from ..config import PushSettings
+from ..outage import Outage
+from ..queue import Queues
+from ..store import pusher as store
+from ..webhook import Webhook
+from .daily import DailyPush
+from .outbox import Outbox
+from .requests import PushRequests
+from .schedule import Schedule
+from .totals_pass import TotalsPass
+
+MAX_BLOCK = 10.0  # seconds in one BLMOVE at most: a dead connection or lock holder is noticed
+
+Clock = Callable[[], datetime]
+log = logging.getLogger("energy_worker.pusher")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Pusher:
+    def __init__(
+        self,
+        session: db.LockedSession,
+        r: redis.Redis,
+        settings: PushSettings,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.session = session
+        self.r = r
+        self.settings = settings
+        self.clock = clock
+        webhook = Webhook(settings.webhook_url, settings.timeout) if settings.webhook_url else None
+        queues = Queues(r)
+        self.schedule = Schedule(settings, clock)
+        self.totals = TotalsPass(session, queues, settings.tz, clock)
+        self.daily = DailyPush(session, queues, settings, webhook is not None, clock)
+        self.outbox = Outbox(session, webhook, settings, clock)
+        self.requests = PushRequests(session, queues, webhook is not None, clock)
+        self.debug = logs.DebugSwitch(log)
+        self.postgres_outage = Outage("PostgreSQL", log)
+        self.redis_outage = Outage("Redis", log)
+        self.prepared = False
+
+    def run(self) -> None:
+        """Forever: one pass at a time, outages waited out with backoff."""
+        self.outbox.announce()
+        while True:
+            try:
+                self.step()
+            except redis.RedisError as exc:
+                self.prepared = False  # a request may be left in push-processing: recover it
+                self.redis_outage.failed(exc)
+            except (*db.ERRORS, db.LockHeld) as exc:
+                self.prepared = False
+                self.session.close()
+                db.failed(exc, self.postgres_outage)
+            else:
+                self.redis_outage.succeeded()
+                self.postgres_outage.succeeded()
+
+    def step(self, block: bool = True) -> None:
+        """One pass: do what is due, then wait for a request until the next thing is due
+        (block=False: take a waiting request, if any, without waiting)."""
+        self.debug.refresh(lambda: self.r.get(logs.DEBUG_KEY))
+        self.session.keep_alive()
+        if not self.prepared:
+            self.prepare()
+        self.schedule.run_pending()
+        if self.schedule.totals_due:
+            self.totals.run()
+            self.schedule.totals_done()
+        if self.schedule.pushes_due:
+            self.schedule.pushes_checked(self.daily.record_due())
+        self.outbox.send_due()
+        self.requests.take(self.wake_in() if block else 0.0)
+
+    def prepare(self) -> None:
+        """At start: adopt the zone (a new one recomputes every total) and record requests a
+        previous run took but did not record."""
+        con = self.session.connection()
+        state = store.load_state(con)
+        tz = self.settings.tz
+        if state.tz != tz.key:
+            store.start_state(con, tz.key, totals.local_day(self.clock(), tz))
+            if state.tz is not None:
+                log.warning(
+                    "time zone changed from %s to %s: recomputing every total", state.tz, tz.key
+                )
+        self.requests.recover()
+        self.prepared = True
+
+    def wake_in(self) -> float:
+        """Seconds until something is due (at most MAX_BLOCK)."""
+        return self.schedule.wake_in(MAX_BLOCK, self.outbox.next_retry)
+
+    def close(self) -> None:
+        self.session.close()
+        self.outbox.close()

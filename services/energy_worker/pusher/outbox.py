@@ -1,0 +1,100 @@
+"""Sending the outbox to the Google Sheet webhook.
+
+The outbox is sent oldest first, one request at a time with a bounded timeout; a failure (no
+answer within PUSH_TIMEOUT, connection refused, any non-2xx status) is retried after 30 s,
+doubling up to 15 min, and holds back everything newer, so a webhook that is down for days gets
+every missed day in order. A push answered 2xx is marked sent with its status and never sent
+again. Only a request whose answer never came can reach the sheet twice: HTTP GET gives no way
+to tell whether it arrived.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from .. import db
+from ..config import PushSettings
+from ..store import pusher as store
+from ..webhook import Webhook
+
+log = logging.getLogger("energy_worker.pusher")
+
+
+class Outbox:
+    def __init__(
+        self,
+        session: db.LockedSession,
+        webhook: Webhook | None,
+        settings: PushSettings,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.session = session
+        self.webhook = webhook
+        self.settings = settings
+        self.clock = clock
+        self.next_retry: datetime | None = None
+        self.failing = False
+
+    def announce(self) -> None:
+        if self.webhook is None:
+            log.warning("GOOGLE_WEBHOOK_URL is not set: totals only, no pushes to the Google Sheet")
+        else:
+            log.info(
+                "pushing to %s daily at %s %s; totals hourly",
+                self.webhook.shown,
+                self.settings.push_time.strftime("%H:%M"),
+                self.settings.tz.key,
+            )
+
+    def send_due(self) -> None:
+        """Send the outbox oldest first until it is empty or a push fails."""
+        if self.webhook is None:
+            return
+        con = self.session.connection()
+        while True:
+            pending = store.next_pending(con)
+            now = self.clock()
+            if pending is None or pending.next_attempt_at > now:
+                self.next_retry = pending.next_attempt_at if pending else None
+                return
+            answer = self.webhook.send(pending.data_string)
+            done = self.clock()
+            what = describe(pending, self.settings.tz)
+            if answer.ok:
+                assert answer.status is not None
+                store.mark_sent(con, pending.id, answer.status, done)
+                if self.failing:
+                    log.warning("the Google Sheet webhook answers again")
+                self.failing = False
+                log.info("pushed %s to the Google Sheet: %s", what, answer.describe())
+                continue
+            delay = min(
+                self.settings.retry_first * 2 ** min(pending.attempts, 30), self.settings.retry_max
+            )
+            retry_at = done + timedelta(seconds=delay)
+            store.mark_failed(con, pending.id, answer.status, answer.describe(), retry_at)
+            self.failing = True
+            log.warning(
+                "push of %s to %s failed (%s, attempt %d); next attempt in %.0f s",
+                what,
+                self.webhook.shown,
+                answer.describe(),
+                pending.attempts + 1,
+                delay,
+            )
+            self.next_retry = retry_at
+            return
+
+    def close(self) -> None:
+        if self.webhook is not None:
+            self.webhook.close()
+
+
+def describe(pending: store.PendingPush, tz: ZoneInfo) -> str:
+    if pending.dedup_key.startswith("day:"):
+        return f"the readings at the end of {pending.dedup_key[4:]}"
+    local = pending.reading_at.astimezone(tz).isoformat(timespec="seconds")
+    return f"the readings requested at {local}"

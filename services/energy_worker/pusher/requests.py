@@ -1,0 +1,79 @@
+"""`pushtogoogle` requests: from Redis into the outbox, nothing lost and nothing twice.
+
+Each request item is moved from energy-worker:push to energy-worker:push-processing (BLMOVE),
+recorded in the outbox with the current readings, and only then removed; a crash in between
+leaves it to be recorded at the next start (recover), and its key (epoch:seq) keeps it from
+being recorded twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from .. import db, logs
+from ..domain import Item
+from ..keys import Kind
+from ..queue import PUSH, PUSH_PROCESSING, Queues
+from ..sheet import data_string
+from ..store import pusher as store
+
+log = logging.getLogger("energy_worker.pusher")
+
+
+class PushRequests:
+    def __init__(
+        self,
+        session: db.LockedSession,
+        queues: Queues,
+        pushing: bool,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.session = session
+        self.queues = queues
+        self.r = queues.r
+        self.pushing = pushing  # False: no webhook URL, requests are dropped with a log line
+        self.clock = clock
+
+    def recover(self) -> None:
+        """Record what a previous run took from Redis but did not record."""
+        for raw in self.r.lrange(PUSH_PROCESSING, 0, -1):
+            self.handle(raw)
+
+    def take(self, timeout: float) -> bool:
+        """Wait up to timeout seconds for a request and record it; False if none came."""
+        if timeout > 0:
+            raw = self.r.blmove(PUSH, PUSH_PROCESSING, timeout, "LEFT", "RIGHT")
+        else:
+            raw = self.r.lmove(PUSH, PUSH_PROCESSING, "LEFT", "RIGHT")
+        if raw is None:
+            return False
+        self.handle(raw)
+        return True
+
+    def handle(self, raw: bytes) -> None:
+        """Record one item of push-processing, then remove it from there."""
+        try:
+            item = Item.decode(raw)
+        except (ValueError, TypeError, KeyError):
+            self.reject(raw, "unreadable push item")
+            return
+        if item.kind is not Kind.PUSH:
+            self.reject(raw, f"a {item.kind.name} item on the push list")
+            return
+        if not self.pushing:
+            log.info("pushtogoogle ignored: GOOGLE_WEBHOOK_URL is not set")
+        else:
+            now = self.clock()
+            con = self.session.connection()
+            readings = [kwh for _no, kwh in store.current_readings(con)]
+            key = f"request:{item.epoch}:{item.seq}"
+            if store.record_push(con, key, now, data_string(readings), now):
+                log.info("pushtogoogle: current readings queued for the Google Sheet")
+        self.r.lrem(PUSH_PROCESSING, 1, raw)
+
+    def reject(self, raw: bytes, reason: str) -> None:
+        log.warning("%s %s; kept in the dead-letter list", reason, logs.quoted(raw))
+        self.queues.dead_letter(PUSH_PROCESSING, repr(raw)[:200], reason)
+        self.r.lrem(PUSH_PROCESSING, 1, raw)

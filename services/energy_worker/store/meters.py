@@ -1,0 +1,49 @@
+"""The meter config in the database (meter_metadata, and a meter_status row per meter)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+
+from ..db import Connection
+from ..domain import Meter
+
+
+def upsert_meters(con: Connection, meters: Mapping[int, Meter]) -> None:
+    """Apply the meter config: metadata follows the file; counts are never touched."""
+    con.run(
+        """
+        INSERT INTO meter_metadata
+            (meter_no, meter_name, pulse_per_kWh, max_energy, deviation_pct, power_factor)
+        SELECT * FROM unnest(CAST(:no AS int[]), CAST(:name AS text[]), CAST(:ppk AS int[]),
+                             CAST(:max AS int[]), CAST(:dev AS numeric[]), CAST(:pf AS numeric[]))
+        ON CONFLICT (meter_no) DO UPDATE SET
+            meter_name = EXCLUDED.meter_name, pulse_per_kWh = EXCLUDED.pulse_per_kWh,
+            max_energy = EXCLUDED.max_energy, deviation_pct = EXCLUDED.deviation_pct,
+            power_factor = EXCLUDED.power_factor
+        """,
+        no=[m.number for m in meters.values()],
+        name=[m.name for m in meters.values()],
+        ppk=[m.pulses_per_kwh for m in meters.values()],
+        max=[m.max_power_w for m in meters.values()],
+        dev=[m.deviation_pct for m in meters.values()],
+        pf=[m.power_factor for m in meters.values()],
+    )
+    con.run(
+        """
+        INSERT INTO meter_status (meter_no)
+        SELECT unnest(CAST(:no AS int[])) ON CONFLICT (meter_no) DO NOTHING
+        """,
+        no=list(meters),
+    )
+
+
+def load_meters(con: Connection) -> dict[int, Meter]:
+    rows = con.run(
+        """SELECT meter_no, meter_name, pulse_per_kWh, max_energy, deviation_pct, power_factor
+           FROM meter_metadata ORDER BY meter_no"""
+    )
+    return {
+        no: Meter(no, name, ppk, max_w, Decimal(dev), Decimal(pf))
+        for no, name, ppk, max_w, dev, pf in rows
+    }

@@ -1,0 +1,169 @@
+"""The processor's SQL: the consumption history, each meter's state (meter_status) and the
+exactly-once bookkeeping (worker_epochs, worker_progress)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+
+from ..db import Connection
+from ..domain import MeterRecord, MeterState, Row, Run, at_time
+
+
+def load_status(con: Connection) -> dict[int, MeterRecord]:
+    rows = con.run(
+        """
+        SELECT s.meter_no, s.meter_counts, s.pulse_time_stamp, s.pulse_period,
+               (extract(epoch FROM s.cor_time_stamp) * 1000)::bigint,
+               s.reference_watt_consumption, s.run_index, s.upper_index,
+               (extract(epoch FROM u.cor_time_stamp) * 1000)::bigint,
+               s.pulses_counted, s.pulses_repeated, s.pulses_rejected
+        FROM meter_status AS s LEFT JOIN consumption AS u ON u.index = s.upper_index
+        """
+    )
+    records = {}
+    for no, counts, millis, period, at_ms, ref, run_index, latest, latest_at, *tallies in rows:
+        run = None
+        if run_index is not None:
+            moving = latest if latest is not None and latest != run_index else None
+            run = Run(ref, run_index, moving, latest_at)
+        records[no] = MeterRecord(MeterState(counts, millis, period, at_ms), run, *tallies)
+    return records
+
+
+def load_done(con: Connection) -> dict[str, int]:
+    """The last committed sequence number of each epoch (exactly-once bookkeeping)."""
+    return dict(con.run("SELECT epoch, last_seq FROM worker_epochs"))
+
+
+def save_done(con: Connection, done: Mapping[str, int]) -> None:
+    con.run(
+        """
+        INSERT INTO worker_epochs (epoch, last_seq)
+        SELECT * FROM unnest(CAST(:epochs AS text[]), CAST(:seqs AS bigint[]))
+        ON CONFLICT (epoch) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()
+        """,
+        epochs=list(done),
+        seqs=list(done.values()),
+    )
+
+
+def allocate_indexes(con: Connection, n: int) -> list[int]:
+    if n == 0:
+        return []
+    rows = con.run(
+        "SELECT nextval(pg_get_serial_sequence('consumption', 'index')) "
+        "FROM generate_series(1, :n)",
+        n=n,
+    )
+    return [r[0] for r in rows]
+
+
+def insert_rows(con: Connection, rows: Mapping[int, Row]) -> None:
+    if not rows:
+        return
+    con.run(
+        """
+        INSERT INTO consumption (index, meter_no, watt_consumption, meter_counts, kWh,
+                                 pulse_time_stamp, pulse_period, cor_time_stamp, typed_in)
+        SELECT * FROM unnest(CAST(:idx AS bigint[]), CAST(:meter AS int[]),
+                             CAST(:watt AS bigint[]), CAST(:counts AS bigint[]),
+                             CAST(:kwh AS numeric[]), CAST(:millis AS bigint[]),
+                             CAST(:period AS bigint[]), CAST(:at AS timestamptz[]),
+                             CAST(:typed AS boolean[]))
+        """,
+        **_columns(rows),
+    )
+
+
+def update_rows(con: Connection, rows: Mapping[int, Row]) -> None:
+    if not rows:
+        return
+    con.run(
+        """
+        UPDATE consumption AS c SET
+            watt_consumption = u.watt, meter_counts = u.counts, kWh = u.kwh,
+            pulse_time_stamp = u.millis, pulse_period = u.period, cor_time_stamp = u.at,
+            typed_in = u.typed, time_stamp = now()
+        FROM unnest(CAST(:idx AS bigint[]), CAST(:meter AS int[]), CAST(:watt AS bigint[]),
+                    CAST(:counts AS bigint[]), CAST(:kwh AS numeric[]),
+                    CAST(:millis AS bigint[]), CAST(:period AS bigint[]),
+                    CAST(:at AS timestamptz[]), CAST(:typed AS boolean[]))
+             AS u(idx, meter, watt, counts, kwh, millis, period, at, typed)
+        WHERE c.index = u.idx
+        """,
+        **_columns(rows),
+    )
+
+
+def _columns(rows: Mapping[int, Row]) -> dict[str, list[object]]:
+    return {
+        "idx": list(rows),
+        "meter": [r.meter_no for r in rows.values()],
+        "watt": [r.watt for r in rows.values()],
+        "counts": [r.counts for r in rows.values()],
+        "kwh": [r.kwh for r in rows.values()],
+        "millis": [r.millis for r in rows.values()],
+        "period": [r.period for r in rows.values()],
+        "at": [r.at for r in rows.values()],
+        "typed": [r.typed_in for r in rows.values()],
+    }
+
+
+def save_status(
+    con: Connection, records: Mapping[int, MeterRecord], kwh: Mapping[int, Decimal]
+) -> None:
+    if not records:
+        return
+    con.run(
+        """
+        UPDATE meter_status AS s SET
+            meter_counts = u.counts, kWh = u.kwh, pulse_time_stamp = u.millis,
+            pulse_period = u.period, cor_time_stamp = u.at,
+            reference_watt_consumption = u.ref, run_index = u.run_index,
+            upper_index = u.latest, pulses_counted = u.counted,
+            pulses_repeated = u.repeated, pulses_rejected = u.over_max, time_stamp = now()
+        FROM unnest(CAST(:meter AS int[]), CAST(:counts AS bigint[]), CAST(:kwh AS numeric[]),
+                    CAST(:millis AS bigint[]), CAST(:period AS bigint[]),
+                    CAST(:at AS timestamptz[]), CAST(:ref AS bigint[]),
+                    CAST(:run_index AS bigint[]), CAST(:latest AS bigint[]),
+                    CAST(:counted AS bigint[]), CAST(:repeated AS bigint[]),
+                    CAST(:over_max AS bigint[]))
+             AS u(meter, counts, kwh, millis, period, at, ref, run_index, latest, counted,
+                  repeated, over_max)
+        WHERE s.meter_no = u.meter
+        """,
+        meter=list(records),
+        counts=[r.state.counts for r in records.values()],
+        kwh=[kwh[no] for no in records],
+        millis=[r.state.last_millis for r in records.values()],
+        period=[r.state.last_period for r in records.values()],
+        at=[
+            None if r.state.last_at_ms is None else at_time(r.state.last_at_ms)
+            for r in records.values()
+        ],
+        ref=[r.run.reference_watt if r.run else None for r in records.values()],
+        run_index=[r.run.first_row if r.run else None for r in records.values()],
+        latest=[r.latest_row for r in records.values()],
+        counted=[r.counted for r in records.values()],
+        repeated=[r.repeated for r in records.values()],
+        over_max=[r.over_max for r in records.values()],
+    )
+
+
+def save_progress(con: Connection, epoch: str, seq: int, backlog: int) -> None:
+    con.run(
+        """UPDATE worker_progress SET epoch = :epoch, last_seq = :seq, backlog = :backlog,
+                  updated_at = now() WHERE id = 1""",
+        epoch=epoch,
+        seq=seq,
+        backlog=backlog,
+    )
+
+
+def save_backlog(con: Connection, backlog: int) -> None:
+    con.run(
+        "UPDATE worker_progress SET backlog = :backlog, updated_at = now() "
+        "WHERE id = 1 AND backlog IS DISTINCT FROM :backlog",
+        backlog=backlog,
+    )

@@ -1,0 +1,148 @@
+"""The Redis side (queue.py) against a real Redis: the route script held to the same table of
+cases as the Python rules, the moves between lists, and the sequence numbering."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+
+from energy_worker import ledger, queue
+from energy_worker.domain import Item, Meter, MeterRecord, MeterState
+from energy_worker.keys import Kind
+from energy_worker.queue import Queues
+from key_cases import CASES, METERS, Outcome, key_names, python_outcome, values
+
+
+def lua_outcome(r: redis.Redis, queues: Queues, key: bytes, value: bytes) -> Outcome:
+    """SET the key, route it with the script, and say what became of it."""
+    r.delete(queue.WORK, queue.PUSH, key)
+    r.set(key, value)
+    result = queues.route(key)
+    if result.outcome == "rejected":
+        assert not r.exists(key)
+        return Outcome("rejected", reason=result.reason)
+    if result.outcome == "left":
+        assert r.get(key) == value
+        return Outcome("left", result.kind)
+    assert result.outcome == "routed" and not r.exists(key)
+    lists = r.lrange(queue.WORK, 0, -1) + r.lrange(queue.PUSH, 0, -1)
+    (item,) = [Item.decode(raw) for raw in lists]
+    assert item.kind is result.kind and item.value == value.decode()
+    return Outcome("routed", item.kind, item.meter)
+
+
+@pytest.fixture
+def queues(r: redis.Redis) -> Queues:
+    return Queues(r, METERS)
+
+
+@pytest.mark.parametrize(("key", "value", "outcome"), CASES, ids=range(len(CASES)))
+def test_the_table_of_cases(r, queues, key: bytes, value: bytes, outcome):
+    assert lua_outcome(r, queues, key, value) == outcome
+
+
+SETTINGS = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@SETTINGS
+@given(key=key_names, value=values)
+def test_python_and_lua_agree_on_generated_keys(r, queues, key: bytes, value: bytes):
+    assert lua_outcome(r, queues, key, value) == python_outcome(key, value)
+
+
+def count_changes(items: list[Item]) -> dict[int, int]:
+    """How far the items move each meter's count, applied to meters at 500 counts."""
+    meters = {n: Meter(n, f"m{n}", 1000, 17250, 5) for n in METERS}
+    records = {n: MeterRecord(MeterState(counts=500, last_millis=1), None) for n in METERS}
+    plan = ledger.plan_batch(items, meters, records, {})
+    return {n: rec.state.counts - 500 for n, rec in plan.records.items() if rec.state.counts != 500}
+
+
+@SETTINGS
+@given(key=key_names, value=values)
+def test_no_key_but_a_timestamp_moves_a_meter_further_than_its_own_metercount(
+    r, queues, key: bytes, value: bytes
+):
+    lua_outcome(r, queues, key, value)
+    items = [Item.decode(raw) for raw in r.lrange(queue.WORK, 0, -1)]
+    if items and items[0].kind is Kind.TIMESTAMP:
+        assert all(abs(change) <= 1 for change in count_changes(items).values())
+        return
+    for meter, change in count_changes(items).items():
+        lua_outcome(r, queues, f"channel:{meter}:metercount".encode(), value)
+        contract = count_changes([Item.decode(raw) for raw in r.lrange(queue.WORK, 0, -1)])
+        assert abs(change) <= abs(contract.get(meter, 0))
+
+
+def test_keys_of_other_types_are_rejected_with_a_preview(r, queues):
+    r.rpush("channel:1:timestamp", "1", "2")
+    r.hset("stop", mapping={"a": "1"})
+    assert queues.route(b"channel:1:timestamp").reason == "key holds a Redis list, not a string"
+    result = queues.route(b"stop")
+    assert (result.reason, result.preview) == ("key holds a Redis hash, not a string", "hash: a, 1")
+    letters = [json.loads(raw) for raw in r.lrange(queue.DEADLETTER, 0, -1)]
+    assert [letter["value"] for letter in letters] == ["hash: a, 1", "list: 1, 2"]
+    assert r.get(queue.REJECTED) == b"2"
+
+
+def test_a_key_gone_before_its_turn_is_no_error(queues):
+    assert queues.route(b"channel:1:timestamp").outcome == "gone"
+
+
+def test_items_are_numbered_and_stamped(r, queues):
+    for millis in ("10", "20"):
+        r.set("channel:2:timestamp", millis)
+        queues.route(b"channel:2:timestamp", at_ms=1_700_000_000_123)
+    items = [Item.decode(raw) for raw in r.lrange(queue.WORK, 0, -1)]
+    assert [(i.seq, i.value, i.at_ms, i.key) for i in items] == [
+        (1, "10", 1_700_000_000_123, "channel:2:timestamp"),
+        (2, "20", 1_700_000_000_123, "channel:2:timestamp"),
+    ]
+    assert items[0].epoch == items[1].epoch == r.get(queue.EPOCH).decode()
+
+
+def test_pushtogoogle_goes_to_the_pushers_list(r, queues):
+    r.set("pushtogoogle", "true")
+    queues.route(b"pushtogoogle")
+    assert r.llen(queue.WORK) == 0 and r.llen(queue.PUSH) == 1
+
+
+def test_the_dead_letter_list_is_capped(r, queues):
+    for n in range(queue.DEADLETTER_CAP + 5):
+        r.set(f"junk{n}", "x")
+        queues.route(f"junk{n}".encode())
+    assert r.llen(queue.DEADLETTER) == queue.DEADLETTER_CAP
+    assert json.loads(r.lindex(queue.DEADLETTER, 0))["key"] == f"junk{queue.DEADLETTER_CAP + 4}"
+    assert int(r.get(queue.REJECTED)) == queue.DEADLETTER_CAP + 5
+
+
+def test_a_name_that_is_not_printable_is_kept_printable(r, queues):
+    r.set(b"\xff\x00bad", "x")
+    queues.route(b"\xff\x00bad")
+    assert json.loads(r.lindex(queue.DEADLETTER, 0))["key"] == "\\xff\\x00bad"
+
+
+def test_take_tops_up_the_processing_list_and_ack_drops_its_head(r, queues):
+    for n in range(5):
+        r.set("channel:1:timestamp", str(n))
+        queues.route(b"channel:1:timestamp")
+    assert len(queues.take(2)) == 2 and r.llen(queue.WORK) == 3
+    assert [Item.decode(raw).value for raw in queues.take(3)] == ["0", "1", "2"]
+    queues.ack(2)
+    assert [Item.decode(raw).value for raw in queues.take(10)] == ["2", "3", "4"]
+    assert queues.backlog() == 3 and queues.oldest_waiting() is not None
+
+
+def test_a_sequence_behind_what_is_committed_gets_a_new_epoch(r, queues):
+    r.set("channel:1:timestamp", "1")
+    queues.route(b"channel:1:timestamp")
+    epoch = r.get(queue.EPOCH).decode()
+    assert queues.ensure_ahead({epoch: 1}) is None
+    problem = queues.ensure_ahead({epoch: 5})
+    assert problem is not None and "Redis lost writes" in problem
+    assert r.get(queue.EPOCH).decode() != epoch

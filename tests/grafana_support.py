@@ -15,6 +15,7 @@ in the module's namespace) and gets a database and a history of its own.
 from __future__ import annotations
 
 import ast
+import bisect
 import json
 import random
 import re
@@ -191,7 +192,8 @@ class Meter:
         self.pulses.append((t, round(3_600_000_000 / (ms * self.ppk))))
 
     def count_before(self, t: datetime, inclusive: bool = True) -> int:
-        return sum(1 for p, _ in self.pulses if (p <= t if inclusive else p < t))
+        times = sorted(p for p, _ in self.pulses)
+        return (bisect.bisect_right if inclusive else bisect.bisect_left)(times, t)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -117,9 +117,14 @@ class Stack:
         assert self.popen is not None
         return self.popen.wait(timeout)
 
-    def close(self) -> None:
+    def close(self, sig: int = signal.SIGKILL) -> None:
+        """End the stack: by default at once (the graceful SIGTERM is a test of its own). The
+        programs, in process groups of their own, follow supervisord (PR_SET_PDEATHSIG)."""
+        programs = []
+        with contextlib.suppress(Exception):
+            programs = [info["pid"] for info in self.info().values() if info["pid"]]
         if self.popen is not None and self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            os.killpg(self.popen.pid, sig)
             try:
                 self.popen.wait(30)
             except subprocess.TimeoutExpired:
@@ -129,6 +134,15 @@ class Stack:
         if self.popen is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
+        try:
+            wait_until(lambda: not [pid for pid in programs if alive(pid)], 15)
+        except AssertionError:
+            left = [
+                (pid, cmdline(pid), Path(f"/proc/{pid}/status").read_text()[:400])
+                for pid in programs
+                if alive(pid)
+            ]
+            raise AssertionError(f"programs left: {left}") from None
         if self._reader is not None:
             self._reader.join(10)
         self._log.close()
@@ -168,3 +182,19 @@ def counted(pg: config.PostgresSettings) -> Counter[int]:
 
 def all_stored(pg: config.PostgresSettings, hook: Webhook, timeout: float = 30) -> None:
     wait_until(lambda: counted(pg) == hook.sent, timeout, 0.05, f"{dict(hook.sent)} in PostgreSQL")
+
+
+def alive(pid: int) -> bool:
+    """A process that has not ended (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "?"

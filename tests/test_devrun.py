@@ -44,7 +44,8 @@ def devrun_round(var: Path, env: dict[str, str], hook: Webhook | None) -> Webhoo
         transport = SupervisorTransport("", "", f"unix://{var}/run/supervisor.sock")
         rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport).supervisor
         try:
-            states = {p["name"]: p["statename"] for p in rpc.getAllProcessInfo()}
+            info: list[dict[str, str]] = rpc.getAllProcessInfo()  # type: ignore[assignment]
+            states = {p["name"]: p["statename"] for p in info}
         except (OSError, xmlrpc.client.Fault):
             return False
         return all(states.get(p) == "RUNNING" for p in PROGRAMS)

@@ -172,12 +172,11 @@ def test_a_password_that_cannot_fit_one_line_is_refused(tmp_path: Path, breaker:
 
 def test_wait_gives_up_at_its_limit_with_a_clear_message(tmp_path: Path):
     started = time.monotonic()
-    result = entrypoint(unreachable(tmp_path, POSTGRES_WAIT_SECONDS="6"))
+    result = entrypoint(unreachable(tmp_path, POSTGRES_WAIT_SECONDS="2"))
     elapsed = time.monotonic() - started
     assert result.returncode == 1
-    assert 6 <= elapsed < 20
-    assert "waiting for PostgreSQL at energy@127.0.0.1:" in result.stderr  # progress
-    assert "did not answer within 6 s" in result.stderr and "giving up" in result.stderr
+    assert 2 <= elapsed < 15
+    assert "did not answer within 2 s" in result.stderr and "giving up" in result.stderr
     assert "starting supervisord" not in result.stderr
 
 
@@ -288,7 +287,7 @@ def gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_is_passed_on_and_ends_non_zero(tmp_path: Path, sig: int, status: int):
+def test_a_signal_is_passed_on_and_ends_non_zero(tmp_path: Path, sig: signal.Signals, status: int):
     # `docker stop` or a Docker daemon going down for a reboot: supervisord exits 0, but the
     # container must not (restart: on-failure would leave it down). A marker of an earlier
     # run's stop does not count.

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from supervisor import childutils
 
 from energy_worker import exit_listener
 from energy_worker.exit_listener import RestartPolicy, uptime_of
@@ -76,7 +77,7 @@ def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     def no_more_events(_stdin: Any, _stdout: Any) -> None:
         raise EndOfTest  # main() reached its event loop
 
-    monkeypatch.setattr(exit_listener.childutils.listener, "wait", no_more_events)
+    monkeypatch.setattr(childutils.listener, "wait", no_more_events)
     try:
         yield exit_listener
     finally:

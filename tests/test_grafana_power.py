@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_power_per_meter_falls_toward_zero_when_quiet(pg_module, reader, history
     t_from, t_to = history.now - timedelta(hours=3), history.now
     res = run_panel(pg_module, reader, "Power per meter (W)", t_from, t_to)
     assert res.columns == ["time", "metric", "value"]
-    series: dict[str, list[tuple[datetime, Decimal]]] = {}
+    series: dict[str, list[tuple[datetime, Any]]] = {}
     for t, m, v in res.rows:
         series.setdefault(m, []).append((t, v))
     assert set(series) == {"House", "Heat pump", "Workshop"}  # Garage never pulsed
@@ -93,7 +94,7 @@ def boiler(owner, history):
         owner.run(f"DELETE FROM {table} WHERE meter_no = 9")
 
 
-def boiler_series(res: Result) -> list[tuple[datetime, Decimal]]:
+def boiler_series(res: Result) -> list[tuple[datetime, Any]]:
     return [(t, v) for t, m, v in res.rows if m == "Boiler"]
 
 

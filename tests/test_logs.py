@@ -32,6 +32,7 @@ print("answer", Webhook(url, 3).send("1.00"))
 """
 
 
+@pytest.mark.processes
 def test_a_library_warning_never_shows_the_webhook_url():
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT],
@@ -53,6 +54,7 @@ def test_foreign_input_is_printable_quoted_and_truncated():
     assert long.startswith("'" + "9" * 80) and "(+420 chars)" in long
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_an_uncaught_exception_is_logged_with_the_process_name(where: str):
     raiser = "raise RuntimeError('boom')"

@@ -16,10 +16,12 @@ import redis
 
 from energy_worker import config, ledger, queue
 from energy_worker.processor import Processor
+from energy_worker.redisconn import connect_redis
 from energy_worker.store import processor as store
 from helpers import (
     REPO,
     T0,
+    Proc,
     backlog,
     enqueue,
     enqueue_many,
@@ -170,10 +172,10 @@ def test_a_lost_acknowledgement_after_commit_writes_nothing_twice(make_processor
     enqueue(r, "stop", "true")
     proxy = TcpProxy(redis_db.host, redis_db.port)
     try:
-        client = redis.Redis(host="127.0.0.1", port=proxy.port, db=redis_db.db)
+        client = connect_redis(replace(redis_db, host="127.0.0.1", port=proxy.port))
         processor = make_processor(client)
         real_ack = processor.queues.ack
-        failures = []
+        failures: list[int] = []
 
         def ack_on_a_dead_connection(count: int) -> None:
             if not failures:
@@ -186,7 +188,7 @@ def test_a_lost_acknowledgement_after_commit_writes_nothing_twice(make_processor
             else:
                 real_ack(count)
 
-        processor.queues.ack = ack_on_a_dead_connection  # type: ignore[method-assign]
+        processor.queues.ack = ack_on_a_dead_connection  # type: ignore[method-assign,unused-ignore]
         processor.run()  # returns once the stop is committed and acknowledged
     finally:
         proxy.close()
@@ -203,9 +205,11 @@ def test_killed_mid_backlog_loses_nothing_and_counts_nothing_twice(spawn, r, sql
     for _ in range(4):  # kill it at four points of the drain
         proc = spawn("processor")
         progress = committed(sql)
-        wait_until(
-            lambda p=progress, proc=proc: committed(sql) > p or proc.popen.poll() is not None, 30
-        )
+
+        def moved_on(p: int = progress, proc: Proc = proc) -> bool:
+            return committed(sql) > p or proc.popen.poll() is not None
+
+        wait_until(moved_on, 30)
         proc.kill(signal.SIGKILL)
     assert spawn("processor").wait_exit(60) == 0
     assert sql.run("SELECT sum(meter_counts), sum(pulses_counted) FROM meter_status")[0] == [n, n]
@@ -234,7 +238,7 @@ def test_database_outage_loses_nothing(make_processor, r, sql, pg, caplog):
 def test_redis_outage_loses_nothing(make_processor, r, sql, redis_db, caplog):
     proxy = TcpProxy(redis_db.host, redis_db.port)
     try:
-        client = redis.Redis(host="127.0.0.1", port=proxy.port, db=redis_db.db, socket_timeout=2)
+        client = connect_redis(replace(redis_db, host="127.0.0.1", port=proxy.port), 2)
         processor = make_processor(client)
         pulses(r, 6, [1000, 2800])
         run_until(processor, lambda: status(sql, 6)["meter_counts"] == 2)
@@ -251,7 +255,7 @@ def test_redis_down_when_it_starts_is_an_outage_not_a_crash(make_processor, r, s
     proxy = TcpProxy(redis_db.host, redis_db.port)
     try:
         proxy.cut()
-        client = redis.Redis(host="127.0.0.1", port=proxy.port, db=redis_db.db, socket_timeout=2)
+        client = connect_redis(replace(redis_db, host="127.0.0.1", port=proxy.port), 2)
         processor = make_processor(client)
         processor.run_once()
         assert processor.redis_outage.down

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pg8000.native
 import psutil
@@ -29,11 +30,11 @@ METERS = 7  # etc/meters.toml
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+    return datetime(*args, tzinfo=UTC)  # type: ignore[arg-type,misc]
 
 
 def local(*args: int) -> datetime:
-    return totals.resolve(datetime(*args), CPH)
+    return totals.resolve(datetime(*args), CPH)  # type: ignore[arg-type]
 
 
 class Clock:
@@ -137,7 +138,7 @@ def server() -> Iterator[SheetServer]:
         yield s
 
 
-def outbox(sql: pg8000.native.Connection) -> list[tuple]:
+def outbox(sql: pg8000.native.Connection) -> list[list[Any]]:
     return sql.run(
         """SELECT dedup_key, data_string, attempts, status_code, last_error, sent_at IS NOT NULL
            FROM push_outbox ORDER BY id"""

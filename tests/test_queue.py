@@ -4,6 +4,7 @@ cases as the Python rules, the moves between lists, and the sequence numbering."
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 import redis
@@ -57,7 +58,7 @@ def test_python_and_lua_agree_on_generated_keys(r, queues, key: bytes, value: by
 
 def count_changes(items: list[Item]) -> dict[int, int]:
     """How far the items move each meter's count, applied to meters at 500 counts."""
-    meters = {n: Meter(n, f"m{n}", 1000, 17250, 5) for n in METERS}
+    meters = {n: Meter(n, f"m{n}", 1000, 17250, Decimal(5)) for n in METERS}
     records = {n: MeterRecord(MeterState(counts=500, last_millis=1), None) for n in METERS}
     plan = ledger.plan_batch(items, meters, records, {})
     return {n: rec.state.counts - 500 for n, rec in plan.records.items() if rec.state.counts != 500}

@@ -7,13 +7,14 @@ import sys
 from decimal import Decimal
 
 from energy_worker import config, db, schema
+from energy_worker.domain import Meter
 from energy_worker.store import processor as store
 
 
 def test_applying_twice_changes_nothing_and_keeps_counts(sql):
     sql.run("UPDATE meter_status SET meter_counts = 12345, kWh = 12.345 WHERE meter_no = 1")
     meters = config.load_meters()
-    renamed = {**meters, 1: config.Meter(1, "Kitchen", 1000, 9000, Decimal("2.5"))}
+    renamed = {**meters, 1: Meter(1, "Kitchen", 1000, 9000, Decimal("2.5"))}
     assert schema.apply(sql, renamed) == schema.apply(sql, renamed)
     ((counts, kwh, name, dev),) = sql.run(
         "SELECT s.meter_counts, s.kWh, m.meter_name, m.deviation_pct FROM meter_status s "
@@ -22,9 +23,9 @@ def test_applying_twice_changes_nothing_and_keeps_counts(sql):
     assert (counts, kwh, name, dev) == (12345, Decimal("12.345"), "Kitchen", Decimal("2.5"))
 
 
-def test_a_database_of_the_original_stack_is_widened_in_place(pg_server, pg):
+def test_a_database_of_the_original_stack_is_widened_in_place(pg_server, fresh_pg):
     """The original's tables, as its dashboards read them, with SMALLINT watts and a float kWh."""
-    con = db.connect(pg, "test")
+    con = db.connect(fresh_pg, "test")
     con.execute_simple(
         "DROP SCHEMA public CASCADE; CREATE SCHEMA public;"
         "CREATE TABLE meter_metadata (meter_no smallint, meter_name varchar(50),"

@@ -46,7 +46,9 @@ def test_pulses_reach_postgres_and_every_line_names_its_process(
     for line in stack.log().splitlines():
         parts = line.split()
         assert len(parts) >= 3, line
-        assert parts[1] in (*PROGRAMS, "exit_listener", "entrypoint", "wait", "setup") or parts[2] in (
+        assert parts[1] in (*PROGRAMS, "exit_listener", "entrypoint", "wait", "setup") or parts[
+            2
+        ] in (
             "INFO",
             "WARN",
             "CRIT",
@@ -146,7 +148,7 @@ def test_a_restarted_stack_finds_its_data_again(
         hook.pulses(10)
         all_stored(pg, hook)
     finally:
-        first.close()  # SIGTERM, as `docker stop` does
+        first.close(signal.SIGTERM)  # as `docker stop` does
     (tmp_path / "second").mkdir()
     second = Stack(pg, redis_db, tmp_path / "second")
     try:
@@ -172,7 +174,7 @@ def test_crash_looping_program_is_retried_with_growing_delay(
         meters.write_text("this is not toml [")
         os.kill(s.pid("router"), signal.SIGKILL)
         wait_until(
-            lambda: "router is down; starting it again in 4.0 s" in s.log(), 30, 0.1, "backoff"
+            lambda: "router is down; starting it again in 2.0 s" in s.log(), 30, 0.1, "backoff"
         )
         assert s.ctl("status").returncode != 0  # the HEALTHCHECK fails meanwhile
         meters.write_text(good)

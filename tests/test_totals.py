@@ -17,7 +17,7 @@ AUTUMN = date(2024, 10, 27)  # 03:00 CEST -> 02:00 CET: 25 hours
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+    return datetime(*args, tzinfo=UTC)  # type: ignore[arg-type,misc]
 
 
 def local_labels(day: date) -> list[str]:

@@ -61,7 +61,10 @@ class PostgresSettings:
     port: int
     database: str
     user: str
-    password: Secret = field(default_factory=Secret)
+    password: str = ""  # held as a Secret, whatever it was given as
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "password", Secret(self.password))
 
     def describe(self) -> str:
         return f"{self.user}@{self.host}:{self.port}/{self.database}"
@@ -72,8 +75,11 @@ class RedisSettings:
     host: str
     port: int
     db: int
-    password: Secret | None = None
+    password: str | None = None  # held as a Secret, whatever it was given as
     username: str | None = None  # for servers with ACL users (Redis 6+)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "password", secret(self.password))
 
     def describe(self) -> str:
         return f"{self.host}:{self.port}/{self.db}"
@@ -207,13 +213,16 @@ def _decimal(value: object, name: str) -> Decimal:
 class PushSettings:
     """The pusher's settings (GOOGLE_WEBHOOK_URL unset: totals only, no pushes)."""
 
-    webhook_url: Secret | None
+    webhook_url: str | None  # held as a Secret, whatever it was given as
     push_time: time = totals.DEFAULT_PUSH_TIME
     tz: ZoneInfo = field(default_factory=lambda: ZoneInfo(totals.DEFAULT_TZ))
     timeout: float = 20.0  # seconds per push request
     history_wait: timedelta = timedelta(hours=2)
     retry_first: float = 30.0  # seconds before the first retry of a failed push; doubles ...
     retry_max: float = 900.0  # ... up to this
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "webhook_url", secret(self.webhook_url))
 
 
 def push_settings(env: Mapping[str, str] | None = None) -> PushSettings:

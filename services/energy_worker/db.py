@@ -16,13 +16,24 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import pg8000.native
 
 from .config import PostgresSettings
 from .outage import Outage
 
-Connection = pg8000.native.Connection
+
+class Connection(Protocol):
+    """What we use of a pg8000.native.Connection (pg8000 has no type hints of its own)."""
+
+    row_count: int
+
+    def run(self, sql: str, **params: Any) -> list[list[Any]]: ...
+    def execute_simple(self, sql: str) -> Any: ...
+    def close(self) -> None: ...
+
+
 # Every error a database call can raise: a lost connection, or a statement refused.
 ERRORS = (pg8000.native.InterfaceError, OSError, pg8000.native.DatabaseError)
 # SQLSTATE classes of a lost or refused connection (PostgreSQL, appendix A): 08 connection
@@ -51,7 +62,7 @@ class LockHeld(Exception):
 def connect(settings: PostgresSettings, application_name: str, timeout: float = 10) -> Connection:
     # As with libpq, a host that is a directory means the server's unix socket in it.
     socket = settings.host.startswith("/")
-    con = pg8000.native.Connection(
+    con: Connection = pg8000.native.Connection(
         user=settings.user,
         password=settings.password or None,
         host=None if socket else settings.host,

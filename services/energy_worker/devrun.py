@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pg8000.native
 import redis
@@ -63,7 +64,7 @@ def free_port(preferred: int | None) -> int:
                 sock.bind(("127.0.0.1", candidate))
             except OSError:
                 continue
-            return sock.getsockname()[1]
+            return int(sock.getsockname()[1])
     raise OSError("no free port")
 
 
@@ -122,7 +123,7 @@ class Server:
         self.log_path = log_path
         self.popen: subprocess.Popen[bytes] | None = None
 
-    def spawn(self, argv: list[str], **kwargs: object) -> None:
+    def spawn(self, argv: list[str], **kwargs: Any) -> None:
         with self.log_path.open("ab") as out:
             # A session of its own: the terminal's Ctrl-C must not reach the server before
             # supervisord has stopped the programs.
@@ -155,7 +156,7 @@ class EmbeddedPostgres(Server):
         self.data = data
         self.bin = package_dir("pgserver") / "pginstall" / "bin"
         self.port = 0
-        self.run_as: dict[str, object] = {}
+        self.run_as: dict[str, Any] = {}
 
     def prepare_user(self) -> None:
         if os.geteuid() != 0:

@@ -77,7 +77,7 @@ class DebugSwitch:
         self.enabled = False
         self._checked = float("-inf")
 
-    def refresh(self, read: Callable[[], bytes | None]) -> None:
+    def refresh(self, read: Callable[[], bytes | str | None]) -> None:
         """Look at the key (read() returns its value) if `interval` has passed since the last
         look. read() may raise; the caller's own handling reports an outage."""
         now = time.monotonic()
@@ -86,7 +86,9 @@ class DebugSwitch:
         self._checked = now
         self.apply(read())
 
-    def apply(self, value: bytes | None) -> None:
+    def apply(self, value: bytes | str | None) -> None:
+        if isinstance(value, str):
+            value = value.encode()
         enabled = value is not None and value.lower() == b"true"
         if enabled == self.enabled:
             return

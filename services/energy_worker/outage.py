@@ -16,7 +16,7 @@ class Outage:
         name: str,
         log: logging.Logger,
         first_delay: float = 0.2,
-        max_delay: float = 10.0,
+        max_delay: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.name = name

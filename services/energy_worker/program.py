@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 
 from . import logs
@@ -70,16 +71,31 @@ class Termination:
 
 
 def follow_supervisor(log: logging.Logger) -> None:
-    """Ask the kernel for SIGTERM when the process that started this one ends (Linux)."""
+    """Ask the kernel for SIGTERM when the process that started this one ends (Linux). A
+    supervisor that died before we asked is noticed too: our parent is then not the supervisord
+    whose pid file the run directory holds."""
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: nothing to ask
         return
-    if os.getppid() != parent:  # it died before we asked
+    expected = supervisord_pid()
+    if os.getppid() != parent or expected not in (None, parent):
         log.error("the process that started this one is gone; exiting")
         raise SystemExit(EXIT_FAILED)
+
+
+def supervisord_pid() -> int | None:
+    """The pid of the supervisord that started this program, if one did (supervisord.conf
+    keeps its pid file in ENERGY_WORKER_RUN_DIR)."""
+    run_dir = os.environ.get("ENERGY_WORKER_RUN_DIR")
+    if not os.environ.get("SUPERVISOR_ENABLED") or not run_dir:
+        return None
+    try:
+        return int(Path(run_dir, "supervisord.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def run(name: str, main: Callable[[Termination], int]) -> None:

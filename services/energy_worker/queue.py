@@ -209,10 +209,10 @@ class Queues:
         self._route(keys=self._keys(key), args=self._args(at_ms), client=pipe)
 
     @staticmethod
-    def _keys(key: bytes) -> list[object]:
+    def _keys(key: bytes) -> list[bytes | str]:
         return [key, WORK, PUSH, SEQ, EPOCH, DEADLETTER, REJECTED]
 
-    def _args(self, at_ms: int | None) -> list[object]:
+    def _args(self, at_ms: int | None) -> list[str | int]:
         return [
             now_ms() if at_ms is None else at_ms,
             new_epoch(),
@@ -230,7 +230,9 @@ class Queues:
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block until an item arrives (moving it to processing), or timeout seconds pass."""
-        return self.r.blmove(WORK, PROCESSING, timeout, "LEFT", "RIGHT") is not None
+        # redis-py's hint says int; BLMOVE takes seconds with a fraction (Redis 6+)
+        moved = self.r.blmove(WORK, PROCESSING, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
+        return moved is not None
 
     def waiting(self) -> int:
         """Items on the work list, not yet taken (a read: costs Redis no write)."""

@@ -30,3 +30,8 @@ def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> redis
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
     )
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    """A reply of our clients (they never decode replies), typed as redis-py cannot."""
+    return value if isinstance(value, bytes) else value.encode()

@@ -44,9 +44,8 @@ class Notifications:
     def enable(self) -> list[str]:
         """Make sure the server publishes the key events we need; which ones we can hear."""
         try:
-            flags = set(
-                self.r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
-            )
+            current = self.r.config_get("notify-keyspace-events").get("notify-keyspace-events")
+            flags = set(current or "")
             # "A" stands for all the classes of events, "$" (string commands) among them
             has = flags | (set("g$lshzxet") if "A" in flags else set())
             wanted = {"E", "$"} | ({"n"} if self.new_key_events else set())
@@ -136,7 +135,7 @@ class Router:
 
     def listen(self) -> None:
         """Subscribe to the events that announce webhook keys: SET, and new keys of any type."""
-        self.pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        self.pubsub = self.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         events = self.notifications.enable()
         if events:
             self.pubsub.subscribe(*(f"__keyevent@{self.db_number}__:{event}" for event in events))

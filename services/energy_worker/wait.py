@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import pg8000.native
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import config, db, program
 from .outage import describe_error
@@ -62,6 +64,7 @@ def check_postgres(settings: config.PostgresSettings) -> None:
 
 def check_redis(settings: config.RedisSettings) -> None:
     client = redis.Redis(
+        retry=Retry(NoBackoff(), 0),  # one try per attempt: wait_for paces the attempts
         host=settings.host,
         port=settings.port,
         db=settings.db,
@@ -88,6 +91,7 @@ def wait_for(
     limit: float,
     log: logging.Logger,
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """Call check until it succeeds (True) or limit seconds have passed (False)."""
     start = clock()
@@ -113,7 +117,7 @@ def wait_for(
         if now >= next_report:
             log.info("waiting for %s: %.0f s of %.0f s (%s)", what, now - start, limit, last)
             next_report = now + REPORT_EVERY
-        time.sleep(min(ATTEMPT_EVERY, max(0.0, limit - (now - start))))
+        sleep(min(ATTEMPT_EVERY, max(0.0, limit - (now - start))))
 
 
 def main(_termination: program.Termination) -> int:

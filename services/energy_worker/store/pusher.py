@@ -86,7 +86,7 @@ def history_changes(
 
 
 def first_history(con: Connection) -> datetime | None:
-    ((first,),) = con.run("SELECT min(cor_time_stamp) FROM consumption")
+    first: datetime | None = con.run("SELECT min(cor_time_stamp) FROM consumption")[0][0]
     return first
 
 

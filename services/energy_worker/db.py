@@ -42,6 +42,7 @@ ERRORS = (pg8000.native.InterfaceError, OSError, pg8000.native.DatabaseError)
 OUTAGE_CLASSES = ("08", "57", "53")
 HEARTBEAT = 10.0  # seconds: a lock holder runs a statement at least this often
 LEASE = 30.0  # seconds: a holder silent for this long is taken for dead
+LOCK_RETRY = 1.0  # seconds between tries while another process holds the lock
 # Server-side settings of our sessions: the server notices a dead client within about half a
 # minute (where TCP can tell), and never keeps a transaction open for an absent one.
 SESSION_SETTINGS = (
@@ -114,8 +115,12 @@ def is_outage(exc: BaseException) -> bool:
 
 
 def failed(exc: BaseException, outage: Outage) -> None:
-    """Report a database error as the one rule says, and wait before the next attempt."""
-    if isinstance(exc, LockHeld) or is_outage(exc):
+    """Report a database error as the one rule says, and wait before the next attempt. While
+    another process holds the lock, the next try comes every LOCK_RETRY seconds: it costs
+    one statement on an open connection, and the lock is taken soon after it is free."""
+    if isinstance(exc, LockHeld):
+        outage.waiting(exc, LOCK_RETRY)
+    elif is_outage(exc):
         outage.failed(exc)
     else:
         outage.refused(exc)
@@ -210,22 +215,24 @@ class LockedSession:
         self.lease = lease
         self._con: Connection | None = None
         self._lock: Lock | None = None
+        self._locked = False
 
     @property
     def is_open(self) -> bool:
-        return self._con is not None
+        """Connected, and holding the lock."""
+        return self._con is not None and self._locked
 
     def connection(self) -> Connection:
-        """The session's connection; raises LockHeld or a connection error (ERRORS)."""
+        """The session's connection, holding the lock; raises LockHeld (the connection stays
+        open for the next try, which costs the server one statement) or a connection error."""
         if self._con is None:
-            con = self._connect(lock_key(self.name))
-            lock = Lock(con, self.name, self.lease)
-            try:
-                lock.take()
-            except BaseException:
-                close_quietly(con)
-                raise
-            self._con, self._lock = con, lock
+            self._con = self._connect(lock_key(self.name))
+            self._lock = Lock(self._con, self.name, self.lease)
+            self._locked = False
+        if not self._locked:
+            assert self._lock is not None
+            self._lock.take()
+            self._locked = True
         return self._con
 
     def keep_alive(self) -> None:
@@ -239,3 +246,4 @@ class LockedSession:
     def close(self) -> None:
         close_quietly(self._con)
         self._con = self._lock = None
+        self._locked = False

@@ -43,6 +43,16 @@ class Outage:
             self.log.debug("%s still unavailable: %s", self.name, describe_error(exc))
         self.wait()
 
+    def waiting(self, exc: BaseException, every: float) -> None:
+        """The dependency answered, and made us wait (another process holds a lock): said
+        once, then tried every `every` seconds."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.log.warning(
+                "%s: %s; trying again every %g s", self.name, describe_error(exc), every
+            )
+        self.sleep(every)
+
     def refused(self, exc: BaseException) -> None:
         """The dependency answered, and refused what we asked (a bug, a full disk, a changed
         schema): say what it refused, once per distinct refusal, and wait as for an outage."""

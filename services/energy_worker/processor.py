@@ -192,7 +192,10 @@ class Processor:
             self.meters = meter_store.load_meters(con)
             self.records = store.load_status(con)
             self.done = store.load_done(con)
-        except (*db.ERRORS, db.LockHeld) as exc:
+        except db.LockHeld as exc:
+            db.failed(exc, self.pg_outage)  # the connection stays for the next try
+            return False
+        except db.ERRORS as exc:
             self.lost_database(exc)
             return False
         self.sequence_checked = False  # against the state just loaded (in run_once: Redis errors)

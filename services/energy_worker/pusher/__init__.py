@@ -77,13 +77,13 @@ class Pusher:
             except redis.RedisError as exc:
                 self.prepared = False  # a request may be left in push-processing: recover it
                 self.redis_outage.failed(exc)
-            except (*db.ERRORS, db.LockHeld) as exc:
+            except db.LockHeld as exc:
+                self.prepared = False
+                db.failed(exc, self.postgres_outage)  # the connection stays for the next try
+            except db.ERRORS as exc:
                 self.prepared = False
                 self.session.close()
                 db.failed(exc, self.postgres_outage)
-            else:
-                self.redis_outage.succeeded()
-                self.postgres_outage.succeeded()
 
     def step(self, block: bool = True) -> None:
         """One pass: do what is due, then wait for a request until the next thing is due
@@ -99,7 +99,9 @@ class Pusher:
         if self.schedule.pushes_due:
             self.schedule.pushes_checked(self.daily.record_due())
         self.outbox.send_due()
+        self.postgres_outage.succeeded()  # said before the wait, not after it
         self.requests.take(self.wake_in() if block else 0.0)
+        self.redis_outage.succeeded()
 
     def prepare(self) -> None:
         """At start: adopt the zone (a new one recomputes every total) and record requests a

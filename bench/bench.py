@@ -258,13 +258,14 @@ def backlog_drain(stack: WorkerStack, pg: PrivatePostgres, n: int) -> dict[str, 
     stack.write_ini("127.0.0.1", pg.port)
     wait_until(lambda: worker_backends_exited(pg), 60, "the worker's backends to exit")
     before = pg_stats(pg)
-    started = time.perf_counter()
     stack.start_programs("processor")
+    # From the processor's start (its process's creation, not supervisorctl's own start-up).
+    started = stack.programs()["processor"].create_time()
     # Polled in Redis, not PostgreSQL, so the transaction count is the processor's alone.
     wait_until(
         lambda: stack.r.llen(WORK) + stack.r.llen(PROCESSING) == 0, 600, "the backlog to drain"
     )
-    elapsed = time.perf_counter() - started
+    elapsed = time.time() - started
     stack.stop_programs("processor")
     wait_until(lambda: worker_backends_exited(pg), 60, "the processor's backend to exit")
     after = pg_stats(pg)
@@ -281,25 +282,7 @@ def backlog_drain(stack: WorkerStack, pg: PrivatePostgres, n: int) -> dict[str, 
     }
 
 
-def idle_usage(stack: WorkerStack, seconds: float) -> dict[str, object]:
-    """CPU % (of one core) of every process over `seconds` of quiet, and their memory."""
-    stack.wait_quiet(QUIET_TIMEOUT)
-    before = stack.sample_cpu()
-    time.sleep(seconds)  # the measurement's length
-    total, by_role, changed = cpu_used(before, stack.sample_cpu())
-    memory = stack.memory()
-    return {
-        "seconds": seconds,
-        "cpu_pct": round(100 * total / seconds, 4),
-        "cpu_pct_by_process": {k: round(100 * v / seconds, 4) for k, v in by_role.items()},
-        "processes_changed": changed,
-        "rss_mib": {k: round(v[1], 1) for k, v in memory.items()},
-        "pss_mib_total": round(sum(v[0] for v in memory.values()), 1),
-    }
-
-
 def run_plain(args: argparse.Namespace, folder: Path) -> dict[str, object]:
-    report: dict[str, object] = {}
     with resources() as cleanup:
         rs = PrivateRedis(folder, compose_redis_options())
         cleanup.callback(rs.stop)
@@ -314,81 +297,114 @@ def run_plain(args: argparse.Namespace, folder: Path) -> dict[str, object]:
         stack = WorkerStack(folder, Database("127.0.0.1", proxy.port, DATABASE), rs.port, "WARNING")
         cleanup.callback(stack.stop)
         stack.start()
-
         print(
-            f"plain disk: redis-server {' '.join(rs.options)}; PostgreSQL {pg.version()} defaults"
-        )
-        print(
-            f"load: {args.meters} meters through the webhook protocol "
-            f"({ARDUINO_SLOTS}-slot buffer, retry every {RETRY_S * 1000:.0f} ms)"
-        )
-        print(
-            f"{'pulses/s/meter':>15} {'seconds':>8} {'pulses':>7} {'lost':>6} {'lost %':>7} "
-            f"{'p50 ms':>7} {'p99 ms':>7} {'counted':>8}   original: lost %, p50, p99 ms"
-        )
-        loads = []
-        for rate in (float(x) for x in args.rates.split(",")):
-            before = counted(pg)
-            result = asyncio.run(drive(rs.port, rate, args.duration, args.meters))
-            stack.wait_quiet(QUIET_TIMEOUT)
-            exact = exactness(before, counted(pg), result)
-            print(load_line(rate, args.duration, result, exact), flush=True)
-            loads.append({**result.summary(), "counted": exact})
-        report["load"] = loads
-
-        quarter = args.outage_duration / 4
-
-        async def cut_database() -> None:
-            await asyncio.sleep(quarter)  # the scenario's timeline, not synchronisation
-            proxy.cut()
-            await asyncio.sleep(2 * quarter)
-            proxy.restore()
-
-        before = counted(pg)
-        result = asyncio.run(
-            drive(rs.port, 2, args.outage_duration, args.meters, meanwhile=cut_database())
-        )
-        stack.wait_quiet(QUIET_TIMEOUT)
-        exact = exactness(before, counted(pg), result)
-        running = [n for n in ("router", "processor", "pusher") if n in stack.programs()]
-        print(
-            f"\noutage: PostgreSQL unreachable for {2 * quarter:g} s of a "
-            f"{args.outage_duration:g} s run at 2 pulses/s per meter: {result.generated} pulses, "
-            f"{result.lost} lost ({result.lost_pct:.1f} %), key-clear p99 "
-            f"{result.pct(0.99):.2f} ms, counted {exact}; processes still running: "
-            f"{', '.join(running)} (original: crashed, 86 % of the run's pulses lost)",
+            f"plain disk: redis-server {' '.join(rs.options)} (docker-compose.yaml); "
+            f"PostgreSQL {pg.version()} defaults",
             flush=True,
         )
-        report["outage"] = {**result.summary(), "counted": exact, "running": running}
-
-        idle = idle_usage(stack, args.idle)
-        by_process = idle["cpu_pct_by_process"]
-        assert isinstance(by_process, dict)
-        each = ", ".join(f"{name} {pct:.3f} %" for name, pct in by_process.items())
-        print(
-            f"\nidle: {idle['cpu_pct']:.3f} % CPU of one core for all processes together over "
-            f"{args.idle:g} s ({each}; the original polls Redis ten times a second)"
-        )
-        rss = idle["rss_mib"]
-        assert isinstance(rss, dict)
-        print(
-            "memory (RSS): "
-            + ", ".join(f"{name} {mib:.1f} MiB" for name, mib in rss.items())
-            + f"; PSS of all {len(rss)} processes {idle['pss_mib_total']:.1f} MiB",
-            flush=True,
-        )
-        report["idle"] = idle
-
-        backlog = backlog_drain(stack, pg, args.backlog)
-        print(
-            f"\nbacklog: {backlog['items']} pulses drained in {backlog['seconds']:.2f} s = "
-            f"{backlog['per_second']:,} pulses/s, in {backlog['transactions']} transactions "
-            "(including the processor's start-up)",
-            flush=True,
-        )
-        report["backlog"] = backlog
+        report: dict[str, object] = {
+            "load": plain_loads(args, stack, rs, pg),
+            "outage": plain_outage(args, stack, rs, pg, proxy),
+            "idle": plain_idle(args, stack),
+            "backlog": plain_backlog(args, stack, pg),
+        }
         report["worker_exit_status"] = stopped(stack)
     return report
+
+
+def plain_loads(
+    args: argparse.Namespace, stack: WorkerStack, rs: PrivateRedis, pg: PrivatePostgres
+) -> list[dict[str, object]]:
+    print(
+        f"load: {args.meters} meters through the webhook protocol "
+        f"({ARDUINO_SLOTS}-slot buffer, retry every {RETRY_S * 1000:.0f} ms)"
+    )
+    print(
+        f"{'pulses/s/meter':>15} {'seconds':>8} {'pulses':>7} {'lost':>6} {'lost %':>7} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'counted':>8}   original: lost %, p50, p99 ms"
+    )
+    loads: list[dict[str, object]] = []
+    for rate in (float(x) for x in args.rates.split(",")):
+        before = counted(pg)
+        result = asyncio.run(drive(rs.port, rate, args.duration, args.meters))
+        stack.wait_quiet(QUIET_TIMEOUT)
+        exact = exactness(before, counted(pg), result)
+        print(load_line(rate, args.duration, result, exact), flush=True)
+        loads.append({**result.summary(), "counted": exact})
+    return loads
+
+
+def plain_outage(
+    args: argparse.Namespace,
+    stack: WorkerStack,
+    rs: PrivateRedis,
+    pg: PrivatePostgres,
+    proxy: FaultProxy,
+) -> dict[str, object]:
+    quarter = args.outage_duration / 4
+
+    async def cut_database() -> None:
+        await asyncio.sleep(quarter)  # the scenario's timeline, not synchronisation
+        proxy.cut()
+        await asyncio.sleep(2 * quarter)
+        proxy.restore()
+
+    before = counted(pg)
+    result = asyncio.run(
+        drive(rs.port, 2, args.outage_duration, args.meters, meanwhile=cut_database())
+    )
+    stack.wait_quiet(QUIET_TIMEOUT)
+    exact = exactness(before, counted(pg), result)
+    running = [n for n in ("router", "processor", "pusher") if n in stack.programs()]
+    print(
+        f"\noutage: PostgreSQL unreachable for {2 * quarter:g} s of a "
+        f"{args.outage_duration:g} s run at 2 pulses/s per meter: {result.generated} pulses, "
+        f"{result.lost} lost ({result.lost_pct:.1f} %), key-clear p99 "
+        f"{result.pct(0.99):.2f} ms, counted {exact}; processes still running: "
+        f"{', '.join(running)} (original: crashed, 86 % of the run's pulses lost)",
+        flush=True,
+    )
+    return {**result.summary(), "counted": exact, "running": running}
+
+
+def plain_idle(args: argparse.Namespace, stack: WorkerStack) -> dict[str, object]:
+    """CPU % (of one core) of every process over a quiet stretch, and their memory."""
+    stack.wait_quiet(QUIET_TIMEOUT)
+    before = stack.sample_cpu()
+    time.sleep(args.idle)  # the measurement's length
+    total, by_role, changed = cpu_used(before, stack.sample_cpu())
+    memory = stack.memory()
+    each = ", ".join(f"{name} {100 * s / args.idle:.3f} %" for name, s in by_role.items())
+    print(
+        f"\nidle: {100 * total / args.idle:.3f} % CPU of one core for all processes together "
+        f"over {args.idle:g} s ({each}; the original polls Redis ten times a second)"
+    )
+    print(
+        "memory (RSS): "
+        + ", ".join(f"{name} {rss:.1f} MiB" for name, (_, rss) in memory.items())
+        + f"; PSS of all {len(memory)} processes {sum(p for p, _ in memory.values()):.1f} MiB",
+        flush=True,
+    )
+    return {
+        "seconds": args.idle,
+        "cpu_pct": round(100 * total / args.idle, 4),
+        "cpu_pct_by_process": {k: round(100 * v / args.idle, 4) for k, v in by_role.items()},
+        "processes_changed": changed,
+        "memory_mib": {k: {"pss": round(p, 2), "rss": round(r, 2)} for k, (p, r) in memory.items()},
+    }
+
+
+def plain_backlog(
+    args: argparse.Namespace, stack: WorkerStack, pg: PrivatePostgres
+) -> dict[str, object]:
+    backlog = backlog_drain(stack, pg, args.backlog)
+    print(
+        f"\nbacklog: {backlog['items']} pulses drained in {backlog['seconds']:.2f} s = "
+        f"{backlog['per_second']:,} pulses/s, in {backlog['transactions']} transactions "
+        "(including the processor's start-up)",
+        flush=True,
+    )
+    return backlog
 
 
 def stopped(stack: WorkerStack) -> int | None:
@@ -405,8 +421,8 @@ def stopped(stack: WorkerStack) -> int | None:
 
 
 def aof_sizes(log: Path) -> dict[str, object]:
-    """fsync_delay.c's log of the AOF's synced sizes: per file, the syncs and the last size,
-    which must not exceed the file's (else a power-cut test would truncate nothing)."""
+    """fsync_delay.c's log of the AOF's synced sizes: per file, the syncs and the last synced
+    size, which cannot exceed the file's size (else the log is wrong)."""
     files: dict[str, list[int]] = {}
     with contextlib.suppress(FileNotFoundError):
         for line in log.read_text().splitlines():

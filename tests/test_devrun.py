@@ -82,7 +82,7 @@ def test_make_run_with_embedded_servers_stops_on_ctrl_c_and_keeps_its_data():
     var = Path(tempfile.mkdtemp(prefix="ew-devrun-"))
     var.chmod(0o711)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "REDIS"))}
-    env.update(ENERGY_WORKER_VAR=str(var), PYTHONPATH=str(REPO / "services"))
+    env.update(ENERGY_WORKER_VAR=str(var), PYTHONPATH=str(REPO / "services"), COMMIT_INTERVAL="0.5")
     try:
         hook = devrun_round(var, env, None)
         devrun_round(var, env, hook)  # the second `make run` finds the first one's data

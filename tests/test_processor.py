@@ -49,7 +49,12 @@ def make_processor(pg, r) -> Iterator:
 
     def make(client: redis.Redis | None = None, settings=None, **options) -> Processor:
         processor = Processor(
-            client or r, settings or pg, config.load_meters(METERS_FILE), idle_wait=0.05, **options
+            client or r,
+            settings or pg,
+            config.load_meters(METERS_FILE),
+            commit_interval=0.05,
+            durable_after=0.0,
+            **options,
         )
         made.append(processor)
         return processor

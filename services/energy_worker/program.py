@@ -10,7 +10,9 @@ Exit statuses, the same for every program (docs/CONTRACT.md):
 
 SIGTERM ends a program at once, except inside a busy section (a batch between taking it from
 Redis and acknowledging it), which it finishes first. Every other effect is transactional, so
-stopping anywhere else loses nothing.
+stopping anywhere else loses nothing. A program that holds work back (the processor gathers a
+few seconds of pulses per commit) asks for SIGTERM to be deferred: it then only wakes the
+program's waits (Termination.sleep), and the program commits what it holds before it exits.
 
 A program exits when its supervisor is gone (kill -9 of supervisord, a closed terminal under
 `make run`): the kernel sends it SIGTERM then (PR_SET_PDEATHSIG), whatever it is doing: waiting
@@ -27,6 +29,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -43,17 +46,26 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Termination:
-    """The SIGTERM policy: exit at once, or at the end of the busy section it arrives in."""
+    """The SIGTERM policy: exit at once, or at the end of the busy section it arrives in; or,
+    deferred, only wake the program's waits and let it finish on its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, deferred: bool = False) -> None:
         self.requested = False
+        self.deferred = deferred
         self._busy = 0
+        self._wake = threading.Event()
 
     def handle(self, signum: int, _frame: FrameType | None) -> None:
         self.requested = True
-        if self._busy == 0:
+        self._wake.set()
+        if self._busy == 0 and not self.deferred:
             # SystemExit, not an Exception: no `except Exception` on the way can swallow it.
             raise SystemExit(128 + signum)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, unless SIGTERM has come or comes meanwhile."""
+        if seconds > 0 and not self.requested:
+            self._wake.wait(seconds)
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
@@ -63,7 +75,7 @@ class Termination:
             yield
         finally:
             self._busy -= 1
-        if self.requested and self._busy == 0:
+        if self.requested and self._busy == 0 and not self.deferred:
             raise SystemExit(EXIT_TERMINATED)
 
     def install(self) -> None:
@@ -98,11 +110,11 @@ def supervisord_pid() -> int | None:
         return None
 
 
-def run(name: str, main: Callable[[Termination], int]) -> None:
+def run(name: str, main: Callable[[Termination], int], deferred_sigterm: bool = False) -> None:
     """Set up logging, supervision and SIGTERM, run main, and exit with its status. A
     configuration error (ConfigError) exits 2 with one line."""
     log = logs.setup(name)
-    termination = Termination()
+    termination = Termination(deferred_sigterm)
     termination.install()
     follow_supervisor(log)
     try:

@@ -228,16 +228,6 @@ class Queues:
         """Items to process: what the processing list holds, topped up from the work list."""
         return list(self._take(keys=[WORK, PROCESSING], args=[limit]))
 
-    def wait_for_work(self, timeout: float) -> bool:
-        """Block until an item arrives (moving it to processing), or timeout seconds pass."""
-        # redis-py's hint says int; BLMOVE takes seconds with a fraction (Redis 6+)
-        moved = self.r.blmove(WORK, PROCESSING, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
-        return moved is not None
-
-    def waiting(self) -> int:
-        """Items on the work list, not yet taken (a read: costs Redis no write)."""
-        return int(self.r.llen(WORK))
-
     def ack(self, count: int) -> None:
         """The first `count` processing items are committed: drop them."""
         self.r.ltrim(PROCESSING, count, -1)

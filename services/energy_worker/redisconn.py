@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .config import RedisSettings
+
+# How long after a write Redis may still lose it to a power cut, by its appendfsync setting:
+# `always` syncs before it answers; `everysec` syncs once a second from a background thread
+# (a sync still running can hold the next one back by up to a second more).
+DURABLE_AFTER = {"always": 0.0, "everysec": 2.0}
+DURABLE_AFTER_UNKNOWN = 2.0
 
 
 def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> redis.Redis:
@@ -35,3 +43,26 @@ def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> redis
 def as_bytes(value: bytes | str) -> bytes:
     """A reply of our clients (they never decode replies), typed as redis-py cannot."""
     return value if isinstance(value, bytes) else value.encode()
+
+
+def durable_after(r: redis.Redis, log: logging.Logger) -> float:
+    """Seconds after which a write is on Redis's disk, from its persistence settings (a server
+    that refuses CONFIG is taken to sync every second, Redis's own default). Said once."""
+    try:
+        settings = r.config_get("appendonly", "appendfsync")
+    except redis.ResponseError:
+        log.info("Redis does not show its persistence settings; taking appendfsync everysec")
+        return DURABLE_AFTER_UNKNOWN
+    appendonly = str(settings.get("appendonly", "no"))
+    appendfsync = str(settings.get("appendfsync", "everysec"))
+    if appendonly != "yes":
+        # Without an append-only file a power cut leaves Redis empty (or with an old snapshot,
+        # which no wait could make safe): no key of a committed pulse comes back from a tail.
+        log.warning(
+            "Redis keeps no append-only file: a power cut loses every pulse it holds (see "
+            "docs/CONTRACT.md, Durability); docker-compose.yaml turns it on"
+        )
+        return 0.0
+    delay = DURABLE_AFTER.get(appendfsync, DURABLE_AFTER_UNKNOWN)
+    log.info("Redis appendfsync %s: items are committed once %g s old", appendfsync, delay)
+    return delay

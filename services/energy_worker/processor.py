@@ -101,6 +101,7 @@ class Processor:
             backlog = self.queues.backlog() if raw else 0
             self.redis_outage.succeeded()
         except redis.RedisError as exc:
+            self.sequence_checked = False  # a restarted Redis may have lost its last writes
             self.redis_outage.failed(exc)
             return False
         if not raw:

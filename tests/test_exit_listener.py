@@ -15,7 +15,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from supervisor import childutils
 
 from energy_worker import exit_listener
 from energy_worker.exit_listener import RestartPolicy, uptime_of
@@ -77,7 +76,7 @@ def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     def no_more_events(_stdin: Any, _stdout: Any) -> None:
         raise EndOfTest  # main() reached its event loop
 
-    monkeypatch.setattr(childutils.listener, "wait", no_more_events)
+    monkeypatch.setattr(exit_listener, "wait_for_event", no_more_events)
     try:
         yield exit_listener
     finally:
@@ -135,3 +134,25 @@ def test_exit_listener_marks_the_stop_before_shutting_supervisord_down(
     event = {"processname": "router", "expected": "1"}
     listener.handle("PROCESS_STATE_EXITED", event, listener.Restarter(log), log)
     assert not marker.exists()
+
+
+def test_the_event_protocol_is_spoken_as_supervisord_expects():
+    stdin = io.StringIO(
+        "ver:3.0 server:supervisor serial:21 pool:exit_listener poolserial:10 "
+        "eventname:PROCESS_STATE_EXITED len:74\n"
+        "processname:router groupname:router from_state:RUNNING expected:0 pid:2766"
+    )
+    stdout = io.StringIO()
+    headers, payload = exit_listener.wait_for_event(stdin, stdout)
+    assert headers["eventname"] == "PROCESS_STATE_EXITED"
+    assert exit_listener.parse_tokens(payload) == {
+        "processname": "router",
+        "groupname": "router",
+        "from_state": "RUNNING",
+        "expected": "0",
+        "pid": "2766",
+    }
+    exit_listener.acknowledge(stdout)
+    assert stdout.getvalue() == "READY\nRESULT 2\nOK"
+    with pytest.raises(EOFError):
+        exit_listener.wait_for_event(io.StringIO(""), io.StringIO())

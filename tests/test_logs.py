@@ -13,8 +13,6 @@ from helpers import REPO
 
 SCRIPT = """
 import socket, sys, threading
-import pytest
-
 from energy_worker import logs
 from energy_worker.webhook import Webhook
 logs.setup("pusher")

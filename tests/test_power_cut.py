@@ -89,8 +89,8 @@ class SyncedRedis:
         self.proc.wait(10)
         synced: dict[str, int] = {}
         for line in self.size_log.read_text().splitlines():
-            path, size = line.rsplit(" ", 1)
-            synced[path] = int(size)
+            name, size = line.rsplit(" ", 1)
+            synced[name] = int(size)
         lost = 0
         for path in (self.folder / "appendonlydir").glob("*.incr.aof"):
             size = path.stat().st_size
@@ -196,7 +196,8 @@ def test_a_power_cut_costs_at_most_two_seconds_of_pulses_and_counts_none_twice(
     spawn("processor", REDIS_PORT=port, REDIS_DB="0", COMMIT_INTERVAL="0.5")
     # The Arduinos carry on: one more pulse each, so a counter that went back would show.
     for meter in METERS:
-        wait_until(lambda m=meter: client.set(f"channel:{m}:timestamp", millis[m], nx=True), 10)
+        key = f"channel:{meter}:timestamp"
+        wait_until(lambda k=key, v=millis[meter]: client.set(k, v, nx=True), 10)
         sent.append((time.monotonic(), meter, millis[meter]))
 
     def settled() -> bool:

@@ -14,13 +14,17 @@ and this listener decides:
 - a crash (an exit status other than 0, a signal) or FATAL: started again after RestartPolicy's
   delay.
 
-Its stdout is supervisor's event protocol; its log lines go to stderr.
+Its stdout is supervisor's event protocol; its log lines go to stderr. It speaks the protocol
+and supervisord's XML-RPC with the standard library only: on a Raspberry Pi the listener is one
+of six processes that share its memory, and supervisor's own helpers would double its size.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -29,14 +33,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from supervisor import childutils
-from supervisor.xmlrpc import Faults
-
-from . import logs, program
+from . import logs, supervision
 
 FINISHER = "processor"  # its expected exit means: the stop is complete
 STOP_MARKER = "stop-requested"  # in $ENERGY_WORKER_RUN_DIR; entrypoint.sh looks for it
 RECONCILE_RETRY = 5.0  # seconds between attempts to look at the programs at start
+
+
+class Faults:
+    """supervisord's XML-RPC fault codes that matter here (supervisor/xmlrpc.py)."""
+
+    SHUTDOWN_STATE = 6
+    ALREADY_STARTED = 60
 
 
 class RestartPolicy:
@@ -73,9 +81,56 @@ class RestartPolicy:
         return delay
 
 
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost")
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+class UnixTransport(xmlrpc.client.Transport):
+    """XML-RPC to supervisord over its unix socket (supervisord.conf's [unix_http_server])."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        return UnixConnection(self.path)
+
+
 def rpc() -> Any:
     """A fresh XML-RPC proxy to supervisord (proxies are not shared between threads)."""
-    return childutils.getRPCInterface(os.environ)
+    url = os.environ.get("SUPERVISOR_SERVER_URL", "")
+    if not url.startswith("unix://"):
+        raise OSError(f"supervisord's address is not a unix socket: {url!r}")
+    proxy = xmlrpc.client.ServerProxy("http://localhost", UnixTransport(url[len("unix://") :]))
+    return proxy
+
+
+def wait_for_event(stdin: TextIO, stdout: TextIO) -> tuple[dict[str, str], str]:
+    """Say READY, then read one event: its header and its payload (the event protocol)."""
+    stdout.write("READY\n")
+    stdout.flush()
+    line = stdin.readline()
+    if not line:
+        raise EOFError("supervisord closed the event stream")
+    headers = parse_tokens(line)
+    payload = stdin.read(int(headers.get("len", "0")))
+    return headers, payload
+
+
+def acknowledge(stdout: TextIO) -> None:
+    stdout.write("RESULT 2\nOK")
+    stdout.flush()
+
+
+def parse_tokens(line: str) -> dict[str, str]:
+    """`key:value key:value ...` as supervisord writes headers and PROCESS_STATE payloads."""
+    return dict(token.split(":", 1) for token in line.split() if ":" in token)
 
 
 class Restarter:
@@ -196,21 +251,24 @@ def policy_from_env() -> RestartPolicy:
 
 def main(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     log = logs.setup("exit_listener")
-    program.follow_supervisor(log)
+    supervision.follow_supervisor(log)
     me = os.environ.get("SUPERVISOR_PROCESS_NAME", "exit_listener")
     restarter = Restarter(log, policy_from_env())
     reconcile_at_start(me, restarter, log)
     while True:
-        headers, payload = childutils.listener.wait(stdin, stdout)
+        try:
+            headers, payload = wait_for_event(stdin, stdout)
+        except EOFError:
+            return 0  # supervisord is gone
         event = headers.get("eventname", "")
         # PROCESS_STATE payloads are one line of key:value pairs and no body.
-        body = childutils.get_headers(payload.split("\n", 1)[0])
+        body = parse_tokens(payload.split("\n", 1)[0])
         try:
             if body.get("processname") != me:
                 handle(event, body, restarter, log)
         except Exception:
             log.exception("could not handle %s of %s", event, body.get("processname"))
-        childutils.listener.ok(stdout)
+        acknowledge(stdout)
 
 
 if __name__ == "__main__":

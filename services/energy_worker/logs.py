@@ -31,9 +31,8 @@ def setup(process: str) -> logging.Logger:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
-    # Libraries stay quiet, even in debug mode: urllib3 puts whole URLs (query strings, which
-    # can hold a key) into its warnings; we log what we need ourselves.
-    logging.getLogger("urllib3").setLevel(logging.CRITICAL + 1)
+    # Libraries stay quiet, even in debug mode (schedule logs every job it runs); we log what
+    # we need ourselves, and never a URL, whose path or query can hold a key.
     logging.getLogger("schedule").setLevel(logging.WARNING)
     log = logging.getLogger(process)
 

@@ -14,35 +14,25 @@ stopping anywhere else loses nothing. A program that holds work back (the proces
 few seconds of pulses per commit) asks for SIGTERM to be deferred: it then only wakes the
 program's waits (Termination.sleep), and the program commits what it holds before it exits.
 
-A program exits when its supervisor is gone (kill -9 of supervisord, a closed terminal under
-`make run`): the kernel sends it SIGTERM then (PR_SET_PDEATHSIG), whatever it is doing: waiting
-out an outage, blocked on Redis, or inside a batch, which it finishes. It never runs on
-unsupervised, holding locks and connections, or worse, clearing keys of a server that has
-since taken its port.
+A program exits when its supervisor is gone (supervision.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import logging
-import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import FrameType
 
-from . import logs
+from . import logs, supervision
 from .config import ConfigError
 
 EXIT_STOPPED = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_TERMINATED = 128 + signal.SIGTERM
-
-_PR_SET_PDEATHSIG = 1
 
 
 class Termination:
@@ -82,41 +72,13 @@ class Termination:
         signal.signal(signal.SIGTERM, self.handle)
 
 
-def follow_supervisor(log: logging.Logger) -> None:
-    """Ask the kernel for SIGTERM when the process that started this one ends (Linux). A
-    supervisor that died before we asked is noticed too: our parent is then not the supervisord
-    whose pid file the run directory holds."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: nothing to ask
-        return
-    expected = supervisord_pid()
-    if os.getppid() != parent or expected not in (None, parent):
-        log.error("the process that started this one is gone; exiting")
-        raise SystemExit(EXIT_FAILED)
-
-
-def supervisord_pid() -> int | None:
-    """The pid of the supervisord that started this program, if one did (supervisord.conf
-    keeps its pid file in ENERGY_WORKER_RUN_DIR)."""
-    run_dir = os.environ.get("ENERGY_WORKER_RUN_DIR")
-    if not os.environ.get("SUPERVISOR_ENABLED") or not run_dir:
-        return None
-    try:
-        return int(Path(run_dir, "supervisord.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def run(name: str, main: Callable[[Termination], int], deferred_sigterm: bool = False) -> None:
     """Set up logging, supervision and SIGTERM, run main, and exit with its status. A
     configuration error (ConfigError) exits 2 with one line."""
     log = logs.setup(name)
     termination = Termination(deferred_sigterm)
     termination.install()
-    follow_supervisor(log)
+    supervision.follow_supervisor(log)
     try:
         status = main(termination)
     except ConfigError as exc:

@@ -1,17 +1,19 @@
-"""The Google Sheet webhook's HTTP client (the format is sheet.py). Errors are reported by
-kind, never by their text, which quotes the URL."""
+"""The Google Sheet webhook's HTTP client (the format is sheet.py), on the standard library's
+http.client: the pusher stays small on a Raspberry Pi. Errors are reported by kind, never by
+their text, which can quote the URL."""
 
 from __future__ import annotations
 
+import http.client
 import time
 from dataclasses import dataclass
-
-import requests
+from urllib.parse import urljoin, urlsplit
 
 from .sheet import check_url, push_url, shown_url
 
-MAX_BODY = 64 * 1024  # the answer's body is not used; read a little so the connection is reusable
+MAX_BODY = 64 * 1024  # the answer's body is not used; a little is read, as a client should
 MAX_REDIRECTS = 5  # an Apps Script web app answers with one redirect
+REDIRECTS = {301, 302, 303, 307, 308}
 
 
 @dataclass(frozen=True)
@@ -30,15 +32,13 @@ class Answer:
 
 
 class Webhook:
-    """Sends readings to the sheet. Every call is bounded by `timeout` seconds per connection
-    step and in total for reading the answer, so a hanging webhook costs at most that."""
+    """Sends readings to the sheet. Every call is bounded by `timeout` seconds in all,
+    redirects included, so a hanging webhook costs at most that."""
 
     def __init__(self, url: str, timeout: float = 20.0) -> None:
         check_url(url)
         self.url = url
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.max_redirects = MAX_REDIRECTS
 
     def __repr__(self) -> str:
         return f"Webhook({shown_url(self.url)}, timeout={self.timeout})"
@@ -49,30 +49,50 @@ class Webhook:
 
     def send(self, data: str) -> Answer:
         deadline = time.monotonic() + self.timeout
+        url = push_url(self.url, data)
         try:
-            with self.session.get(
-                push_url(self.url, data),
-                timeout=(min(self.timeout, 10.0), self.timeout),
-                stream=True,
-                allow_redirects=True,
-            ) as response:
-                read = 0
-                try:
-                    for chunk in response.iter_content(4096):
-                        read += len(chunk)
-                        if read >= MAX_BODY or time.monotonic() > deadline:
-                            break
-                except requests.RequestException:
-                    pass  # the status line is what counts, and it has arrived
-                return Answer(response.status_code)
-        except requests.Timeout:
-            return Answer(None, f"no answer within {self.timeout:g} s")
-        except requests.TooManyRedirects:
+            for _ in range(MAX_REDIRECTS + 1):
+                status, location = get(url, deadline)
+                if status not in REDIRECTS or not location:
+                    return Answer(status)
+                url = urljoin(url, location)
             return Answer(None, "too many redirects")
-        except requests.ConnectionError:
+        except TimeoutError:
+            return Answer(None, f"no answer within {self.timeout:g} s")
+        except (OSError, http.client.HTTPException, ValueError):
             return Answer(None, "connection failed")
-        except requests.RequestException as exc:
-            return Answer(None, f"request failed ({type(exc).__name__})")
 
     def close(self) -> None:
-        self.session.close()
+        """Nothing stays open between pushes (one a day)."""
+
+
+def get(url: str, deadline: float) -> tuple[int, str | None]:
+    """One GET: the answer's status and Location; raises TimeoutError past the deadline."""
+    parts = urlsplit(url)
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        connection = http.client.HTTPSConnection(parts.netloc, timeout=left)
+    else:
+        connection = http.client.HTTPConnection(parts.netloc, timeout=left)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    try:
+        connection.request("GET", target, headers={"User-Agent": "energy-worker"})
+        response = connection.getresponse()
+        read = 0
+        while read < MAX_BODY and time.monotonic() < deadline:
+            if connection.sock is not None:
+                connection.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = response.read1(4096)
+            if not chunk:
+                break
+            read += len(chunk)
+        return response.status, response.getheader("Location")
+    except TimeoutError:
+        raise TimeoutError from None
+    finally:
+        connection.close()

@@ -89,8 +89,8 @@ class SyncedRedis:
         self.proc.wait(10)
         synced: dict[str, int] = {}
         for line in self.size_log.read_text().splitlines():
-            name, size = line.rsplit(" ", 1)
-            synced[name] = int(size)
+            name, synced_size = line.rsplit(" ", 1)
+            synced[name] = int(synced_size)
         lost = 0
         for path in (self.folder / "appendonlydir").glob("*.incr.aof"):
             size = path.stat().st_size
@@ -196,8 +196,12 @@ def test_a_power_cut_costs_at_most_two_seconds_of_pulses_and_counts_none_twice(
     spawn("processor", REDIS_PORT=port, REDIS_DB="0", COMMIT_INTERVAL="0.5")
     # The Arduinos carry on: one more pulse each, so a counter that went back would show.
     for meter in METERS:
-        key = f"channel:{meter}:timestamp"
-        wait_until(lambda k=key, v=millis[meter]: client.set(k, v, nx=True), 10)
+        key, value = f"channel:{meter}:timestamp", millis[meter]
+
+        def accepted(k: str = key, v: int = value) -> bool:
+            return bool(client.set(k, v, nx=True))
+
+        wait_until(accepted, 10)
         sent.append((time.monotonic(), meter, millis[meter]))
 
     def settled() -> bool:

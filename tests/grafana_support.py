@@ -206,12 +206,16 @@ def store_history(con: pg8000.native.Connection, meter: Meter) -> None:
     rows: list[list] = []
     run: Run | None = None
     counts = 0
+    counted = 0  # pulses counted: a typed-in reading sets the count, not this
     events = [(t, w, None) for t, w in meter.pulses] + [(t, None, c) for t, c in meter.typed]
     for t, watt, typed_counts in sorted(events, key=lambda e: e[0]):
         counts = counts + 1 if typed_counts is None else typed_counts
+        counted += typed_counts is None
         row = [meter.no, watt, counts, Decimal(counts) / meter.ppk, t, typed_counts is not None]
+        row.append(counted)
         at_ms = (t - EPOCH) // timedelta(milliseconds=1)
-        where = deadband.place(run, watt, Decimal(meter.deviation_pct), at_ms)
+        typed = typed_counts is not None
+        where = deadband.place(run, watt, Decimal(meter.deviation_pct), at_ms, typed)
         if where is deadband.Place.MOVE and run and run.moving_row is not None:
             rows[run.moving_row] = row
             run = replace(run, latest_at_ms=at_ms)
@@ -224,13 +228,14 @@ def store_history(con: pg8000.native.Connection, meter: Meter) -> None:
     for r in rows:
         con.run(
             "INSERT INTO consumption (meter_no, watt_consumption, meter_counts, kwh, "
-            "cor_time_stamp, typed_in) VALUES (:m, :w, :c, :k, :t, :typed)",
+            "cor_time_stamp, typed_in, pulses) VALUES (:m, :w, :c, :k, :t, :typed, :p)",
             m=r[0],
             w=r[1],
             c=r[2],
             k=r[3],
             t=r[4],
             typed=r[5],
+            p=r[6],
         )
 
 

@@ -135,7 +135,7 @@ CREATE TABLE IF NOT EXISTS meter_daily_totals (
     day_end      timestamptz NOT NULL,      -- and the one that ends it
     kWh_start    numeric,                   -- reading at day_start; NULL: no history before it
     kWh          numeric,                   -- reading at day_end (what the sheet receives)
-    kWh_diff     numeric,                   -- kWh - kWh_start (includes a typed-in correction)
+    kWh_diff     numeric,                   -- energy counted by pulses (version 5; see kWh_set)
     computed_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (day, meter_no)
 );
@@ -347,48 +347,8 @@ RETURNS numeric LANGUAGE sql STABLE AS $$
     ORDER BY c.cor_time_stamp DESC, c.index DESC LIMIT 1
 $$;
 
--- Energy per meter per calendar period ('hour', 'day', 'week', 'month', 'year') of the
--- session's time zone, for the periods that overlap [p_from, p_to): the readings at the period's
--- start and end (meter_kwh_at; the latest reading while it is still running) and their
--- difference, so an hour or a day is what meter_hourly_totals and meter_daily_totals hold. The period
--- in which a meter's history begins counts from its first reading (where those tables have no
--- number); periods before it are left out. A day that changes to or from summer time has 23 or
--- 25 hours.
-CREATE OR REPLACE FUNCTION energy_per_period(p_from timestamptz, p_to timestamptz,
-                                             p_unit text)
-RETURNS TABLE (period_start timestamptz, period_end timestamptz, meter_no integer,
-               meter_name text, kwh_start numeric, kwh_end numeric, kwh numeric)
-LANGUAGE sql STABLE AS $$
-    WITH starts AS (
-        SELECT s FROM generate_series(date_trunc(p_unit, p_from), p_to,
-                                      ('1 ' || p_unit)::interval) s
-        WHERE s < p_to
-    ), edges AS (
-        SELECT s FROM starts
-        UNION
-        SELECT max(s) + ('1 ' || p_unit)::interval FROM starts
-    ), readings AS (
-        SELECT m.meter_no, m.meter_name, e.s, meter_kwh_at(m.meter_no, e.s) AS kwh
-        FROM meter_metadata m CROSS JOIN edges e
-        WHERE e.s IS NOT NULL
-    ), spans AS (
-        SELECT r.s AS period_start, lead(r.s) OVER w AS period_end, r.meter_no, r.meter_name,
-               r.kwh AS kwh_start, lead(r.kwh) OVER w AS kwh_end
-        FROM readings r
-        WINDOW w AS (PARTITION BY r.meter_no ORDER BY r.s)
-    )
-    SELECT sp.period_start, sp.period_end, sp.meter_no, sp.meter_name,
-           coalesce(sp.kwh_start, f.kwh), sp.kwh_end,
-           trim_scale(sp.kwh_end - coalesce(sp.kwh_start, f.kwh))
-    FROM spans sp
-    LEFT JOIN LATERAL (
-        SELECT c.kwh FROM consumption c
-        WHERE sp.kwh_start IS NULL AND c.meter_no = sp.meter_no
-        ORDER BY c.cor_time_stamp, c.index LIMIT 1
-    ) f ON true
-    WHERE sp.period_end IS NOT NULL AND sp.kwh_end IS NOT NULL
-    ORDER BY sp.period_start, sp.meter_no
-$$;
+-- energy_per_period(from, to, unit): energy per meter per local period, defined in version 5
+-- below (it counts pulses, which need the column consumption.pulses added there).
 
 -- One row per meter: what the overview panel shows. Its reading includes a typed-in one.
 CREATE OR REPLACE VIEW meter_overview AS
@@ -417,3 +377,210 @@ INSERT INTO schema_version (version) VALUES (3) ON CONFLICT (version) DO NOTHING
 
 -- Version 4: exactly-once bookkeeping per epoch (worker_epochs).
 INSERT INTO schema_version (version) VALUES (4) ON CONFLICT (version) DO NOTHING;
+
+-- Version 5 (the operator's view): typed-in readings are no consumption; dead letters.
+
+-- consumption.pulses: the meter's count of pulses counted (meter_status.pulses_counted) as of
+-- the row; a typed-in reading (typed_in) carries it unchanged. The energy used in a period is
+-- the difference of the pulses at its ends divided by the pulse constant; the difference of the
+-- readings (kWh) also holds the typed-in corrections, which set the meter and are no energy.
+-- A database from before the column gets it once, when it is added: per meter, in the order of
+-- its history, the sum of the count's steps from row to row where the row is a pulse (a typed-in
+-- row steps by none; a step down, which no pulse makes, by none; a meter's first row is one
+-- pulse), and each meter's pulses_counted becomes that of its latest row, where the processor
+-- goes on counting. The pusher then recomputes every total once (its state starts over).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'consumption'
+                     AND column_name = 'pulses') THEN
+        ALTER TABLE consumption ADD COLUMN pulses bigint;
+        UPDATE consumption AS c SET pulses = b.pulses
+        FROM (SELECT s.index,
+                     sum(s.step) OVER (PARTITION BY s.meter_no
+                                       ORDER BY s.cor_time_stamp, s.index) AS pulses
+              FROM (SELECT h.index, h.meter_no, h.cor_time_stamp,
+                           CASE WHEN h.typed_in THEN 0
+                                ELSE greatest(coalesce(h.meter_counts - lag(h.meter_counts)
+                                                       OVER w, 1), 0)
+                           END AS step
+                    FROM consumption h
+                    WINDOW w AS (PARTITION BY h.meter_no ORDER BY h.cor_time_stamp, h.index)
+                   ) s
+             ) b
+        WHERE c.index = b.index;
+        ALTER TABLE consumption ALTER COLUMN pulses SET NOT NULL;
+        UPDATE meter_status AS s SET pulses_counted = l.pulses
+        FROM (SELECT DISTINCT ON (c.meter_no) c.meter_no, c.pulses FROM consumption c
+              ORDER BY c.meter_no, c.cor_time_stamp DESC, c.index DESC) l
+        WHERE s.meter_no = l.meter_no;
+        UPDATE pusher_state SET seen_index = 0, recompute_from = NULL, totals_until = NULL,
+                                updated_at = now();
+    END IF;
+END
+$$;
+
+-- The totals count pulses only in kWh_diff; kWh_set is the sum of the typed-in corrections in
+-- the period (the change of the reading minus the energy counted), so that
+-- kWh_start + kWh_diff + kWh_set = kWh. Filled in by the recomputation above.
+ALTER TABLE meter_hourly_totals ADD COLUMN IF NOT EXISTS kWh_set numeric;
+ALTER TABLE meter_daily_totals ADD COLUMN IF NOT EXISTS kWh_set numeric;
+
+-- Input that could not be used, for Grafana: keys the router rejected (which it also keeps in
+-- Redis's capped list energy-worker:deadletter) and work items the processor could not apply.
+-- Written in the processor's transaction, exactly once; the pusher keeps the newest 10,000.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id      bigserial   PRIMARY KEY,
+    at      timestamptz NOT NULL,       -- when the router took the key
+    key     text        NOT NULL,       -- printable
+    value   text        NOT NULL,       -- printable, at most 200 bytes of it
+    reason  text        NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters (at);
+
+-- Grafana, version 5 (see the Grafana section above for how these are used).
+
+-- A meter's count of pulses at an instant, as meter_kwh_at reads its reading: that of its latest
+-- row at or before it; NULL before its history. Energy between two instants is the difference
+-- divided by the meter's pulse_per_kWh, typed-in readings excluded.
+CREATE OR REPLACE FUNCTION meter_pulses_at(p_meter_no integer, p_at timestamptz)
+RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT c.pulses FROM consumption c
+    WHERE c.meter_no = p_meter_no AND c.cor_time_stamp <= p_at
+    ORDER BY c.cor_time_stamp DESC, c.index DESC LIMIT 1
+$$;
+
+-- Version 5 added kwh_set to energy_per_period's result: a function's result type cannot be
+-- changed in place.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc p
+               WHERE p.proname = 'energy_per_period'
+                 AND p.pronamespace = to_regnamespace(current_schema())
+                 AND NOT ('kwh_set' = ANY (p.proargnames))) THEN
+        DROP FUNCTION energy_per_period(timestamptz, timestamptz, text);
+    END IF;
+END
+$$;
+
+-- Energy per meter per calendar period ('hour', 'day', 'week', 'month', 'year') of the
+-- session's time zone, for the periods that overlap [p_from, p_to): the readings at the period's
+-- start and end (as meter_kwh_at; the latest reading while it is still running), the energy
+-- counted by pulses in between (kwh, as meter_pulses_at) and the typed-in corrections
+-- (kwh_set = kwh_end - kwh_start - kwh), so an hour or a day is what meter_hourly_totals and
+-- meter_daily_totals hold. The period in which a meter's history begins counts from its first
+-- row (where those tables have no number); periods before it are left out. A day that changes
+-- to or from summer time has 23 or 25 hours.
+CREATE OR REPLACE FUNCTION energy_per_period(p_from timestamptz, p_to timestamptz,
+                                             p_unit text)
+RETURNS TABLE (period_start timestamptz, period_end timestamptz, meter_no integer,
+               meter_name text, kwh_start numeric, kwh_end numeric, kwh numeric,
+               kwh_set numeric)
+LANGUAGE sql STABLE AS $$
+    WITH starts AS (
+        SELECT s FROM generate_series(date_trunc(p_unit, p_from), p_to,
+                                      ('1 ' || p_unit)::interval) s
+        WHERE s < p_to
+    ), edges AS (
+        SELECT s FROM starts
+        UNION
+        SELECT max(s) + ('1 ' || p_unit)::interval FROM starts
+    ), readings AS (
+        SELECT m.meter_no, m.meter_name, m.pulse_per_kwh, e.s, r.kwh, r.pulses
+        FROM meter_metadata m CROSS JOIN edges e
+        LEFT JOIN LATERAL (
+            SELECT c.kwh, c.pulses FROM consumption c
+            WHERE c.meter_no = m.meter_no AND c.cor_time_stamp <= e.s
+            ORDER BY c.cor_time_stamp DESC, c.index DESC LIMIT 1
+        ) r ON true
+        WHERE e.s IS NOT NULL
+    ), spans AS (
+        SELECT r.s AS period_start, lead(r.s) OVER w AS period_end, r.meter_no, r.meter_name,
+               r.pulse_per_kwh, r.kwh AS kwh_start, lead(r.kwh) OVER w AS kwh_end,
+               r.pulses AS pulses_start, lead(r.pulses) OVER w AS pulses_end
+        FROM readings r
+        WINDOW w AS (PARTITION BY r.meter_no ORDER BY r.s)
+    ), energy AS (
+        SELECT sp.period_start, sp.period_end, sp.meter_no, sp.meter_name,
+               coalesce(sp.kwh_start, f.kwh) AS kwh_start, sp.kwh_end,
+               trim_scale((sp.pulses_end - coalesce(sp.pulses_start, f.pulses))::numeric
+                          / sp.pulse_per_kwh) AS kwh
+        FROM spans sp
+        LEFT JOIN LATERAL (
+            SELECT c.kwh, c.pulses FROM consumption c
+            WHERE sp.kwh_start IS NULL AND c.meter_no = sp.meter_no
+            ORDER BY c.cor_time_stamp, c.index LIMIT 1
+        ) f ON true
+        WHERE sp.period_end IS NOT NULL AND sp.kwh_end IS NOT NULL
+    )
+    SELECT en.period_start, en.period_end, en.meter_no, en.meter_name, en.kwh_start,
+           en.kwh_end, en.kwh, trim_scale(en.kwh_end - en.kwh_start - en.kwh)
+    FROM energy en
+    ORDER BY en.period_start, en.meter_no
+$$;
+
+-- Every typed-in meter reading: when, which meter, the reading it set, the reading just before
+-- it and the correction (kwh_set; NULL when it began the meter's history), with a line of text
+-- for Grafana's annotations.
+CREATE OR REPLACE VIEW reading_corrections AS
+SELECT c.cor_time_stamp AS at, c.meter_no, m.meter_name, c.kwh, p.kwh AS kwh_before,
+       c.kwh - p.kwh AS kwh_set,
+       format('%s: reading set to %s kWh%s', m.meter_name, c.kwh,
+              CASE WHEN p.kwh IS NULL THEN ''
+                   ELSE format(' (%s%s kWh)', CASE WHEN c.kwh >= p.kwh THEN '+' END,
+                               c.kwh - p.kwh) END) AS note
+FROM consumption c
+JOIN meter_metadata m ON m.meter_no = c.meter_no
+LEFT JOIN LATERAL (
+    SELECT h.kwh FROM consumption h
+    WHERE h.meter_no = c.meter_no
+      AND (h.cor_time_stamp < c.cor_time_stamp
+           OR (h.cor_time_stamp = c.cor_time_stamp AND h.index < c.index))
+    ORDER BY h.cor_time_stamp DESC, h.index DESC LIMIT 1
+) p ON true
+WHERE c.typed_in;
+
+-- How long each meter has been silent, against what its last power implies: at P W a meter of
+-- k pulses per kWh pulses every 3_600_000 / (P * k) s (expected_s). silence_ratio is the
+-- silence in such periods; suspicious: silent for at least 100 of them and at least 15 minutes
+-- (a load that was switched off is silent too, so this is a question, not a verdict). NULL
+-- where the last pulse carried no power reading, or there was none.
+CREATE OR REPLACE VIEW meter_silence AS
+SELECT l.meter_no, l.meter_name, l.last_pulse, l.last_watt,
+       extract(epoch FROM now() - l.last_pulse) AS silent_s,
+       3600000.0 / (nullif(l.last_watt, 0) * l.pulse_per_kwh) AS expected_s,
+       extract(epoch FROM now() - l.last_pulse) * nullif(l.last_watt, 0) * l.pulse_per_kwh
+           / 3600000.0 AS silence_ratio,
+       coalesce(extract(epoch FROM now() - l.last_pulse) >= 900
+                AND extract(epoch FROM now() - l.last_pulse) * l.last_watt * l.pulse_per_kwh
+                    >= 100 * 3600000.0, false) AS suspicious
+FROM meter_last_pulse l;
+
+-- The Google Sheet push: the last one answered 2xx, how many wait, the failed attempts of
+-- those waiting, how long the oldest failing one has been failing (since it was recorded: a
+-- push is tried at once), its error and the next attempt. One row, also with an empty outbox.
+CREATE OR REPLACE VIEW push_overview AS
+SELECT max(o.sent_at) AS last_sent_at,
+       extract(epoch FROM now() - max(o.sent_at)) AS last_sent_age_s,
+       count(*) FILTER (WHERE o.sent_at IS NULL) AS pending,
+       coalesce(sum(o.attempts) FILTER (WHERE o.sent_at IS NULL), 0) AS failed_attempts,
+       coalesce(extract(epoch FROM now() - min(o.created_at)
+                                           FILTER (WHERE o.sent_at IS NULL AND o.attempts > 0)),
+                0) AS failing_for_s,
+       (SELECT f.last_error FROM push_outbox f WHERE f.sent_at IS NULL
+        ORDER BY f.reading_at, f.id LIMIT 1) AS last_error,
+       min(o.next_attempt_at) FILTER (WHERE o.sent_at IS NULL) AS next_attempt_at
+FROM push_outbox o;
+
+-- The pipeline: work items waiting in Redis after the processor's last batch, the age of that
+-- commit, and the lag: that age while work waits (0 when none does: an idle processor is no
+-- lag).
+CREATE OR REPLACE VIEW pipeline_lag AS
+SELECT w.backlog, w.updated_at AS last_commit,
+       extract(epoch FROM now() - w.updated_at) AS last_commit_age_s,
+       CASE WHEN w.backlog > 0 THEN extract(epoch FROM now() - w.updated_at) ELSE 0 END
+           AS lag_s
+FROM worker_progress w
+WHERE w.id = 1;
+
+INSERT INTO schema_version (version) VALUES (5) ON CONFLICT (version) DO NOTHING;

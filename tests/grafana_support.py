@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pg8000.native
 import pytest
+import yaml
 
 from energy_worker import config, db
 from energy_worker import history as deadband
@@ -206,12 +207,16 @@ def store_history(con: pg8000.native.Connection, meter: Meter) -> None:
     rows: list[list] = []
     run: Run | None = None
     counts = 0
+    counted = 0  # pulses counted: a typed-in reading sets the count, not this
     events = [(t, w, None) for t, w in meter.pulses] + [(t, None, c) for t, c in meter.typed]
     for t, watt, typed_counts in sorted(events, key=lambda e: e[0]):
         counts = counts + 1 if typed_counts is None else typed_counts
+        counted += typed_counts is None
         row = [meter.no, watt, counts, Decimal(counts) / meter.ppk, t, typed_counts is not None]
+        row.append(counted)
         at_ms = (t - EPOCH) // timedelta(milliseconds=1)
-        where = deadband.place(run, watt, Decimal(meter.deviation_pct), at_ms)
+        typed = typed_counts is not None
+        where = deadband.place(run, watt, Decimal(meter.deviation_pct), at_ms, typed)
         if where is deadband.Place.MOVE and run and run.moving_row is not None:
             rows[run.moving_row] = row
             run = replace(run, latest_at_ms=at_ms)
@@ -224,13 +229,14 @@ def store_history(con: pg8000.native.Connection, meter: Meter) -> None:
     for r in rows:
         con.run(
             "INSERT INTO consumption (meter_no, watt_consumption, meter_counts, kwh, "
-            "cor_time_stamp, typed_in) VALUES (:m, :w, :c, :k, :t, :typed)",
+            "cor_time_stamp, typed_in, pulses) VALUES (:m, :w, :c, :k, :t, :typed, :p)",
             m=r[0],
             w=r[1],
             c=r[2],
             k=r[3],
             t=r[4],
             typed=r[5],
+            p=r[6],
         )
 
 
@@ -339,6 +345,27 @@ def panel(title: str) -> dict:
     return found[0]
 
 
+def annotation_queries(dashboard: dict) -> list[dict]:
+    """The dashboard's annotation queries (those with a query of their own)."""
+    return [a for a in dashboard.get("annotations", {}).get("list", []) if a.get("target")]
+
+
+def query(title: str) -> dict:
+    """The query of the panel with this title, or of the annotation with this name (which
+    several dashboards may show, with the same query)."""
+    if any(p["title"] == title for d in dashboards().values() for p in panels(d)):
+        (target,) = panel(title)["targets"]
+        return target
+    found = [
+        a["target"]
+        for d in dashboards().values()
+        for a in annotation_queries(d)
+        if a["name"] == title
+    ]
+    assert found and all(t == found[0] for t in found), title
+    return found[0]
+
+
 @dataclass
 class Result:
     now: datetime
@@ -353,7 +380,7 @@ class Result:
 def run_panel(
     settings: config.PostgresSettings, role: str, title: str, t_from: datetime, t_to: datetime
 ) -> Result:
-    (target,) = panel(title)["targets"]
+    target = query(title)
     sql = expand(target["rawSql"], t_from, t_to, timedelta(minutes=1))
     assert "$" not in sql, sql
     con = connect(settings, role)
@@ -373,10 +400,38 @@ def run_panel(
     return Result(now, columns, rows)
 
 
+def alert_rules() -> dict[str, dict]:
+    """The provisioned alert rules, by uid (grafana/provisioning/alerting)."""
+    rules: dict[str, dict] = {}
+    for path in sorted((GRAFANA / "provisioning" / "alerting").glob("*.yaml")):
+        for group in yaml.safe_load(path.read_text()).get("groups", []):
+            for rule in group["rules"]:
+                assert rule["uid"] not in rules, rule["uid"]
+                rules[rule["uid"]] = rule
+    return rules
+
+
+def run_alert_query(settings: config.PostgresSettings, role: str, uid: str) -> Result:
+    """The data source query of an alert rule, run as Grafana runs it for the rule: a table."""
+    (target,) = [q for q in alert_rules()[uid]["data"] if q["datasourceUid"] == DATASOURCE_UID]
+    model = target["model"]
+    assert model["format"] == "table" and model["rawQuery"], uid
+    now = datetime.now(UTC)
+    span = timedelta(seconds=target["relativeTimeRange"]["from"])
+    sql = expand(model["rawSql"], now - span, now, timedelta(milliseconds=model["intervalMs"]))
+    con = connect(settings, role)
+    try:
+        rows = con.run(sql)
+        columns = [c["name"] for c in con.columns]
+    finally:
+        con.close()
+    return Result(now, columns, rows)
+
+
 def run_panel_titles() -> set[str]:
-    """The titles of the panels the tests run: the title of every run_panel call in the test
-    modules, read from their source (so it does not matter which of them run, nor in which
-    order). A title that is no literal string fails, so none is missed."""
+    """The titles of the panels (and names of the annotations) the tests run: the title of every
+    run_panel call in the test modules, read from their source (so it does not matter which of
+    them run, nor in which order). A title that is no literal string fails, so none is missed."""
     titles: set[str] = set()
     for path in sorted(TESTS.glob("test_*.py")):
         text = path.read_text()

@@ -156,11 +156,12 @@ def test_a_typed_in_reading_is_no_pulse(pg_module, reader, boiler, history):
         ms = (t - b.last_pulse) / timedelta(milliseconds=1)
         assert math.isclose(v, min(2000, 3_600_000_000 / (ms * 1000)), rel_tol=1e-3, abs_tol=1e-3)
 
-    # The reading shows as energy in the hour it was typed in, exactly.
+    # The reading sets the meter in the hour it was typed in: no energy, a correction.
     con = connect(pg_module, reader)
     try:
         rows = con.run(
-            "SELECT period_start, kwh_start, kwh_end FROM energy_per_period(:f, :t, 'hour') "
+            "SELECT period_start, kwh_start, kwh_end, kwh, kwh_set "
+            "FROM energy_per_period(:f, :t, 'hour') "
             "WHERE meter_no = 9 AND period_start <= :at AND period_end > :at",
             f=b.typed_at - timedelta(hours=1),
             t=history.now,
@@ -168,9 +169,11 @@ def test_a_typed_in_reading_is_no_pulse(pg_module, reader, boiler, history):
         )
     finally:
         con.close()
-    ((hour, kwh_start, kwh_end),) = rows
+    ((hour, kwh_start, kwh_end, kwh, kwh_set),) = rows
     assert kwh_end == Decimal("123.456")
     assert kwh_start == Decimal(b.meter.count_before(hour)) / 1000
+    assert kwh == 0  # the boiler's last pulse was hours before
+    assert kwh_set == kwh_end - kwh_start
 
 
 def test_meter_overview(pg_module, reader, history):
@@ -182,7 +185,7 @@ def test_meter_overview(pg_module, reader, history):
         "Last pulse",
         "Since last pulse",
         "Pulses counted",
-        "Pulses rejected",
+        "Readings above maximum",
     ]
     rows = {r[0]: dict(zip(res.columns, r, strict=True)) for r in res.rows}
     assert list(rows) == ["House", "Heat pump", "Garage", "Workshop"]
@@ -201,7 +204,7 @@ def test_meter_overview(pg_module, reader, history):
         assert math.isclose(row["Power now (W)"], expected_w, rel_tol=1e-3, abs_tol=1e-3)
         assert row["Reading (kWh)"] == Decimal(len(m.pulses)) / m.ppk
         assert row["Pulses counted"] == len(m.pulses)
-        assert row["Pulses rejected"] == no - 1
+        assert row["Readings above maximum"] == no - 1
     assert math.isclose(rows["House"]["Power now (W)"], 1.0, rel_tol=1e-2)  # 1 h after 2 kW
 
 
@@ -209,7 +212,7 @@ def test_worker_stats(pg_module, reader, history):
     window = (history.now - timedelta(hours=1), history.now)
     res = run_panel(pg_module, reader, "Queue backlog", *window)
     assert res.rows == [[42]]
-    res = run_panel(pg_module, reader, "Pulses rejected", *window)
+    res = run_panel(pg_module, reader, "Readings above the meter's maximum", *window)
     assert res.rows == [[0 + 1 + 3]]  # meters 1, 2 and 4 have status rows
     res = run_panel(pg_module, reader, "Last batch committed", *window)
     ((age,),) = res.rows

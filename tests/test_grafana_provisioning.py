@@ -15,6 +15,8 @@ from grafana_support import (
     DATASOURCE_UID,
     GRAFANA,
     REPO,
+    alert_rules,
+    annotation_queries,
     dashboards,
     expand,
     go_float,
@@ -52,7 +54,9 @@ def test_macro_expansion_matches_grafana():
 
 
 def every_panel_title() -> set[str]:
-    return {p["title"] for d in dashboards().values() for p in panels(d) if p.get("targets")}
+    """Every panel with a query, and every annotation query (by its name)."""
+    titles = {p["title"] for d in dashboards().values() for p in panels(d) if p.get("targets")}
+    return titles | {a["name"] for d in dashboards().values() for a in annotation_queries(d)}
 
 
 def test_every_panel_is_tested():
@@ -148,3 +152,84 @@ def test_dashboards_have_the_shape_grafana_reads():
                 assert t["format"] in {"time_series", "table"}
                 assert t["rawSql"].strip() and t["refId"]
                 assert "--" not in t["rawSql"] and "/*" not in t["rawSql"]  # Grafana strips them
+
+
+# Grafana's file format for alert rules (pkg/services/provisioning/alerting/rules_types.go:
+# AlertRuleGroupV1, AlertRuleV1, QueryV1) and what its threshold expression reads
+# (pkg/expr/threshold.go).
+GROUP_KEYS = {"orgId", "name", "folder", "interval", "rules"}
+RULE_KEYS = {
+    "uid", "title", "condition", "data", "dashboardUid", "panelId", "noDataState",
+    "execErrState", "for", "keepFiringFor", "annotations", "labels", "isPaused",
+    "notification_settings", "record",
+}  # fmt: skip
+QUERY_KEYS = {"refId", "queryType", "relativeTimeRange", "datasourceUid", "model"}
+THRESHOLD_TYPES = {"gt", "lt", "eq", "ne", "gte", "lte"}
+DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")  # Prometheus's model.ParseDuration
+
+
+def test_alert_rules_have_the_shape_grafana_provisions():
+    files = sorted((GRAFANA / "provisioning" / "alerting").iterdir())
+    assert [f.suffix for f in files] == [".yaml"] * len(files) and files
+    provider = load_yaml(GRAFANA / "provisioning" / "dashboards" / "energy-worker.yaml")
+    (dashboard_folder,) = {p["folder"] for p in provider["providers"]}
+    for path in files:
+        text = path.read_text()
+        # Grafana expands environment variables in provisioning files: $ would be lost.
+        assert "$" not in text, path.name
+        doc = yaml.safe_load(text)
+        # Rules only: no contact point or notification policy, so nothing is sent by default.
+        assert set(doc) == {"apiVersion", "groups"} and doc["apiVersion"] == 1
+        for group in doc["groups"]:
+            assert set(group) <= GROUP_KEYS and group["name"].strip()
+            # Alerting is provisioned before the dashboards: a folder it creates by the
+            # dashboards' title would clash with their folder's uid.
+            assert group["folder"].strip() and group["folder"] != dashboard_folder
+            assert DURATION.fullmatch(group["interval"])
+            for rule in group["rules"]:
+                check_rule(rule)
+    assert len(alert_rules()) == 3  # and each is run against data (test_grafana_operator.py)
+
+
+def check_rule(rule: dict) -> None:
+    uid = rule["uid"]
+    assert set(rule) <= RULE_KEYS, uid
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,40}", uid) and rule["title"].strip()
+    assert rule["noDataState"] in {"NoData", "Alerting", "OK"}
+    assert rule["execErrState"] in {"Error", "Alerting", "OK"}
+    assert DURATION.fullmatch(rule["for"]) and rule["isPaused"] is False
+    assert all(isinstance(v, str) for v in {**rule["annotations"], **rule["labels"]}.values())
+    queries = {q["refId"]: q for q in rule["data"]}
+    assert len(queries) == len(rule["data"]) and rule["condition"] in queries
+    for ref, q in queries.items():
+        assert set(q) <= QUERY_KEYS and q["model"]["refId"] == ref, uid
+        model = q["model"]
+        if q["datasourceUid"] == "__expr__":
+            assert model["datasource"] == {"type": "__expr__", "uid": "__expr__"}
+            assert model["type"] == "threshold" and model["expression"] in queries
+            assert model["expression"] != ref
+            (condition,) = model["conditions"]  # exactly one
+            evaluator = condition["evaluator"]
+            assert evaluator["type"] in THRESHOLD_TYPES
+            assert len(evaluator["params"]) == 1
+            assert all(isinstance(p, int | float) for p in evaluator["params"])
+        else:
+            assert q["datasourceUid"] == DATASOURCE_UID, uid
+            assert model["datasource"] == {
+                "type": "grafana-postgresql-datasource",
+                "uid": DATASOURCE_UID,
+            }
+            # A table of one number per row, text columns as labels: alerting's numeric data.
+            assert model["format"] == "table" and model["rawQuery"] is True
+            assert model["rawSql"].strip() and "--" not in model["rawSql"]
+            span = q["relativeTimeRange"]
+            assert span["from"] > span["to"] >= 0
+    assert queries[rule["condition"]]["datasourceUid"] == "__expr__"
+
+
+def test_dashboards_follow_the_default_time_zone_which_is_tz():
+    """Hours and days as the pusher counts them: the dashboards declare Grafana's default zone,
+    and the compose file sets that to TZ (test_grafana_operator.py compares the days)."""
+    assert {d["timezone"] for d in dashboards().values()} == {""}
+    env = compose_service()["environment"]
+    assert env["GF_DATE_FORMATS_DEFAULT_TIMEZONE"] == env["TZ"] == "${TZ:-Europe/Copenhagen}"

@@ -15,10 +15,13 @@ import pytest
 import redis
 
 from energy_worker import config, ledger, queue
+from energy_worker.domain import Item, at_time
+from energy_worker.keys import Kind
 from energy_worker.processor import Processor
 from energy_worker.redisconn import connect_redis
 from energy_worker.store import processor as store
 from helpers import (
+    METERS,
     REPO,
     T0,
     Proc,
@@ -123,6 +126,29 @@ def test_reboot_wrap_over_maximum_and_metercount(make_processor, r, sql):
     assert [t[0] for t in typed] == [False, False, False, False, True, False]
 
 
+def test_a_typed_in_reading_sets_the_meter_but_counts_no_pulse(make_processor, r, sql):
+    """consumption.pulses counts pulses only: a typed-in row carries the count it found, so the
+    energy between two rows is their difference, whatever was typed in between."""
+    pulses(r, 2, [1000, 2800, 4600, 6400])  # no power yet; then a 2000 W run of three
+    enqueue(r, "channel:2:metercount", "27997", T0 + 6000)
+    pulses(r, 2, [8200, 10000], start_ms=T0 + 7200)  # 2 more
+    enqueue(r, "stop", "true")
+    make_processor().run()
+    rows = sql.run(
+        "SELECT meter_counts, pulses, typed_in FROM consumption WHERE meter_no = 2 ORDER BY index"
+    )
+    assert rows == [
+        [1, 1, False],
+        [2, 2, False],
+        [4, 4, False],  # the run's moving row, moved on to the fourth pulse
+        [279970, 4, True],  # set by hand: no pulse
+        [279971, 5, False],
+        [279972, 6, False],
+    ]
+    s = status(sql, 2)
+    assert (s["meter_counts"], s["pulses_counted"]) == (279972, 6)  # goes on from the last row
+
+
 def test_history_lands_at_the_time_the_key_was_taken(make_processor, r, sql):
     pulses(r, 1, [1000, 2800], start_ms=T0)
     enqueue(r, "stop", "true")
@@ -168,6 +194,34 @@ def test_crash_between_commit_and_ack_counts_nothing_twice(make_processor, r, sq
     make_processor().run()
     assert status(sql, 4)["meter_counts"] == 3
     assert drained(r)
+
+
+def test_dead_letters_reach_postgresql_exactly_once(make_processor, r, sql):
+    """The router's rejections and the processor's unusable items land in dead_letters in the
+    processor's own transaction: a crash between the commit and the ack writes none twice."""
+    queues = queue.Queues(r, METERS)
+    r.set("junk", "x" * 300)
+    assert queues.route(b"junk", at_ms=T0).outcome == "rejected"
+    pulses(r, 1, [1000])
+    r.rpush(queue.WORK, Item("e", 10**9, Kind.PUSH, None, "true", T0 + 5, "g").encode())
+    first = make_processor()
+    assert first.connected()
+    items, _ = first.decode(first.queues.take(100))
+    plan = ledger.plan_batch(items, first.meters, first.records, first.done)
+    first.commit(plan, 0)  # committed ... and the process dies before the ack
+    first.session.close()
+    assert r.llen(queue.PROCESSING) == 3
+    r.set("Stop", "maybe")  # one more rejection after the crash
+    assert queues.route(b"Stop", at_ms=T0 + 9).outcome == "rejected"
+    enqueue(r, "stop", "true")
+    make_processor().run()
+    assert drained(r)
+    assert sql.run("SELECT at, key, value, reason FROM dead_letters ORDER BY id") == [
+        [at_time(T0), "junk", "x" * queue.PREVIEW_BYTES, "unknown key"],
+        [at_time(T0 + 5), "g", "true", "the processor does not handle kind PUSH"],
+        [at_time(T0 + 9), "Stop", "maybe", "value is not 'true'"],
+    ]
+    assert status(sql, 1)["meter_counts"] == 1
 
 
 def test_a_lost_acknowledgement_after_commit_writes_nothing_twice(make_processor, r, sql, redis_db):
@@ -287,6 +341,10 @@ def test_an_item_for_a_meter_unknown_to_the_database_is_kept_not_dropped(
     letters = r.lrange(queue.DEADLETTER, 0, -1)
     assert any(b"channel:7:timestamp" in letter for letter in letters)
     assert status(sql, 1)["meter_counts"] == 1
+    # and in PostgreSQL, for Grafana, at the time the router took the key
+    assert sql.run("SELECT at, key, value, reason FROM dead_letters") == [
+        [at_time(T0), "channel:7:timestamp", "1000", "meter 7 is not configured in PostgreSQL"]
+    ]
 
 
 def test_status_loads_what_it_saved(make_processor, r, sql):

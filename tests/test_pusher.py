@@ -51,23 +51,41 @@ class Clock:
         self.now = now
 
 
-def add_row(sql: pg8000.native.Connection, meter: int, kwh: str, at: datetime) -> int:
-    """A consumption row as the processor writes it (1000 pulses per kWh)."""
-    ((index,),) = sql.run(
-        """INSERT INTO consumption (meter_no, meter_counts, kWh, cor_time_stamp)
-           VALUES (:m, :c, :k, :t) RETURNING index""",
+def add_row(
+    sql: pg8000.native.Connection, meter: int, kwh: str, at: datetime, typed: bool = False
+) -> int:
+    """A consumption row as the processor writes it (1000 pulses per kWh): its pulse count goes
+    on from the row before it by the count's step, or not at all for a typed-in reading."""
+    counts = int(Decimal(kwh) * 1000)
+    before = sql.run(
+        """SELECT meter_counts, pulses FROM consumption WHERE meter_no = :m
+           AND cor_time_stamp <= :t ORDER BY cor_time_stamp DESC, index DESC LIMIT 1""",
         m=meter,
-        c=int(Decimal(kwh) * 1000),
-        k=Decimal(kwh),
         t=at,
     )
+    if before:
+        ((counts_before, pulses_before),) = before
+        pulses = pulses_before + (0 if typed else counts - counts_before)
+    else:
+        pulses = 0 if typed else counts
+    ((index,),) = sql.run(
+        """INSERT INTO consumption (meter_no, meter_counts, kWh, cor_time_stamp, typed_in, pulses)
+           VALUES (:m, :c, :k, :t, :typed, :p) RETURNING index""",
+        m=meter,
+        c=counts,
+        k=Decimal(kwh),
+        t=at,
+        typed=typed,
+        p=pulses,
+    )
     sql.run(
-        """UPDATE meter_status SET kWh = :k, meter_counts = :c, cor_time_stamp = :t
-           WHERE meter_no = :m""",
+        """UPDATE meter_status SET kWh = :k, meter_counts = :c, cor_time_stamp = :t,
+                  pulses_counted = :p WHERE meter_no = :m""",
         m=meter,
         k=Decimal(kwh),
-        c=int(Decimal(kwh) * 1000),
+        c=counts,
         t=at,
+        p=pulses,
     )
     return index
 
@@ -81,33 +99,40 @@ def sheet_line(dataset: str, query: str = "") -> str:
     return request_line(f"{PATH}?{query}function=updateSheet&dataString={dataset}")
 
 
-def reading_at(rows: list[tuple[datetime, Decimal]], at: datetime) -> Decimal | None:
+def reading_at(rows: list[tuple[datetime, Any]], at: datetime) -> Any:
     """The oracle: the latest row at or before `at` (rows in insertion order)."""
     best = None
-    for t, kwh in rows:
+    for t, value in rows:
         if t <= at and (best is None or t >= best[0]):
-            best = (t, kwh)
+            best = (t, value)
     return best[1] if best else None
 
 
 def check_totals_against_history(sql: pg8000.native.Connection) -> int:
-    """Every hourly and daily total equals what the history says; returns the rows checked."""
-    history: dict[int, list[tuple[datetime, Decimal]]] = {}
-    for meter, t, kwh in sql.run(
-        "SELECT meter_no, cor_time_stamp, kWh FROM consumption ORDER BY index"
+    """Every hourly and daily total equals what the history says: the readings at its
+    boundaries, the energy of the pulses in between (1000 per kWh) and the typed-in corrections;
+    returns the rows checked."""
+    history: dict[int, list[tuple[datetime, tuple[Decimal, int]]]] = {}
+    for meter, t, kwh, pulses in sql.run(
+        "SELECT meter_no, cor_time_stamp, kWh, pulses FROM consumption ORDER BY index"
     ):
-        history.setdefault(meter, []).append((t, kwh))
+        history.setdefault(meter, []).append((t, (kwh, pulses)))
     checked = 0
     for table, start, end in (
         ("meter_hourly_totals", "hour_start", "hour_end"),
         ("meter_daily_totals", "day_start", "day_end"),
     ):
-        for meter, s, e, k0, k1, diff in sql.run(
-            f"SELECT meter_no, {start}, {end}, kWh_start, kWh, kWh_diff FROM {table}"
+        for meter, s, e, k0, k1, diff, kwh_set in sql.run(
+            f"SELECT meter_no, {start}, {end}, kWh_start, kWh, kWh_diff, kWh_set FROM {table}"
         ):
             rows = history.get(meter, [])
-            assert (k0, k1) == (reading_at(rows, s), reading_at(rows, e)), (table, meter, s)
-            assert diff == (None if k0 is None or k1 is None else k1 - k0)
+            a, z = reading_at(rows, s), reading_at(rows, e)
+            assert (k0, k1) == (a and a[0], z and z[0]), (table, meter, s)
+            if a is None or z is None:
+                assert diff is None and kwh_set is None
+            else:
+                assert diff == Decimal(z[1] - a[1]) / 1000
+                assert kwh_set == k1 - k0 - diff
             checked += 1
     return checked
 
@@ -270,6 +295,46 @@ def test_dst_change_days(sql, make_pusher, server, day, hours, midnight_utc):
     check_totals_against_history(sql)
 
 
+def test_a_typed_in_reading_is_no_energy_but_the_sheet_gets_the_reading(sql, make_pusher, server):
+    """A person types in 279.97 kWh: the meter is set (the readings and the push follow it), but
+    the hour and day count only the pulses; the jump is kWh_set."""
+    add_row(sql, 1, "12.000", local(2024, 6, 1, 9, 59))
+    add_row(sql, 1, "12.300", local(2024, 6, 1, 10, 20))
+    add_row(sql, 1, "279.970", local(2024, 6, 1, 10, 30), typed=True)
+    add_row(sql, 1, "280.170", local(2024, 6, 1, 10, 59))
+    clock = Clock(local(2024, 6, 1, 9, 0))
+    pusher = make_pusher(clock, server.base + PATH)
+    pusher.step(block=False)
+    clock.set(local(2024, 6, 2, 0, 2))
+    pusher.step(block=False)
+    assert server.got() == [sheet_line(data(m1="280.17"))]  # the meter's reading
+    [hour] = sql.run(
+        "SELECT kWh_start, kWh, kWh_diff, kWh_set FROM meter_hourly_totals "
+        "WHERE meter_no = 1 AND hour_start = :h",
+        h=local(2024, 6, 1, 10),
+    )
+    assert hour == [Decimal("12"), Decimal("280.17"), Decimal("0.5"), Decimal("267.67")]
+    [day] = sql.run(
+        "SELECT kWh_start, kWh, kWh_diff, kWh_set FROM meter_daily_totals WHERE meter_no = 1"
+    )
+    assert day == [None, Decimal("280.17"), None, None]  # its history began that day
+    assert check_totals_against_history(sql) > 0
+
+
+def test_old_dead_letters_are_deleted_hourly(sql, make_pusher):
+    kept = store.DEAD_LETTERS_KEPT
+    sql.run(
+        "INSERT INTO dead_letters (at, key, value, reason) "
+        "SELECT now(), 'junk' || n, 'x', 'unknown key' FROM generate_series(1, :n) n",
+        n=kept + 5,
+    )
+    clock = Clock(local(2024, 6, 1, 9, 0))
+    pusher = make_pusher(clock)
+    pusher.step(block=False)
+    assert sql.run("SELECT count(*) FROM dead_letters") == [[kept]]
+    assert sql.run("SELECT key FROM dead_letters ORDER BY id LIMIT 1") == [["junk6"]]  # newest
+
+
 # --- late history ---------------------------------------------------------------------------
 
 
@@ -299,8 +364,8 @@ def test_a_backlog_processed_late_corrects_the_totals(sql, make_pusher):
 def move_row(sql: pg8000.native.Connection, index: int, kwh: str, at: datetime) -> None:
     """The processor moves a deadband run's second row forward (store.update_rows)."""
     sql.run(
-        "UPDATE consumption SET kWh = :k, meter_counts = :c, cor_time_stamp = :t, "
-        "time_stamp = now() WHERE index = :i",
+        "UPDATE consumption SET kWh = :k, pulses = pulses + :c - meter_counts, meter_counts = :c, "
+        "cor_time_stamp = :t, time_stamp = now() WHERE index = :i",
         k=Decimal(kwh),
         c=int(Decimal(kwh) * 1000),
         t=at,

@@ -24,6 +24,14 @@ def lua_outcome(r: redis.Redis, queues: Queues, key: bytes, value: bytes) -> Out
     result = queues.route(key)
     if result.outcome == "rejected":
         assert not r.exists(key)
+        # a record for PostgreSQL, numbered like every item: exactly one, on the work list
+        (letter,) = [Item.decode(raw) for raw in r.lrange(queue.WORK, 0, -1)]
+        assert (letter.kind, letter.value, letter.reason) == (
+            Kind.REJECTED,
+            result.preview,
+            result.reason,
+        )
+        assert r.llen(queue.PUSH) == 0 and letter.meter is None
         return Outcome("rejected", reason=result.reason)
     if result.outcome == "left":
         assert r.get(key) == value

@@ -33,6 +33,8 @@ pg_module, owner, reader, history = gs.pg_module, gs.owner, gs.reader, gs.histor
         "UPDATE meter_status SET kwh = 0",
         "DELETE FROM consumption",
         "UPDATE worker_progress SET backlog = 0",
+        "DELETE FROM dead_letters",
+        "UPDATE push_outbox SET sent_at = NULL",
         "CREATE TABLE intruder (x int)",
         "CREATE VIEW intruder AS SELECT 1",
         "SELECT nextval('consumption_index_seq')",
@@ -184,6 +186,14 @@ def test_role_from_the_environment(owner):
         )
         assert ["TimeZone=Europe/Berlin"] in settings
         assert ["default_transaction_read_only=on"] in settings
+        # TZ unset: the pusher's default zone, not the server's
+        ensure_from_env(owner, {**env, "TZ": ""})
+        settings = owner.run(
+            "SELECT unnest(setconfig) FROM pg_db_role_setting s JOIN pg_roles r "
+            "ON r.oid = s.setrole WHERE r.rolname = :u",
+            u=user,
+        )
+        assert [f"TimeZone={TZ}"] in settings
     finally:
         owner.run(f'DROP OWNED BY "{user}"')
         owner.run(f'DROP ROLE "{user}"')

@@ -95,7 +95,13 @@ def test_illegal_input_is_removed_logged_and_kept_with_its_reason(make_router, r
     assert letters["channel:9:timestamp"]["reason"] == "meter 9 is not configured"
     assert letters["somelist"]["value"] == "list: x, y"
     assert len(letters["channel:1:timestamp"]["value"]) == queue.PREVIEW_BYTES
-    assert sorted(r.keys()) == [b"energy-worker:deadletter", b"energy-worker:rejected"]
+    assert not r.exists("channel:9:timestamp", "somelist", "channel:1:timestamp")
+    # and each left a record for PostgreSQL on the work list (the processor's dead_letters)
+    assert sorted((i["k"], i["key"], i["reason"]) for i in work(r)) == [
+        ("r", "channel:1:timestamp", "value is above 4294967295"),
+        ("r", "channel:9:timestamp", "meter 9 is not configured"),
+        ("r", "somelist", "unknown key"),
+    ]
     lines = [ln for ln in caplog.text.splitlines() if "rejected" in ln]
     assert len(lines) == 3 and all(len(line) < 300 for line in lines)
 
@@ -119,7 +125,7 @@ def test_stop_routes_everything_present_first(make_router, r, redis_db):
     r.set("pushtogoogle", "true")
     r.set("junk", "x")
     assert router.run_once(max_wait=0) is True
-    assert [i["k"] for i in work(r)] == ["t"] * 7 + ["x"]
+    assert [i["k"] for i in work(r)] == ["r"] + ["t"] * 7 + ["x"]  # illegal input first
     assert r.llen(queue.PUSH) == 1 and r.llen(queue.DEADLETTER) == 1
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import datetime
 from decimal import Decimal
 
-from energy_worker import config, db, schema
+from energy_worker import config, db, schema, totals
 from energy_worker.domain import Meter
+from energy_worker.pusher import Pusher
 from energy_worker.store import processor as store
 
 
@@ -54,13 +56,16 @@ def test_a_database_of_the_original_stack_is_widened_in_place(pg_server, fresh_p
     )
     assert types == {"watt_consumption": "bigint", "kwh": "numeric"}
     assert con.run("SELECT count(*) FROM consumption")[0][0] == 2
+    # its history counted as pulses from its first row on, and the tally follows the last row
+    assert con.run("SELECT pulses FROM consumption ORDER BY index") == [[1], [2]]
+    assert con.run("SELECT pulses_counted FROM meter_status WHERE meter_no = 1") == [[2]]
     records = store.load_status(con)
     assert records[1].state.counts == 279970  # kept
     assert records[1].run is None  # the next pulse starts a run of ours
     assert con.run("SELECT upper_index FROM meter_status WHERE meter_no = 1")[0][0] == 2
     con.run(
         "INSERT INTO consumption (meter_no, watt_consumption, meter_counts, kWh, "
-        "cor_time_stamp) VALUES (1, 40000, 1, 0.001, now())"
+        "cor_time_stamp, pulses) VALUES (1, 40000, 1, 0.001, now(), 3)"
     )  # > SMALLINT: fits now
     assert len(store.load_status(con)) == 7  # the other configured meters were added
     con.close()
@@ -80,3 +85,119 @@ def test_a_grafana_role_problem_does_not_stop_the_set_up(worker_env, pg):
     assert "Grafana's read-only role was not set up" in done.stderr
     assert "ready: schema version" in done.stderr
     assert "pw%$" not in done.stderr
+
+
+# What version 4 had, before consumption.pulses: the tables' columns, and the Grafana
+# functions and views that read them.
+BEFORE_PULSES = """
+DROP VIEW reading_corrections, meter_silence, push_overview, pipeline_lag;
+DROP FUNCTION meter_pulses_at(integer, timestamptz);
+DROP FUNCTION energy_per_period(timestamptz, timestamptz, text);
+CREATE FUNCTION energy_per_period(p_from timestamptz, p_to timestamptz, p_unit text)
+RETURNS TABLE (period_start timestamptz, period_end timestamptz, meter_no integer,
+               meter_name text, kwh_start numeric, kwh_end numeric, kwh numeric)
+LANGUAGE sql STABLE AS $$ SELECT NULL::timestamptz, NULL::timestamptz, 1, '', 1.0, 1.0, 1.0 $$;
+ALTER TABLE consumption DROP COLUMN pulses;
+ALTER TABLE meter_hourly_totals DROP COLUMN kwh_set;
+ALTER TABLE meter_daily_totals DROP COLUMN kwh_set;
+DROP TABLE dead_letters;
+DELETE FROM schema_version WHERE version >= 5;
+"""
+
+
+def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh_pg, r):
+    """Version 5 on a database with history: the pulses of each row from the steps of the
+    count (none for a typed-in reading, nor for a step down), the meter's tally after its last
+    row, and every total recomputed once, now without the typed-in reading as energy."""
+    cph = totals.zone("Europe/Copenhagen")
+
+    def local(*args: int) -> datetime:
+        return totals.resolve(datetime(*args), cph)  # type: ignore[arg-type]
+
+    con = db.connect(fresh_pg, "test")
+    con.execute_simple(BEFORE_PULSES)
+    history = [  # meter, counts, typed in, local time (1000 pulses per kWh)
+        (1, 90, False, (2024, 5, 31, 23)),
+        (1, 100, False, (2024, 6, 1, 9, 50)),
+        (1, 105, False, (2024, 6, 1, 10, 20)),
+        (1, 279970, True, (2024, 6, 1, 10, 30)),  # 279.97 kWh typed in
+        (1, 279972, False, (2024, 6, 1, 10, 40)),
+        (1, 279980, False, (2024, 6, 1, 11, 10)),
+        (2, 50, False, (2024, 6, 1, 9)),
+        (2, 40, False, (2024, 6, 1, 9)),  # a step down no pulse makes: the original's reset
+        (2, 41, False, (2024, 6, 1, 9)),
+    ]
+    for meter, counts, typed, at in history:
+        con.run(
+            "INSERT INTO consumption (meter_no, meter_counts, kWh, cor_time_stamp, typed_in) "
+            "VALUES (:m, :c, :k, :t, :typed)",
+            m=meter,
+            c=counts,
+            k=Decimal(counts) / 1000,
+            t=local(*at),
+            typed=typed,
+        )
+    con.run("UPDATE meter_status SET pulses_counted = 7")
+    # The pusher had computed every hour up to noon, counting the typed-in reading as energy.
+    con.run(
+        """UPDATE pusher_state SET tz = 'Europe/Copenhagen', next_push_day = '2024-06-02',
+               totals_until = :until, seen_index = (SELECT max(index) FROM consumption)""",
+        until=local(2024, 6, 1, 12),
+    )
+    con.run(
+        """INSERT INTO meter_hourly_totals (hour_start, meter_no, hour_end, day, kWh_start, kWh,
+               kWh_diff) VALUES (:s, 1, :e, '2024-06-01', 0.1, 279.972, 279.872)""",
+        s=local(2024, 6, 1, 10),
+        e=local(2024, 6, 1, 11),
+    )
+
+    assert schema.apply(con, config.load_meters()) == 5
+    rows = con.run("SELECT meter_no, pulses FROM consumption ORDER BY index")
+    assert rows == [[1, 1], [1, 11], [1, 16], [1, 16], [1, 18], [1, 26], [2, 1], [2, 1], [2, 2]]
+    tallies = con.run("SELECT meter_no, pulses_counted FROM meter_status ORDER BY meter_no")
+    assert tallies[:3] == [[1, 26], [2, 2], [3, 7]]  # meter 3 has no history: as it was
+    assert con.run("SELECT seen_index, totals_until FROM pusher_state") == [[0, None]]
+
+    # Once: a second start leaves the pulses and the pusher's progress alone.
+    con.run("UPDATE consumption SET pulses = pulses + 1000 WHERE meter_no = 2")
+    con.run("UPDATE pusher_state SET seen_index = 5")
+    schema.apply(con, config.load_meters())
+    assert con.run("SELECT sum(pulses) FROM consumption WHERE meter_no = 2") == [[3004]]
+    assert con.run("SELECT seen_index FROM pusher_state") == [[5]]
+    con.run("UPDATE consumption SET pulses = pulses - 1000 WHERE meter_no = 2")
+    con.run("UPDATE pusher_state SET seen_index = 0")
+
+    clock = local(2024, 6, 2, 0, 5)
+    pusher = Pusher(
+        db.LockedSession(lambda name: db.connect(fresh_pg, name), "pusher"),
+        r,
+        config.PushSettings(webhook_url=None, tz=cph),
+        lambda: clock,
+    )
+    try:
+        pusher.step(block=False)
+    finally:
+        pusher.close()
+    hours = con.run(
+        "SELECT hour_start, kWh_start, kWh, kWh_diff, kWh_set FROM meter_hourly_totals "
+        "WHERE meter_no = 1 AND hour_start IN (:a, :b) ORDER BY hour_start",
+        a=local(2024, 6, 1, 10),
+        b=local(2024, 6, 1, 11),
+    )
+    assert hours == [
+        [local(2024, 6, 1, 10), Decimal("0.1"), Decimal("279.972"), Decimal("0.007"),
+         Decimal("279.865")],
+        [local(2024, 6, 1, 11), Decimal("279.972"), Decimal("279.98"), Decimal("0.008"),
+         Decimal("0")],
+    ]  # fmt: skip
+    day = con.run(
+        "SELECT kWh_start, kWh, kWh_diff, kWh_set FROM meter_daily_totals "
+        "WHERE meter_no = 1 AND day = '2024-06-01'"
+    )
+    assert day == [[Decimal("0.09"), Decimal("279.98"), Decimal("0.025"), Decimal("279.865")]]
+    assert con.run("SELECT kWh_diff_1 FROM meter_totals WHERE day = '2024-06-01'") == [
+        [Decimal("0.025")]
+    ]
+    (names,) = con.run("SELECT proargnames FROM pg_proc WHERE proname = 'energy_per_period'")[0]
+    assert "kwh_set" in names  # the function of version 4 was replaced
+    con.close()

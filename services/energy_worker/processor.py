@@ -224,6 +224,7 @@ class Processor:
             store.insert_rows(con, plan.new_rows)
             store.update_rows(con, plan.moved_rows)
             store.save_status(con, plan.records, plan.kwh(self.meters))
+            store.insert_dead_letters(con, plan.dead_letters)
             changed = {e: seq for e, seq in plan.done.items() if self.done.get(e) != seq}
             if changed:
                 store.save_done(con, changed)

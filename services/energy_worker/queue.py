@@ -36,7 +36,9 @@ PREVIEW_BYTES = 200
 
 # Routes one key: reads its name and value as keys.py does, and either moves it onto the list
 # for its kind as a numbered item, removes it with a copy and the reason in the dead-letter
-# list, or leaves it (the webhook's debug switch and self-test, our own keys).
+# list, or leaves it (the webhook's debug switch and self-test, our own keys). A rejected key
+# also leaves a numbered item of kind 'r' (value: the preview, with the reason and the printable
+# key) on the work list, so that the processor keeps it in PostgreSQL exactly once.
 # KEYS: key, work list, push list, seq, epoch, dead-letter list, rejected counter
 # ARGV: now_ms, epoch candidate, ',<meter>,<meter>,...,' (the configured meters),
 #       dead-letter cap, preview bytes, max millis, max metercount, our own prefix
@@ -115,21 +117,30 @@ if reason == nil then
   end
 end
 if reason == nil and kind == 'debug' then return {'left', kind, value} end
+-- The next item's epoch and sequence number.
+local function numbered()
+  local epoch = redis.call('GET', KEYS[5])
+  if not epoch then
+    epoch = ARGV[2]
+    redis.call('SET', KEYS[5], epoch)
+  end
+  return epoch, redis.call('INCR', KEYS[4])
+end
+
 if reason ~= nil then
   local preview = preview_of(ktype)
+  local shown = printable(key)
   redis.call('DEL', key)
-  local entry = cjson.encode({key = printable(key), value = preview, reason = reason, at = now})
+  local entry = cjson.encode({key = shown, value = preview, reason = reason, at = now})
   redis.call('LPUSH', KEYS[6], entry)
   redis.call('LTRIM', KEYS[6], 0, cap - 1)
   redis.call('INCR', KEYS[7])
+  local epoch, seq = numbered()
+  redis.call('RPUSH', KEYS[2], cjson.encode(
+    {e = epoch, s = seq, k = 'r', v = preview, reason = reason, at = now, key = shown}))
   return {'rejected', reason, preview}
 end
-local epoch = redis.call('GET', KEYS[5])
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('SET', KEYS[5], epoch)
-end
-local seq = redis.call('INCR', KEYS[4])
+local epoch, seq = numbered()
 local item = {e = epoch, s = seq, k = kind, v = value, at = now, key = key}
 if meter then item.m = tonumber(meter) end
 local destination = KEYS[2]

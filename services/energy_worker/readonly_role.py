@@ -30,7 +30,7 @@ import pg8000.native
 from pg8000.native import identifier, literal
 from scramp.utils import ScramException, saslprep
 
-from . import db
+from . import db, totals
 
 # What the dashboards read: the tables behind the views and functions of the schema's Grafana
 # section (functions run with the caller's rights), those views, and the pusher's totals once
@@ -46,6 +46,12 @@ RELATIONS = (
     "meter_daily_totals",
     "meter_totals",
     "meter_hourly_totals",
+    "push_outbox",
+    "dead_letters",
+    "reading_corrections",
+    "meter_silence",
+    "push_overview",
+    "pipeline_lag",
 )
 DEFAULT_USER = "grafana_reader"
 # Functions PUBLIC may call that write all the same: large objects (in the database) and
@@ -169,11 +175,12 @@ def ensure_from_env(
     con: pg8000.native.Connection, environ: Mapping[str, str] = os.environ
 ) -> str | None:
     """The set-up's hook: with GRAFANA_DB_PASSWORD set, ensure the role GRAFANA_DB_USER (default
-    grafana_reader), its TimeZone from TZ; returns its name, or None when there is no password
-    (no Grafana in this deployment)."""
+    grafana_reader), its TimeZone the pusher's (TZ, unset: the same default as the pusher's), so
+    the dashboards' hours and days are the totals'; returns its name, or None when there is no
+    password (no Grafana in this deployment). A TZ that names no zone raises ValueError."""
     password = environ.get("GRAFANA_DB_PASSWORD", "")
     if not password:
         return None
     user = environ.get("GRAFANA_DB_USER", "") or DEFAULT_USER
-    ensure_readonly_role(con, user, password, timezone=environ.get("TZ") or None)
+    ensure_readonly_role(con, user, password, timezone=totals.zone(environ.get("TZ")).key)
     return user

@@ -5,7 +5,8 @@
 | part                      | job                                                                |
 |---------------------------|--------------------------------------------------------------------|
 | pusher/schedule.py        | says what is due: the totals after each local hour, the daily push  |
-| pusher/totals_pass.py     | hourly and daily totals from the stored history                    |
+| pusher/totals_pass.py     | hourly and daily totals from the stored history (and, hourly, the  |
+|                           | oldest dead letters deleted: store.prune_dead_letters)             |
 | pusher/daily.py           | the readings at each local midnight into the outbox, at PUSH_TIME  |
 | pusher/outbox.py          | sends the outbox to the sheet, oldest first, retrying with backoff |
 | pusher/requests.py        | `pushtogoogle` requests from Redis into the outbox                 |
@@ -95,6 +96,10 @@ class Pusher:
         self.schedule.run_pending()
         if self.schedule.totals_due:
             self.totals.run()
+            # Hourly too: the dead letters the processor records, newest first, capped.
+            pruned = store.prune_dead_letters(self.session.connection())
+            if pruned:
+                log.debug("%d old dead letter(s) deleted", pruned)
             self.schedule.totals_done()
         if self.schedule.pushes_due:
             self.schedule.pushes_checked(self.daily.record_due())

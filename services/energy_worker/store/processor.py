@@ -1,13 +1,13 @@
-"""The processor's SQL: the consumption history, each meter's state (meter_status) and the
-exactly-once bookkeeping (worker_epochs, worker_progress)."""
+"""The processor's SQL: the consumption history, each meter's state (meter_status), the
+exactly-once bookkeeping (worker_epochs, worker_progress) and the dead letters."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 from ..db import Connection
-from ..domain import MeterRecord, MeterState, Row, Run, at_time
+from ..domain import DeadLetter, MeterRecord, MeterState, Row, Run, at_time
 
 
 def load_status(con: Connection) -> dict[int, MeterRecord]:
@@ -65,12 +65,13 @@ def insert_rows(con: Connection, rows: Mapping[int, Row]) -> None:
     con.run(
         """
         INSERT INTO consumption (index, meter_no, watt_consumption, meter_counts, kWh,
-                                 pulse_time_stamp, pulse_period, cor_time_stamp, typed_in)
+                                 pulse_time_stamp, pulse_period, cor_time_stamp, typed_in,
+                                 pulses)
         SELECT * FROM unnest(CAST(:idx AS bigint[]), CAST(:meter AS int[]),
                              CAST(:watt AS bigint[]), CAST(:counts AS bigint[]),
                              CAST(:kwh AS numeric[]), CAST(:millis AS bigint[]),
                              CAST(:period AS bigint[]), CAST(:at AS timestamptz[]),
-                             CAST(:typed AS boolean[]))
+                             CAST(:typed AS boolean[]), CAST(:pulses AS bigint[]))
         """,
         **_columns(rows),
     )
@@ -84,12 +85,13 @@ def update_rows(con: Connection, rows: Mapping[int, Row]) -> None:
         UPDATE consumption AS c SET
             watt_consumption = u.watt, meter_counts = u.counts, kWh = u.kwh,
             pulse_time_stamp = u.millis, pulse_period = u.period, cor_time_stamp = u.at,
-            typed_in = u.typed, time_stamp = now()
+            typed_in = u.typed, pulses = u.pulses, time_stamp = now()
         FROM unnest(CAST(:idx AS bigint[]), CAST(:meter AS int[]), CAST(:watt AS bigint[]),
                     CAST(:counts AS bigint[]), CAST(:kwh AS numeric[]),
                     CAST(:millis AS bigint[]), CAST(:period AS bigint[]),
-                    CAST(:at AS timestamptz[]), CAST(:typed AS boolean[]))
-             AS u(idx, meter, watt, counts, kwh, millis, period, at, typed)
+                    CAST(:at AS timestamptz[]), CAST(:typed AS boolean[]),
+                    CAST(:pulses AS bigint[]))
+             AS u(idx, meter, watt, counts, kwh, millis, period, at, typed, pulses)
         WHERE c.index = u.idx
         """,
         **_columns(rows),
@@ -107,6 +109,7 @@ def _columns(rows: Mapping[int, Row]) -> dict[str, list[object]]:
         "period": [r.period for r in rows.values()],
         "at": [r.at for r in rows.values()],
         "typed": [r.typed_in for r in rows.values()],
+        "pulses": [r.pulses for r in rows.values()],
     }
 
 
@@ -148,6 +151,23 @@ def save_status(
         counted=[r.counted for r in records.values()],
         repeated=[r.repeated for r in records.values()],
         over_max=[r.over_max for r in records.values()],
+    )
+
+
+def insert_dead_letters(con: Connection, letters: Sequence[DeadLetter]) -> None:
+    """Input that could not be used, for Grafana (the pusher prunes old ones)."""
+    if not letters:
+        return
+    con.run(
+        """
+        INSERT INTO dead_letters (at, key, value, reason)
+        SELECT * FROM unnest(CAST(:at AS timestamptz[]), CAST(:key AS text[]),
+                             CAST(:value AS text[]), CAST(:reason AS text[]))
+        """,
+        at=[d.at for d in letters],
+        key=[d.key for d in letters],
+        value=[d.value for d in letters],
+        reason=[d.reason for d in letters],
     )
 
 

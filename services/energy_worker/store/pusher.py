@@ -4,6 +4,11 @@ A meter's reading at a boundary B is the kWh of its latest consumption row with
 cor_time_stamp <= B (ties: the row written last), found through the consumption_meter_time
 index, so a boundary costs one index probe per meter. The deadband stores the last pulse
 before every quarter-hour boundary (history.py), so that reading is exact.
+
+The energy of a period counts pulses only: the difference of the rows' pulse counts
+(consumption.pulses) at its boundaries, divided by the pulse constant (kWh_diff). A typed-in
+reading sets the meter without being energy; what it changed in the period is kWh_set, so that
+kWh_start + kWh_diff + kWh_set = kWh (the readings, which the sheet receives, include it).
 """
 
 from __future__ import annotations
@@ -20,6 +25,17 @@ _READING_AT = """
     WHERE c.meter_no = m.meter_no AND c.cor_time_stamp <= {at}
     ORDER BY c.cor_time_stamp DESC, c.index DESC LIMIT 1
 """
+
+
+# The reading and the pulse count of meter m at the instant named by the placeholder.
+_ROW_AT = """
+    SELECT c.kWh, c.pulses FROM consumption c
+    WHERE c.meter_no = m.meter_no AND c.cor_time_stamp <= {at}
+    ORDER BY c.cor_time_stamp DESC, c.index DESC LIMIT 1
+"""
+# The energy counted by pulses between rows a and z of meter m, exact (no float anywhere).
+_PULSE_ENERGY = "trim_scale((z.pulses - a.pulses)::numeric / m.pulse_per_kWh)"
+DEAD_LETTERS_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -100,18 +116,22 @@ def upsert_hours(
     con.run(
         f"""
         INSERT INTO meter_hourly_totals AS t
-            (hour_start, meter_no, hour_end, day, kWh_start, kWh, kWh_diff, computed_at)
-        SELECT h.s, m.meter_no, h.e, h.d, a.kWh, z.kWh, z.kWh - a.kWh, :now
+            (hour_start, meter_no, hour_end, day, kWh_start, kWh, kWh_diff, kWh_set,
+             computed_at)
+        SELECT h.s, m.meter_no, h.e, h.d, a.kWh, z.kWh, p.diff, z.kWh - a.kWh - p.diff, :now
         FROM unnest(CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[]),
                     CAST(:days AS date[])) AS h(s, e, d)
         CROSS JOIN meter_metadata m
-        LEFT JOIN LATERAL ({_READING_AT.format(at="h.s")}) a ON true
-        LEFT JOIN LATERAL ({_READING_AT.format(at="h.e")}) z ON true
+        LEFT JOIN LATERAL ({_ROW_AT.format(at="h.s")}) a ON true
+        LEFT JOIN LATERAL ({_ROW_AT.format(at="h.e")}) z ON true
+        CROSS JOIN LATERAL (SELECT {_PULSE_ENERGY} AS diff) p
         ON CONFLICT (meter_no, hour_start) DO UPDATE SET
             hour_end = EXCLUDED.hour_end, day = EXCLUDED.day, kWh_start = EXCLUDED.kWh_start,
-            kWh = EXCLUDED.kWh, kWh_diff = EXCLUDED.kWh_diff, computed_at = EXCLUDED.computed_at
-        WHERE (t.hour_end, t.day, t.kWh_start, t.kWh)
-              IS DISTINCT FROM (EXCLUDED.hour_end, EXCLUDED.day, EXCLUDED.kWh_start, EXCLUDED.kWh)
+            kWh = EXCLUDED.kWh, kWh_diff = EXCLUDED.kWh_diff, kWh_set = EXCLUDED.kWh_set,
+            computed_at = EXCLUDED.computed_at
+        WHERE (t.hour_end, t.day, t.kWh_start, t.kWh, t.kWh_diff, t.kWh_set)
+              IS DISTINCT FROM (EXCLUDED.hour_end, EXCLUDED.day, EXCLUDED.kWh_start,
+                                EXCLUDED.kWh, EXCLUDED.kWh_diff, EXCLUDED.kWh_set)
         """,
         starts=[h[0] for h in hours],
         ends=[h[1] for h in hours],
@@ -129,25 +149,36 @@ def upsert_days(con: Connection, days: list[tuple[date, datetime, datetime]], no
     con.run(
         f"""
         INSERT INTO meter_daily_totals AS t
-            (day, meter_no, day_start, day_end, kWh_start, kWh, kWh_diff, computed_at)
-        SELECT d.d, m.meter_no, d.s, d.e, a.kWh, z.kWh, z.kWh - a.kWh, :now
+            (day, meter_no, day_start, day_end, kWh_start, kWh, kWh_diff, kWh_set, computed_at)
+        SELECT d.d, m.meter_no, d.s, d.e, a.kWh, z.kWh, p.diff, z.kWh - a.kWh - p.diff, :now
         FROM unnest(CAST(:days AS date[]), CAST(:starts AS timestamptz[]),
                     CAST(:ends AS timestamptz[])) AS d(d, s, e)
         CROSS JOIN meter_metadata m
-        LEFT JOIN LATERAL ({_READING_AT.format(at="d.s")}) a ON true
-        LEFT JOIN LATERAL ({_READING_AT.format(at="d.e")}) z ON true
+        LEFT JOIN LATERAL ({_ROW_AT.format(at="d.s")}) a ON true
+        LEFT JOIN LATERAL ({_ROW_AT.format(at="d.e")}) z ON true
+        CROSS JOIN LATERAL (SELECT {_PULSE_ENERGY} AS diff) p
         ON CONFLICT (day, meter_no) DO UPDATE SET
             day_start = EXCLUDED.day_start, day_end = EXCLUDED.day_end,
             kWh_start = EXCLUDED.kWh_start, kWh = EXCLUDED.kWh, kWh_diff = EXCLUDED.kWh_diff,
-            computed_at = EXCLUDED.computed_at
-        WHERE (t.day_start, t.day_end, t.kWh_start, t.kWh)
+            kWh_set = EXCLUDED.kWh_set, computed_at = EXCLUDED.computed_at
+        WHERE (t.day_start, t.day_end, t.kWh_start, t.kWh, t.kWh_diff, t.kWh_set)
               IS DISTINCT FROM (EXCLUDED.day_start, EXCLUDED.day_end, EXCLUDED.kWh_start,
-                                EXCLUDED.kWh)
+                                EXCLUDED.kWh, EXCLUDED.kWh_diff, EXCLUDED.kWh_set)
         """,
         days=[d[0] for d in days],
         starts=[d[1] for d in days],
         ends=[d[2] for d in days],
         now=now,
+    )
+    return max(con.row_count, 0)
+
+
+def prune_dead_letters(con: Connection, keep: int = DEAD_LETTERS_KEPT) -> int:
+    """Keep the newest `keep` dead letters; returns how many older ones were deleted."""
+    con.run(
+        """DELETE FROM dead_letters WHERE id <= (SELECT id FROM dead_letters
+                                              ORDER BY id DESC OFFSET :keep LIMIT 1)""",
+        keep=keep,
     )
     return max(con.row_count, 0)
 

@@ -3,8 +3,8 @@ transactions, the rule that tells an outage from a refused statement, and the lo
 only one process of a kind work on a database.
 
 The lock is a session-level advisory lock that expires: its holder runs a statement at least
-every HEARTBEAT seconds (Lock.keep_alive), and a session that has held it silently for LEASE
-seconds is taken for dead (a network partition leaves such a session on the server for hours,
+three times a lease (Lock.keep_alive), and a session that has held it silently for LEASE
+seconds, waiting for its client, is taken for dead (a network partition leaves such a session on the server for hours,
 until TCP keepalive gives up) and is terminated, which releases the lock and rolls back whatever
 it had not committed. So after any partition the work resumes within LEASE of the network's
 return, and still only one session ever holds the lock.
@@ -40,8 +40,9 @@ ERRORS = (pg8000.native.InterfaceError, OSError, pg8000.native.DatabaseError)
 # exception, 57 operator intervention (shutdown, restart, our own lock takeover), 53
 # insufficient resources.
 OUTAGE_CLASSES = ("08", "57", "53")
-HEARTBEAT = 10.0  # seconds: a lock holder runs a statement at least this often
+TIMEOUT = 10.0  # seconds a statement (or a connection attempt) may go unanswered
 LEASE = 30.0  # seconds: a holder silent for this long is taken for dead
+HEARTBEATS_PER_LEASE = 3  # a holder runs a statement at least this often per lease
 LOCK_RETRY = 1.0  # seconds between tries while another process holds the lock
 # Server-side settings of our sessions: the server notices a dead client within about half a
 # minute (where TCP can tell), and never keeps a transaction open for an absent one.
@@ -60,7 +61,9 @@ class LockHeld(Exception):
     """Another live process of the same kind holds the lock on this database."""
 
 
-def connect(settings: PostgresSettings, application_name: str, timeout: float = 10) -> Connection:
+def connect(
+    settings: PostgresSettings, application_name: str, timeout: float = TIMEOUT
+) -> Connection:
     # As with libpq, a host that is a directory means the server's unix socket in it.
     socket = settings.host.startswith("/")
     con: Connection = pg8000.native.Connection(
@@ -147,7 +150,7 @@ class Lock:
             return
         holder = self.con.run(
             """SELECT a.pid, extract(epoch FROM now() - a.state_change)::float8,
-                      a.application_name, coalesce(host(a.client_addr), 'local')
+                      a.application_name, coalesce(host(a.client_addr), 'local'), a.state
                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
                          SELECT oid FROM pg_database WHERE datname = current_database())
@@ -160,8 +163,10 @@ class Lock:
             if self._try():
                 return
             raise LockHeld(f"another {self.name} holds the lock on this database")
-        pid, silent, app, client = holder[0]
-        if silent is None or silent < self.lease:
+        pid, silent, app, client, state = holder[0]
+        # A statement still running is work, however long (a migration at start can take
+        # minutes): only a session waiting for its client is taken for dead.
+        if silent is None or silent < self.lease or state == "active":
             raise LockHeld(
                 f"another {self.name} is working on this database "
                 f"(session {pid} of {app or '?'} from {client})"
@@ -193,8 +198,8 @@ class Lock:
         return bool(got)
 
     def keep_alive(self) -> None:
-        """Show the server this session is alive: a statement every HEARTBEAT seconds."""
-        if time.monotonic() - self.last_statement >= HEARTBEAT:
+        """Show the server this session is alive: a statement at least three times a lease."""
+        if time.monotonic() - self.last_statement >= self.lease / HEARTBEATS_PER_LEASE:
             self.con.run("SELECT 1")
             self.last_statement = time.monotonic()
 

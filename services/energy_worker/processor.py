@@ -51,6 +51,7 @@ class Processor:
         *,
         termination: program.Termination | None = None,
         lease: float = db.LEASE,
+        db_timeout: float = db.TIMEOUT,
         commit_interval: float = COMMIT_INTERVAL,
         durable_after: float | None = None,
     ) -> None:
@@ -61,7 +62,9 @@ class Processor:
         self.termination = termination or program.Termination(deferred=True)
         self.commit_interval = commit_interval
         self.durable_after = durable_after  # None: ask Redis (redisconn.durable_after)
-        self.session = db.LockedSession(lambda name: db.connect(pg, name), "processor", lease)
+        self.session = db.LockedSession(
+            lambda name: db.connect(pg, name, db_timeout), "processor", lease
+        )
         # The committed state, as PostgreSQL holds it.
         self.meters: dict[int, Meter] = {}
         self.records: dict[int, MeterRecord] = {}

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pg8000.native
+import psutil
 import pytest
 import redis
 
@@ -86,7 +87,10 @@ def no_process_left_behind() -> Iterator[None]:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     yield
     left = []
-    for pid in _processes_of_this_run():
+    # Marked by the run's id, or adopted by this process (a server may overwrite its
+    # environment, as redis-server does for its title, but its parent dies before it).
+    adopted = [p.pid for p in psutil.Process().children(recursive=True) if p.status() != "zombie"]
+    for pid in sorted(set(_processes_of_this_run()) | set(adopted)):
         try:
             left.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:120]!r}")
             os.kill(pid, signal.SIGKILL)

@@ -4,10 +4,10 @@ only one process of a kind work on a database.
 
 The lock is a session-level advisory lock that expires: its holder runs a statement at least
 three times a lease (Lock.keep_alive), and a session that has held it silently for LEASE
-seconds, waiting for its client, is taken for dead (a network partition leaves such a session on the server for hours,
-until TCP keepalive gives up) and is terminated, which releases the lock and rolls back whatever
-it had not committed. So after any partition the work resumes within LEASE of the network's
-return, and still only one session ever holds the lock.
+seconds, waiting for its client, is taken for dead (a network partition leaves such a session
+on the server for hours, until TCP keepalive gives up) and is terminated, which releases the
+lock and rolls back whatever it had not committed. So after any partition the work resumes
+within LEASE of the network's return, and still only one session ever holds the lock.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ embedded servers stopped, so the processor's last batch still reaches PostgreSQL
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import logging
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import pg8000.native
 import redis
@@ -173,6 +174,25 @@ class EmbeddedPostgres(Server):
         self.log_path.touch()
         os.chown(self.log_path, entry.pw_uid, entry.pw_gid)
         self.run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        self.check_reachable()
+
+    def check_reachable(self) -> None:
+        """As root, the server runs as PG_SYSTEM_USER, who must be able to run the binaries
+        and to write the data: a checkout in a private folder (mode 0700, as `mktemp -d`
+        makes) stops it. Says so in one line instead of failing in initdb."""
+        probe = subprocess.run(
+            ["sh", "-c", 'test -x "$1" && test -w "$2"', "sh", str(self.bin / "initdb"),
+             str(self.data)],
+            check=False, **self.run_as,
+        )  # fmt: skip
+        if probe.returncode != 0:
+            raise SystemExit(
+                f"devrun: as root, the embedded PostgreSQL runs as user {PG_SYSTEM_USER}, who "
+                f"cannot reach {repo_relative(self.data)} or the server's programs in .venv (a "
+                "folder on the way is private, as `mktemp -d` makes them): run `make run` as a "
+                "normal user, make those folders searchable (chmod o+x), or set POSTGRES_HOST "
+                "to a server of your own"
+            )
 
     def start(self, preferred_port: int | None) -> None:
         self.data.mkdir(mode=0o700, exist_ok=True)
@@ -276,9 +296,31 @@ def program_env(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def hold_var() -> IO[str]:
+    """One `make run` per var/: a second one refuses at once instead of stopping the first one's
+    servers as leftovers. The lock goes with this process, however it ends, so a server left
+    by a run that really died is still cleaned up by the next one."""
+    lock = (VAR / "make-run.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        raise SystemExit(
+            f"devrun: another `make run` (pid {holder}) is using {repo_relative(VAR)}; stop it "
+            "with Ctrl-C first, or give this one a folder of its own (ENERGY_WORKER_VAR=...)"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 def main() -> int:
     logs.setup("devrun")
     VAR.mkdir(mode=0o755, exist_ok=True)
+    lock = hold_var()  # noqa: F841 - held while this process lives
     env = program_env(os.environ)
     ports = remembered_ports()
     servers: list[Server] = []

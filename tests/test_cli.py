@@ -293,3 +293,28 @@ def test_pulses_since_midnight_count_pulses_not_typed_in_readings(
         assert reports.pulses_since(con, [1, 2, 3], since, True) == {1: 5, 2: 2, 3: 0}
     finally:
         con.close()
+
+
+def test_a_full_buffer_loses_pulses_and_the_report_says_so(r: redis.Redis, capsys):
+    # Nothing takes the keys here (no router): the first pulse stays in flight, four more wait
+    # in the buffer, and every further one is lost, as on the Arduino.
+    meter = config.load_meters(METERS)[1]
+    put = simulate.Input(meter, 36_000, 100.0, "channel:1:timestamp", 1000.0, 5000)
+    arduino = simulate.Arduino(r, [put], repeat=0)
+    arduino.make_pulses(1000.45, 1001.0)  # at 1000.0, 1000.1 ... 1000.4: five, all buffered
+    arduino.send()
+    assert r.get("channel:1:timestamp") == b"5000" and len(put.buffer) == 4
+    arduino.make_pulses(1000.95, 1001.0)  # five more: one fits, four are lost
+    arduino.look_at_flights()
+    arduino.send()  # "102 Processing": the key is still there
+    assert (put.made, put.lost, len(put.buffer), put.sent) == (10, 4, 5, 0)
+    assert [p.millis for p in put.buffer] == [5100, 5200, 5300, 5400, 5500]
+    assert simulate.report(arduino, 1.0, None, None, 0.0) == 1
+    out = capsys.readouterr().out
+    assert "Not every pulse arrived: 4 lost: the buffer of 5 was full; 5 still in the buffer" in (
+        out
+    )
+    assert "1 key not yet taken by the service (is it running?)" in out
+    r.delete("channel:1:timestamp")  # the service took it
+    arduino.look_at_flights()
+    assert put.sent == 1 and len(arduino.clear_ms) == 1

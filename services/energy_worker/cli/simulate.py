@@ -101,6 +101,7 @@ class Arduino:
         self.repeat = repeat
         self.clear_ms: list[float] = []
         self.paused = False  # after a restart, until `powerup` is taken
+        self.interrupted = False
 
     @staticmethod
     def due(put: Input) -> float:
@@ -199,28 +200,32 @@ def run(args: argparse.Namespace, session: Session) -> int:
     restart_at = None if args.powerup is None else start + args.powerup
     powerup_sent = powerup_taken = None
     next_report = start + 1.0
-    while True:
-        now = time.monotonic()
-        if restart_at is not None and now >= restart_at:
-            arduino.restart()
-            restart_at = None
-        if arduino.paused:  # say powerup, as the webhook writes it, and wait until it is taken
-            if powerup_sent is None:
-                powerup_sent = now if r.set(POWERUP_KEY, "true", nx=True) else None
-            elif not r.exists(POWERUP_KEY):
-                powerup_taken = now
-                arduino.paused = False
-        arduino.make_pulses(now, end)
-        arduino.look_at_flights()
-        arduino.send()
-        if now >= next_report:
-            progress(arduino, now - start, args.duration)
-            next_report += 1.0
-        if now >= end and arduino.idle() and not arduino.paused:
-            break
-        if now >= end + DRAIN_S:
-            break
-        time.sleep(TICK_S)
+    try:
+        while True:
+            now = time.monotonic()
+            if restart_at is not None and now >= restart_at:
+                arduino.restart()
+                restart_at = None
+            if arduino.paused:  # say powerup as the webhook writes it; wait until it is taken
+                if powerup_sent is None:
+                    powerup_sent = now if r.set(POWERUP_KEY, "true", nx=True) else None
+                elif not r.exists(POWERUP_KEY):
+                    powerup_taken = now
+                    arduino.paused = False
+            arduino.make_pulses(now, end)
+            arduino.look_at_flights()
+            arduino.send()
+            if now >= next_report:
+                progress(arduino, now - start, args.duration)
+                next_report += 1.0
+            if now >= end and arduino.idle() and not arduino.paused:
+                break
+            if now >= end + DRAIN_S:
+                break
+            time.sleep(TICK_S)
+    except KeyboardInterrupt:  # Ctrl-C: say what was sent so far
+        print("\ninterrupted")
+        arduino.interrupted = True
     return report(arduino, time.monotonic() - start, powerup_sent, powerup_taken, start)
 
 
@@ -304,11 +309,15 @@ def report(
     rebooted = sum(p.lost_reboot for p in arduino.inputs)
     if rebooted:
         problems.append(f"{rebooted} buffered at the restart (lost, as in a real reboot)")
-    undelivered = sum(len(p.buffer) + (p.in_flight is not None) for p in arduino.inputs)
-    if undelivered:
+    unsent = sum(len(p.buffer) for p in arduino.inputs)
+    if unsent:
+        why = "interrupted" if arduino.interrupted else f"not within {DRAIN_S:g} s after the run"
+        problems.append(f"{unsent} still in the buffer, not sent ({why})")
+    waiting = sum(p.in_flight is not None for p in arduino.inputs)
+    if waiting:
         problems.append(
-            f"{undelivered} not delivered within {DRAIN_S:g} s after the run (is the service "
-            "running?); a key left in Redis is still counted when the service takes it"
+            f"{waiting} key{'s' if waiting > 1 else ''} not yet taken by the service (is it "
+            "running?): counted when it takes them"
         )
     if problems:
         print("Not every pulse arrived: " + "; ".join(problems) + ".")

@@ -338,7 +338,7 @@ def as_json(report: Report) -> str:
                 "power_now_w": m.power_now_w,
                 "last_power_w": m.last_power_w,
                 "last_pulse": show.iso(m.last_pulse),
-                "last_pulse_age_s": None if m.quiet_s is None else round(m.quiet_s, 3),
+                "last_pulse_age_s": rounded(m.quiet_s),
                 "pulses_today": m.pulses_today,
             }
             for m in report.meters
@@ -347,9 +347,9 @@ def as_json(report: Report) -> str:
         "pipeline": {
             "backlog": report.backlog,
             "backlog_change": report.backlog_change,
-            "oldest_wait_s": report.oldest_wait_s,
+            "oldest_wait_s": rounded(report.oldest_wait_s),
             "last_commit": show.iso(report.last_commit),
-            "last_commit_age_s": report.last_commit_age_s,
+            "last_commit_age_s": rounded(report.last_commit_age_s),
             "programs": report.programs,
             "programs_note": report.programs_note or None,
         },
@@ -375,6 +375,10 @@ def as_json(report: Report) -> str:
         },
     }
     return json.dumps(data, indent=2)
+
+
+def rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def run(args: argparse.Namespace, session: Session) -> int:

@@ -36,9 +36,17 @@ RUN addgroup -S -g 10001 energy \
 # at run time: otherwise every start compiles it again, in memory.
 COPY etc/ ./etc/
 COPY sql/ ./sql/
+COPY pyproject.toml ./
 COPY services/ ./services/
 COPY supervisord.conf entrypoint.sh ./
-RUN python -m compileall -q -o 2 /app/services "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+RUN python -m compileall -q -o 0 -o 2 /app/services "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+
+# The operator's command, `energy-worker` on the PATH (docker compose exec energy-worker
+# energy-worker status): the project installed as a package, pure Python, built with the
+# setuptools pinned in pyproject.toml. The code that runs is still /app/services (PYTHONPATH
+# comes first); the build's leftovers go.
+RUN pip install --no-cache-dir --no-deps . \
+    && rm -rf build services/energy_worker.egg-info
 
 USER 10001:10001
 

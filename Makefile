@@ -7,14 +7,17 @@ PIP := $(VPY) -m pip install --quiet --disable-pip-version-check
 RUN_STAMP := $(VENV)/.run-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run test check lint types compile bench clean
+.PHONY: run status simulate test check lint types compile bench clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
-# What the service needs at run time, and make run's embedded servers: nothing for tests.
-$(RUN_STAMP): requirements.txt requirements-run.txt | $(VPY)
+# What the service needs at run time, and make run's embedded servers: nothing for tests. Then
+# the project itself, editable (its code stays in services/), for the console script
+# .venv/bin/energy-worker.
+$(RUN_STAMP): requirements.txt requirements-run.txt pyproject.toml | $(VPY)
 	$(PIP) -r requirements-run.txt
+	$(PIP) --no-deps -e .
 	$(VPY) -m compileall -q -o 2 $(VENV)/lib
 	touch $@
 
@@ -30,6 +33,14 @@ $(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
 
 run: $(RUN_STAMP) compile
 	PYTHONPATH=services $(VPY) -m energy_worker.devrun
+
+# The operator's commands against a running `make run` (it finds the servers by itself), e.g.
+#   make status    make status ARGS=--json    make simulate ARGS="--meters 1,2 --power 2000,500"
+status: $(RUN_STAMP)
+	$(VENV)/bin/energy-worker status $(ARGS)
+
+simulate: $(RUN_STAMP)
+	$(VENV)/bin/energy-worker simulate $(ARGS)
 
 # Everything: lint, types, and every test (processes, supervisord, the entrypoint, make run).
 test: $(DEV_STAMP) lint types compile

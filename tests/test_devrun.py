@@ -21,6 +21,7 @@ import redis
 from stack import PROGRAMS, Webhook, all_stored
 from supervisor.xmlrpc import SupervisorTransport
 
+from cli_support import cli
 from energy_worker import config
 from helpers import REPO, wait_until
 
@@ -61,6 +62,12 @@ def devrun_round(var: Path, env: dict[str, str], hook: Webhook | None) -> Webhoo
             config.PostgresSettings("127.0.0.1", ports["postgres"], "energy", "postgres", ""), hook
         )
         client.close()
+        # `make status`: the command finds this run's servers by itself (var/make-run.json)
+        status = cli(env, "status", "--json")
+        assert status.code == 0, status
+        data = json.loads(status.out)
+        assert sum(m["pulses_today"] for m in data["meters"]) >= 12
+        assert set(data["pipeline"]["programs"].values()) <= {"RUNNING", "STARTING"}
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         # the entrypoint exits 130 after SIGINT; make run's Ctrl-C is no error for make
         assert proc.wait(60) == 0, log_path.read_text()

@@ -34,10 +34,10 @@ from typing import IO, Any
 import pg8000.native
 import redis
 
-from . import config, logs, totals
+from . import config, logs, makerun, totals
 
 # ENERGY_WORKER_VAR moves it (the tests use a folder of their own).
-VAR = Path(os.environ.get("ENERGY_WORKER_VAR") or config.REPO_ROOT / "var").resolve()
+VAR = makerun.var_dir(os.environ)
 PORTS_FILE = VAR / "ports.json"
 DATABASE = "energy"
 PG_USER = "postgres"
@@ -345,9 +345,12 @@ def main() -> int:
             ports["redis"] = rd.port
             env.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(rd.port))
         PORTS_FILE.write_text(json.dumps(ports))
+        # For the `energy-worker` command (`make status`): where this run's servers are.
+        makerun.write(VAR, env)
         log.info(
-            "to look at the programs: ENERGY_WORKER_RUN_DIR=%s "
-            ".venv/bin/supervisorctl -c supervisord.conf status",
+            "to see how it is doing: make status (or .venv/bin/energy-worker status); "
+            "the programs: ENERGY_WORKER_RUN_DIR=%s .venv/bin/supervisorctl -c supervisord.conf "
+            "status",
             repo_relative(env["ENERGY_WORKER_RUN_DIR"]),
         )
         return run_entrypoint(env)

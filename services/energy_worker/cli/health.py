@@ -1,0 +1,51 @@
+"""The rules `energy-worker status` judges the service by (pure: numbers in, findings out). Its
+help text (cli/parser.py, STATUS_EPILOG) says the same in words; keep the two together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..meter import WATT_MS_PER_KWH, power_bound_w
+
+BACKLOG_WAIT_S = 60.0  # the oldest waiting pulse; the processor commits thousands a second
+SILENCE_MIN_S = 3600.0  # a meter may be quiet for an hour whatever its last power
+SILENCE_FACTOR = 100  # ... and for 100 times the period its last power implies
+DEADLETTER_RECENT_S = 3600.0  # rejected input this recent needs a look
+PUSH_FAILING_S = 86_400.0  # a push failing for a day: the sheet misses days
+
+
+def power_now(last_watt: int | None, max_power_w: int, pulses_per_kwh: int, quiet_ms: int) -> int:
+    """The most the meter can draw now: its last power (its maximum when that pulse carried
+    none), capped by the bound that falls while no pulse comes (meter.power_bound_w)."""
+    last = max_power_w if last_watt is None else last_watt
+    return min(last, power_bound_w(quiet_ms, pulses_per_kwh))
+
+
+def implied_period_ms(watt: int, pulses_per_kwh: int) -> float:
+    """The time between pulses at this power."""
+    return WATT_MS_PER_KWH / (watt * pulses_per_kwh)
+
+
+def meter_silent(last_watt: int | None, pulses_per_kwh: int, quiet_s: float) -> bool:
+    """Silent for much longer than its last power implies (a power of 0 or none implies
+    nothing: the first pulse after a powerup carries no power)."""
+    if not last_watt or last_watt <= 0:
+        return False
+    implied_s = implied_period_ms(last_watt, pulses_per_kwh) / 1000
+    return quiet_s > max(SILENCE_MIN_S, SILENCE_FACTOR * implied_s)
+
+
+def backlog_stuck(oldest_wait_s: float | None) -> bool:
+    return oldest_wait_s is not None and oldest_wait_s > BACKLOG_WAIT_S
+
+
+def push_failing(failing_for_s: float | None) -> bool:
+    return failing_for_s is not None and failing_for_s > PUSH_FAILING_S
+
+
+UP = ("RUNNING", "STARTING")  # STARTING: just started (the exit listener, for its first second)
+
+
+def not_running(states: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The programs supervisord has neither RUNNING nor STARTING, with their states."""
+    return [(name, state) for name, state in sorted(states.items()) if state not in UP]

@@ -149,7 +149,7 @@ def test_simulate_feeds_the_service_and_status_shows_it(service: Service):
     assert one["power_now_w"] <= 14400 and abs(one["power_now_w"] - min(14400, bound)) <= 100
     assert data["pipeline"]["backlog"] == 0 and data["pipeline"]["last_commit_age_s"] < 60
     assert set(data["pipeline"]["programs"].values()) == {"RUNNING"}
-    assert data["pulses_today_from"] == "history counts"
+    assert data["pulses_today_from"] == "meter_pulses_at"
     assert data["deadletters"]["count"] == 0 and data["pushes"]["pending"] == 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -22,12 +23,11 @@ from stack import PROGRAMS, Webhook, all_stored
 from supervisor.xmlrpc import SupervisorTransport
 
 from cli_support import cli
-from energy_worker import config
+from energy_worker import config, devrun
 from helpers import REPO, wait_until
 
 
-def devrun_round(var: Path, env: dict[str, str], hook: Webhook | None) -> Webhook:
-    """One `make run`: wait for its programs, send pulses, find them, then Ctrl-C."""
+def start_devrun(var: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = var / f"devrun-{time.monotonic_ns()}.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
@@ -38,6 +38,16 @@ def devrun_round(var: Path, env: dict[str, str], hook: Webhook | None) -> Webhoo
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return proc, log_path
+
+
+def devrun_round(
+    var: Path, env: dict[str, str], hook: Webhook | None, *, end: str = "ctrl-c"
+) -> Webhook:
+    """One `make run`: wait for its programs, send pulses, find them, then end it: Ctrl-C; or
+    a second `make run` first, which must leave this one alone; or kill -9 of the whole
+    terminal's process group, which leaves the servers (sessions of their own) behind."""
+    proc, log_path = start_devrun(var, env)
 
     def running() -> bool:
         assert proc.poll() is None, log_path.read_text()
@@ -68,6 +78,15 @@ def devrun_round(var: Path, env: dict[str, str], hook: Webhook | None) -> Webhoo
         data = json.loads(status.out)
         assert sum(m["pulses_today"] for m in data["meters"]) >= 12
         assert set(data["pipeline"]["programs"].values()) <= {"RUNNING", "STARTING"}
+        if end == "second":
+            second, second_log = start_devrun(var, env)
+            assert second.wait(30) == 1
+            assert "another `make run`" in second_log.read_text()
+            assert running()  # undisturbed
+        if end == "kill":
+            os.killpg(proc.pid, signal.SIGKILL)  # a crashed terminal: its servers stay
+            proc.wait(10)
+            return hook
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         # the entrypoint exits 130 after SIGINT; make run's Ctrl-C is no error for make
         assert proc.wait(60) == 0, log_path.read_text()
@@ -91,7 +110,38 @@ def test_make_run_with_embedded_servers_stops_on_ctrl_c_and_keeps_its_data():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "REDIS"))}
     env.update(ENERGY_WORKER_VAR=str(var), PYTHONPATH=str(REPO / "services"), COMMIT_INTERVAL="0.5")
     try:
-        hook = devrun_round(var, env, None)
-        devrun_round(var, env, hook)  # the second `make run` finds the first one's data
+        hook = devrun_round(var, env, None, end="second")
+        devrun_round(var, env, hook, end="kill")
+        # the next `make run` stops what the killed one left, and finds the data again
+        hook = devrun_round(var, env, hook)
+        log = "".join(p.read_text() for p in sorted(var.glob("devrun-*.log")))
+        assert "stopping a server left over from an earlier run" in log
     finally:
         shutil.rmtree(var, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_as_root_a_private_checkout_stops_with_one_line_that_says_what_to_do(tmp_path: Path):
+    private = tmp_path / "checkout"  # mode 0700, as `mktemp -d` makes it
+    private.mkdir(mode=0o700)
+    server = devrun.EmbeddedPostgres(private / "var" / "postgres")
+    server.data.mkdir(parents=True)
+    entry = pwd.getpwnam(devrun.PG_SYSTEM_USER) if _has_user() else None
+    if entry is None:
+        subprocess.run(["useradd", "--system", "-M", devrun.PG_SYSTEM_USER], check=True)
+        entry = pwd.getpwnam(devrun.PG_SYSTEM_USER)
+    server.run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    with pytest.raises(SystemExit) as stopped:
+        server.check_reachable()
+    message = str(stopped.value)
+    assert message.count("\n") == 0 and "cannot reach" in message
+    assert "run `make run` as a normal user" in message and "chmod o+x" in message
+    # (a reachable folder passes: the make run test above runs in one)
+
+
+def _has_user() -> bool:
+    try:
+        pwd.getpwnam(devrun.PG_SYSTEM_USER)
+    except KeyError:
+        return False
+    return True

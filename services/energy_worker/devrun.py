@@ -103,7 +103,7 @@ def wait_for(what: str, check: Callable[[], None], timeout: float = START_TIMEOU
 
 def stop_leftover(pid_file: Path, marker: str) -> None:
     """A server of an earlier run that was killed with us still running: stop it first."""
-    import psutil  # noqa: PLC0415 - a dev requirement, only needed here
+    import psutil  # noqa: PLC0415 - only needed here (make run's requirements have it)
 
     try:
         pid = int(pid_file.read_text().split()[0])
@@ -115,8 +115,16 @@ def stop_leftover(pid_file: Path, marker: str) -> None:
         return
     log.warning("stopping a server left over from an earlier run (pid %s)", pid)
     proc.send_signal(signal.SIGINT)
-    with contextlib.suppress(psutil.Error):
-        proc.wait(STOP_TIMEOUT)
+
+    def gone() -> bool:  # an exited server nobody reaped yet is a zombie: gone as well
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class Server:

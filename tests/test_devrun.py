@@ -45,7 +45,7 @@ def devrun_round(
     var: Path, env: dict[str, str], hook: Webhook | None, *, end: str = "ctrl-c"
 ) -> Webhook:
     """One `make run`: wait for its programs, send pulses, find them, then end it: Ctrl-C; or
-    a second `make run` first, which must leave this one alone; or kill -9 of the whole
+    (kill) a second `make run`, which must leave this one alone, then kill -9 of the whole
     terminal's process group, which leaves the servers (sessions of their own) behind."""
     proc, log_path = start_devrun(var, env)
 
@@ -78,12 +78,11 @@ def devrun_round(
         data = json.loads(status.out)
         assert sum(m["pulses_today"] for m in data["meters"]) >= 12
         assert set(data["pipeline"]["programs"].values()) <= {"RUNNING", "STARTING"}
-        if end == "second":
+        if end == "kill":
             second, second_log = start_devrun(var, env)
             assert second.wait(30) == 1
             assert "another `make run`" in second_log.read_text()
             assert running()  # undisturbed
-        if end == "kill":
             os.killpg(proc.pid, signal.SIGKILL)  # a crashed terminal: its servers stay
             proc.wait(10)
             return hook
@@ -110,8 +109,7 @@ def test_make_run_with_embedded_servers_stops_on_ctrl_c_and_keeps_its_data():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "REDIS"))}
     env.update(ENERGY_WORKER_VAR=str(var), PYTHONPATH=str(REPO / "services"), COMMIT_INTERVAL="0.5")
     try:
-        hook = devrun_round(var, env, None, end="second")
-        devrun_round(var, env, hook, end="kill")
+        hook = devrun_round(var, env, None, end="kill")
         # the next `make run` stops what the killed one left, and finds the data again
         hook = devrun_round(var, env, hook)
         log = "".join(p.read_text() for p in sorted(var.glob("devrun-*.log")))

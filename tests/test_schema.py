@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -80,3 +81,11 @@ def test_a_grafana_role_problem_does_not_stop_the_set_up(worker_env, pg):
     assert "Grafana's read-only role was not set up" in done.stderr
     assert "ready: schema version" in done.stderr
     assert "pw%$" not in done.stderr
+
+
+def test_the_installation_id_is_made_once(sql):
+    """The publisher's entities in Home Assistant derive from it: it must never change."""
+    ((first,),) = sql.run("SELECT id FROM installation")
+    assert re.fullmatch(r"[0-9a-f]{16}", first)
+    assert schema.apply(sql, config.load_meters()) >= 5
+    assert sql.run("SELECT id FROM installation") == [[first]]

@@ -66,7 +66,7 @@ def make(pg: config.PostgresSettings, space: Space) -> Iterator[Callable[..., Pu
         settings = config.mqtt_settings((where or space).env(**(env or {})))
         options = {
             "poll_interval": 0.01,
-            "broker_retry": (0.05, 0.2),
+            "broker_retry": (0.01, 0.05),
             "pg_retry": (0.02, 0.1),
             "min_interval": 0.0,  # no throttle, but in the test of the throttle
             "sync_timeout": 2.0,

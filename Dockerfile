@@ -1,4 +1,5 @@
-# energy-worker: router, processor and pusher under supervisord, in one container.
+# energy-worker: router, processor, pusher (and, with MQTT_HOST, the publisher) under
+# supervisord, in one container.
 # Built for the Raspberry Pi by default; other hosts choose their base, e.g.
 #   docker build --build-arg BASE_IMAGE=python:3-alpine .          (amd64, arm64)
 ARG BASE_IMAGE=arm32v7/python:3-alpine

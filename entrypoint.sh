@@ -2,12 +2,13 @@
 # energy-worker's entrypoint, modelled on the official postgres image's docker-entrypoint.sh.
 # The container runs it; so does `make run` (services/energy_worker/devrun.py) on a host.
 #
-#   1. POSTGRES_* settings, REDIS_PASSWORD, GRAFANA_DB_PASSWORD and GOOGLE_WEBHOOK_URL (each may
-#      come from a file: POSTGRES_PASSWORD_FILE=/run/secrets/...)
+#   1. POSTGRES_* settings, REDIS_PASSWORD, GRAFANA_DB_PASSWORD, GOOGLE_WEBHOOK_URL and
+#      MQTT_PASSWORD (each may come from a file: POSTGRES_PASSWORD_FILE=/run/secrets/...)
 #   2. render etc/postgres.ini.template to $POSTGRES_INI (default /etc/postgres.ini), mode 0600
 #   3. wait for PostgreSQL and Redis (POSTGRES_WAIT_SECONDS / REDIS_WAIT_SECONDS, default 600)
 #   4. apply the schema and the meter config (python -m energy_worker.setup)
-#   5. run supervisord in the foreground, as a child (see ew_run_supervisord), and exit 0 only
+#   5. the optional programs: the publisher only with MQTT_HOST (ew_optional_programs)
+#   6. run supervisord in the foreground, as a child (see ew_run_supervisord), and exit 0 only
 #      after the `stop` key
 #
 # With arguments that are not supervisord options it runs them instead (e.g. `sh` to look around).
@@ -64,11 +65,17 @@ ew_setup_env() {
 	# a key), which may come from files too.
 	file_env GRAFANA_DB_PASSWORD
 	file_env GOOGLE_WEBHOOK_URL
+	# The publisher's login to the MQTT broker (Home Assistant).
+	file_env MQTT_PASSWORD
+	[ -n "$MQTT_PASSWORD" ] || unset MQTT_PASSWORD
 	export POSTGRES_INI="${POSTGRES_INI:-/etc/postgres.ini}"
 	export ENERGY_WORKER_RUN_DIR="${ENERGY_WORKER_RUN_DIR:-$APP_DIR/var/run}"
 	# Docstrings and asserts stay out of memory: six processes share a Pi's RAM. (The code is
 	# compiled that way ahead: the image's build, `make run`'s set-up.)
 	export PYTHONOPTIMIZE="${PYTHONOPTIMIZE:-2}"
+	# For the programs' sections that supervisord includes from the run directory, where
+	# %(here)s is that directory (etc/supervisor/publisher.conf).
+	export ENERGY_WORKER_APP_DIR="$APP_DIR"
 	case ":${PYTHONPATH:-}:" in
 	*":$APP_DIR/services:"*) ;;
 	*) export PYTHONPATH="$APP_DIR/services${PYTHONPATH:+:$PYTHONPATH}" ;;
@@ -154,6 +161,22 @@ ew_apply_schema() {
 	ew_interruptible python -m energy_worker.setup || EW_EXIT=$? ew_error "applying the schema and meter config failed; see the lines above"
 }
 
+# Programs that exist only when configured, in the directory supervisord.conf includes
+# ($ENERGY_WORKER_RUN_DIR/conf.d): `supervisorctl status`, the HEALTHCHECK, fails for a program
+# that is not RUNNING, so a program with nothing to do must not be there at all. Its file is
+# written either way (a comment when the program is off): an include that matches nothing is a
+# warning of supervisord's at every start, and a file of an earlier run must not stay.
+ew_optional_programs() {
+	local dir="$ENERGY_WORKER_RUN_DIR/conf.d" host="${MQTT_HOST:-}"
+	mkdir -p "$dir"
+	if [ -n "${host//[[:space:]]/}" ]; then
+		cp "$APP_DIR/etc/supervisor/publisher.conf" "$dir/publisher.conf"
+		ew_log INFO "MQTT_HOST is set: the publisher runs (Home Assistant over MQTT)"
+	else
+		printf '; no [program:publisher]: MQTT_HOST is not set (entrypoint.sh)\n' >"$dir/publisher.conf"
+	fi
+}
+
 # The exit listener writes this just before it shuts supervisord down after a `stop`
 # (the stop protocol, docs/CONTRACT.md).
 EW_STOP_MARKER_NAME=stop-requested
@@ -227,6 +250,7 @@ _main() {
 		ew_wait_for_servers
 		ew_apply_schema
 		mkdir -p "$ENERGY_WORKER_RUN_DIR"
+		ew_optional_programs
 		# The processes read the password from $POSTGRES_INI, and only the set-up needs
 		# Grafana's: keep both out of their environment.
 		unset POSTGRES_PASSWORD GRAFANA_DB_PASSWORD

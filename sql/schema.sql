@@ -584,3 +584,21 @@ FROM worker_progress w
 WHERE w.id = 1;
 
 INSERT INTO schema_version (version) VALUES (5) ON CONFLICT (version) DO NOTHING;
+
+-- Version 6: the publisher's installation id (Home Assistant over MQTT). One row, created once:
+-- Home Assistant's unique ids, the device and the topics derive from it and the meter number
+-- (services/energy_worker/ha_discovery.py), so the entities survive restarts and meter renames.
+-- A new database (a new installation) gets a new id, and with it new entities. The id must be
+-- usable as one MQTT topic level and as a discovery node_id; 16 hex digits from md5 of random()
+-- and the clock work on every PostgreSQL version.
+CREATE TABLE IF NOT EXISTS installation (
+    id          text        PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9_-]{1,64}$'),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX IF NOT EXISTS installation_one_row ON installation ((true));
+INSERT INTO installation (id)
+    SELECT substr(md5(random()::text || clock_timestamp()::text), 1, 16)
+    WHERE NOT EXISTS (SELECT 1 FROM installation)
+    ON CONFLICT DO NOTHING;
+
+INSERT INTO schema_version (version) VALUES (6) ON CONFLICT (version) DO NOTHING;

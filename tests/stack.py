@@ -36,7 +36,9 @@ class Stack:
     def __init__(self, pg: config.PostgresSettings, rs: config.RedisSettings, tmp: Path) -> None:
         self.run_dir = tmp / "run"
         self.log_path = tmp / f"stack-{time.monotonic_ns()}.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "REDIS"))}
+        base = {
+            k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "REDIS", "MQTT"))
+        }
         self.env = {
             **base,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -56,11 +58,15 @@ class Stack:
             "LOG_LEVEL": "INFO",
             "COMMIT_INTERVAL": "0.5",  # the tests wait for commits: not the production 5 s
         }
+        # and the publisher, when MQTT_HOST is set at start()
+        self.programs: tuple[str, ...] = PROGRAMS
         self.popen: subprocess.Popen[bytes] | None = None
         self._log = self.log_path.open("wb")
         self._reader: threading.Thread | None = None
 
     def start(self) -> Stack:
+        if self.env.get("MQTT_HOST"):
+            self.programs = (*PROGRAMS, "publisher")
         # A pipe, as in a container: supervisord reopens /dev/stdout, which for a regular
         # file would mean a second file offset and lines written over each other.
         self.popen = subprocess.Popen(
@@ -99,7 +105,9 @@ class Stack:
         if self.popen.poll() is not None:
             raise AssertionError(f"stack exited {self.popen.returncode}:\n{self.log()}")
         info = self.info()
-        return bool(info) and all(info[p]["statename"] == "RUNNING" for p in PROGRAMS)
+        return bool(info) and all(
+            p in info and info[p]["statename"] == "RUNNING" for p in self.programs
+        )
 
     def pid(self, program: str) -> int:
         return self.info()[program]["pid"]

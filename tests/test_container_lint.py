@@ -4,16 +4,21 @@ issue 3 that can be read off these files."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from test_entrypoint import HOSTILE_PASSWORDS
 
+import helpers
+import mqtt_support as ms
 from helpers import REPO
 
 BIN = Path(sys.executable).parent
@@ -39,7 +44,7 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
-def compose_config(env_file: Path) -> dict:
+def compose_config(env_file: Path, *profiles: str) -> dict:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
     result = run(
         compose_binary(),
@@ -47,6 +52,7 @@ def compose_config(env_file: Path) -> dict:
         REPO / "docker-compose.yaml",
         "--env-file",
         env_file,
+        *(arg for profile in profiles for arg in ("--profile", profile)),
         "config",
         "--format",
         "json",
@@ -137,6 +143,41 @@ def test_compose_file_parses_and_keeps_its_promises():
     assert env["POSTGRES_WAIT_SECONDS"] == "600" and env["REDIS_WAIT_SECONDS"] == "600"
     for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
         assert env[name] == services["postgres-db"]["environment"][name]
+    # Home Assistant over MQTT: off as shipped (no MQTT_HOST, no broker service), every
+    # setting passed on, and no dependency on a broker that may not be there.
+    assert "mosquitto" not in services
+    assert env["MQTT_HOST"] == ""
+    for name in ("MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_TLS", "MQTT_CA_FILE",
+                 "MQTT_DISCOVERY_PREFIX", "MQTT_TOPIC_PREFIX"):  # fmt: skip
+        assert name in env, name
+    assert set(worker["depends_on"]) == {"redis-db", "postgres-db"}
+
+
+def test_the_mqtt_profile_adds_a_pinned_mosquitto_that_requires_a_login():
+    services = compose_config(REPO / ".env.example", "mqtt")["services"]
+    mosquitto = services["mosquitto"]
+    assert mosquitto["profiles"] == ["mqtt"]
+    # Pinned to a release (the official image: amd64, arm64, and arm32v6, which a Pi's arm/v7
+    # Docker pulls), never a moving tag.
+    assert re.fullmatch(r"eclipse-mosquitto:\d+\.\d+\.\d+", mosquitto["image"]), mosquitto["image"]
+    mounts = {v["target"]: v for v in mosquitto["volumes"]}
+    conf = mounts["/mosquitto/config/mosquitto.conf"]
+    assert conf["read_only"] and Path(conf["source"]) == REPO / "mosquitto" / "mosquitto.conf"
+    passwd = mounts["/mosquitto/config/passwd"]
+    assert passwd["read_only"] and Path(passwd["source"]) == REPO / "mosquitto" / "passwd"
+    # a missing password file stops the start instead of becoming an empty directory
+    assert not passwd.get("bind", {}).get("create_host_path", False)
+    assert mounts["/mosquitto/data"]["type"] == "volume"
+    (port,) = mosquitto["ports"]
+    assert (port["host_ip"], port["target"]) == ("127.0.0.1", 1883)  # this host only
+    # what the mounted config says fits the mounts
+    text = (REPO / "mosquitto" / "mosquitto.conf").read_text()
+    settings = dict(line.split(None, 1) for line in text.splitlines() if line and line[0] != "#")
+    assert settings["allow_anonymous"] == "false"
+    assert settings["password_file"] in mounts
+    assert settings["persistence"] == "true"
+    assert settings["persistence_location"].rstrip("/") in mounts
+    assert "/mosquitto/passwd" in (REPO / ".gitignore").read_text().splitlines()
 
 
 def test_compose_names_a_missing_setting(tmp_path: Path):
@@ -176,6 +217,7 @@ PASSWORDS = {
     "POSTGRES_PASSWORD": "POSTGRES_PASSWORD",
     "GRAFANA_DB_PASSWORD": "GRAFANA_DB_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD": "GF_SECURITY_ADMIN_PASSWORD",
+    "MQTT_PASSWORD": "MQTT_PASSWORD",
 }
 
 
@@ -235,3 +277,53 @@ def test_the_documented_quoting_keeps_hostile_passwords(tmp_path: Path, start: i
     seen = passwords_seen(env_file_with(tmp_path, {n: f"{n}='{v}'" for n, v in values.items()}))
     for name, value in values.items():
         assert seen[name] == {value}, name
+
+
+def test_the_shipped_mosquitto_conf_requires_a_login_and_keeps_retained_messages(tmp_path: Path):
+    """mosquitto/mosquitto.conf run by the system's mosquitto, its container paths moved into
+    a folder of the test's own: anonymous clients are refused, a user of the password file gets
+    in, and a retained message (a sensor's config) survives a restart of the broker."""
+    mosquitto, passwd_tool = Path(ms.MOSQUITTO), shutil.which("mosquitto_passwd")
+    if not mosquitto.exists() or passwd_tool is None:
+        pytest.skip("mosquitto is not installed")
+    root = tmp_path / "mosquitto"
+    (root / "config").mkdir(parents=True)
+    (root / "data").mkdir()
+    port = ms.free_port()
+    text = (REPO / "mosquitto" / "mosquitto.conf").read_text()
+    text = text.replace("/mosquitto/", f"{root}/").replace("listener 1883", f"listener {port}")
+    if os.geteuid() == 0:  # as root, mosquitto would switch to a user named mosquitto
+        text += f"user {getpass.getuser()}\n"
+    conf = root / "config" / "mosquitto.conf"
+    conf.write_text(text)
+    passwd = root / "config" / "passwd"
+    subprocess.run([passwd_tool, "-c", "-b", passwd, "energy-worker", "pw"], check=True)
+    passwd.chmod(0o600)
+
+    def start() -> subprocess.Popen[bytes]:
+        broker = subprocess.Popen([mosquitto, "-c", conf], stdout=subprocess.DEVNULL)
+        helpers.wait_until(lambda: ms.reachable("127.0.0.1", port), 15, what="mosquitto")
+        return broker
+
+    def stop(broker: subprocess.Popen[bytes]) -> None:
+        broker.terminate()  # persistence: the retained messages are written out now
+        broker.wait(10)
+
+    broker = start()
+    try:
+        assert ms.connack("127.0.0.1", port) == "Not authorized"  # anonymous
+        assert ms.connack("127.0.0.1", port, "energy-worker", "wrong") == "Not authorized"
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.username_pw_set("energy-worker", "pw")
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        info = client.publish("homeassistant/sensor/x/config", b"{}", qos=1, retain=True)
+        info.wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
+        stop(broker)
+        broker = start()
+        kept = ms.retained("127.0.0.1", port, "homeassistant/#", "energy-worker", "pw")
+        assert kept == {"homeassistant/sensor/x/config": b"{}"}
+    finally:
+        stop(broker)

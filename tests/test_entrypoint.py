@@ -4,6 +4,7 @@ missing or unusable settings, and the wait for PostgreSQL and Redis with its lim
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -50,7 +51,7 @@ def closed_port() -> int:
 
 
 def base_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "REDIS"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "REDIS", "MQTT"))}
     env.update(
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         POSTGRES_INI=str(tmp_path / "postgres.ini"),
@@ -168,6 +169,55 @@ def test_a_password_that_cannot_fit_one_line_is_refused(tmp_path: Path, breaker:
     result = entrypoint(unreachable(tmp_path, POSTGRES_PASSWORD=f"a{breaker}b"))
     assert result.returncode == 2
     assert "POSTGRES_PASSWORD contains a line break" in result.stderr
+
+
+def sourced(env: dict[str, str], script: str) -> subprocess.CompletedProcess[str]:
+    """Run `script` in bash after sourcing entrypoint.sh (its functions, nothing run)."""
+    return subprocess.run(
+        ["bash", "-c", f'source "$1" && {script}', "-", str(REPO / "entrypoint.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_mqtt_password_may_come_from_a_file(tmp_path: Path):
+    secret = tmp_path / "mqtt_password"
+    secret.write_bytes("p$ss w\u00f6rd '\" %s\n".encode())
+    env = base_env(tmp_path, MQTT_PASSWORD_FILE=str(secret))
+    done = sourced(
+        env, 'ew_setup_env && printf "%s|%s" "$MQTT_PASSWORD" "${MQTT_PASSWORD_FILE-unset}"'
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "p$ss w\u00f6rd '\" %s|unset"  # the trailing line break dropped
+    both = sourced({**env, "MQTT_PASSWORD": "x"}, "ew_setup_env")
+    assert both.returncode == 2
+    assert "both MQTT_PASSWORD and MQTT_PASSWORD_FILE are set" in both.stderr
+    # Unset stays unset (the publisher then logs in without a password).
+    done = sourced(base_env(tmp_path), 'ew_setup_env && printf "%s" "${MQTT_PASSWORD-unset}"')
+    assert done.stdout == "unset"
+
+
+@pytest.mark.parametrize("host", ["mosquitto", "", "  "])
+def test_the_publisher_is_a_program_only_with_mqtt_host(tmp_path: Path, host: str):
+    run_dir = tmp_path / "run"
+    (run_dir / "conf.d").mkdir(parents=True)
+    (run_dir / "conf.d" / "publisher.conf").write_text("[program:publisher]\n")  # a former run's
+    done = sourced(base_env(tmp_path, MQTT_HOST=host), "ew_setup_env && ew_optional_programs")
+    assert done.returncode == 0, done.stderr
+    included = (run_dir / "conf.d" / "publisher.conf").read_text()
+    if host.strip():
+        assert included == (REPO / "etc" / "supervisor" / "publisher.conf").read_text()
+        assert "the publisher runs" in done.stderr
+    else:
+        assert not re.search(r"^\[program:", included, re.M), included  # a comment only
+    # supervisord.conf includes exactly that directory
+    assert (
+        "files = %(ENV_ENERGY_WORKER_RUN_DIR)s/conf.d/*.conf"
+        in (REPO / "supervisord.conf").read_text()
+    )
 
 
 def test_wait_gives_up_at_its_limit_with_a_clear_message(tmp_path: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -201,3 +202,11 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
     (names,) = con.run("SELECT proargnames FROM pg_proc WHERE proname = 'energy_per_period'")[0]
     assert "kwh_set" in names  # the function of version 4 was replaced
     con.close()
+
+
+def test_the_installation_id_is_made_once(sql):
+    """The publisher's entities in Home Assistant derive from it: it must never change."""
+    ((first,),) = sql.run("SELECT id FROM installation")
+    assert re.fullmatch(r"[0-9a-f]{16}", first)
+    assert schema.apply(sql, config.load_meters()) >= 5
+    assert sql.run("SELECT id FROM installation") == [[first]]

@@ -7,10 +7,12 @@ tests/stack.py."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pg8000.native
@@ -18,9 +20,14 @@ import pytest
 import redis
 from stack import PASSWORD, PROGRAMS, Stack, Webhook, all_stored, counted
 
+import mqtt_support as ms
 from cli_support import Result, cli
-from energy_worker import config
+from energy_worker import config, ha_discovery
 from helpers import REPO, wait_until
+from mqtt_support import Space
+
+# The MQTT fixtures, by name in this module, where pytest looks for them.
+mqtt_broker, space = ms.mqtt_broker, ms.space
 
 
 @pytest.fixture
@@ -43,7 +50,10 @@ def test_pulses_reach_postgres_and_every_line_names_its_process(
     all_stored(pg, hook)
     rows = sql.run("SELECT count(*) FROM consumption WHERE meter_no IN (1, 2, 3)")
     assert rows[0][0] >= 3  # history rows, not only the meters' state
-    assert stack.ctl("status").returncode == 0  # what the HEALTHCHECK runs
+    status = stack.ctl("status")
+    assert status.returncode == 0  # what the HEALTHCHECK runs
+    # Without MQTT_HOST the publisher is no program at all (not one that is down).
+    assert "publisher" not in stack.info() and "publisher" not in status.stdout
     # every line of the programs carries its name; supervisord's own lines carry its level
     for line in stack.log().splitlines():
         parts = line.split()
@@ -136,11 +146,13 @@ def test_sigterm_ends_the_entrypoint_with_143_and_every_program_stopped(
         s.close()
 
 
-def test_a_restarted_stack_finds_its_data_again(
+def test_a_restarted_stack_finds_its_data_again_and_with_mqtt_host_publishes_it(
     pg: config.PostgresSettings,
     redis_db: config.RedisSettings,
     r: redis.Redis,
     tmp_path: Path,
+    space: Space,
+    sql: pg8000.native.Connection,
 ):
     hook = Webhook(r)
     (tmp_path / "first").mkdir()
@@ -151,14 +163,34 @@ def test_a_restarted_stack_finds_its_data_again(
         all_stored(pg, hook)
     finally:
         first.close(signal.SIGTERM)  # as `docker stop` does
+    # Started again with MQTT_HOST set: the publisher is one more program, and Home Assistant
+    # gets every meter's count from before the restart.
     (tmp_path / "second").mkdir()
     second = Stack(pg, redis_db, tmp_path / "second")
+    second.env.update(space.env())
+    layout = space.layout(str(sql.run("SELECT id FROM installation")[0][0]))
+    w = space.watch()
     try:
-        second.start()
+        second.start()  # every program RUNNING, the publisher included
+        status = second.ctl("status")
+        assert status.returncode == 0, status.stdout  # what the HEALTHCHECK runs
+        assert re.search(r"^publisher +RUNNING", status.stdout, re.M), status.stdout
+
+        def published() -> bool:
+            return all(
+                w.latest(layout.state_topic(meter, "energy"))
+                == ha_discovery.format_kwh(Decimal(n) / 1000).encode()
+                for meter, n in hook.sent.items()
+            )
+
+        wait_until(published, 20, 0.01, "every meter's energy in MQTT")
+        assert w.latest(layout.availability_topic) == b"online"
         hook.pulses(10)
         all_stored(pg, hook)
     finally:
         second.close()
+        w.close()
+    assert PASSWORD not in second.log()
 
 
 def test_crash_looping_program_is_retried_with_growing_delay(

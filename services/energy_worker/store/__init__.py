@@ -5,6 +5,7 @@
 | store.meters          | the set-up and every program: the meter config in the database |
 | store.processor       | the processor: history, meter state, exactly-once bookkeeping  |
 | store.pusher          | the pusher: totals, the push outbox, its own state             |
+| store.publisher       | the publisher: the installation id and the committed meters    |
 
 Batches go as arrays through unnest(), so one statement writes any number of rows.
 """

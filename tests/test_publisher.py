@@ -126,8 +126,9 @@ def commit(
     at = pulse_at or datetime.now(UTC)
     sql.run(
         """INSERT INTO consumption (meter_no, watt_consumption, meter_counts, kwh, cor_time_stamp,
-                                    typed_in)
-           VALUES (:m, :w, :c, :k, :t, :typed)""",
+                                    typed_in, pulses)
+           VALUES (:m, :w, :c, :k, :t, :typed, :n)""",
+        n=counted,
         m=meter,
         w=watt,
         c=int(reading * 1000),
@@ -257,7 +258,9 @@ def test_unique_ids_survive_a_restart_and_a_rename(space, watch, make, sql):
 def test_readings_follow_the_processor_through_pulses_and_a_typed_in_reading(
     space, watch, make, r, pg, sql
 ):
-    processor = Processor(r, pg, config.load_meters(METERS_FILE), idle_wait=0.01)
+    processor = Processor(
+        r, pg, config.load_meters(METERS_FILE), commit_interval=0.01, durable_after=0.0
+    )
     now_ms = int(time.time() * 1000)
     # A fixed wall clock: the power shown is then exactly the bound 20 s after the last pulse.
     publisher = make(clock=lambda: now_ms / 1000)

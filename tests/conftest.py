@@ -113,7 +113,7 @@ def with_children_reaped() -> None:
 
 
 # Test files that are all about processes; any other test that starts one uses `spawn`.
-PROCESS_MODULES = {"test_supervised", "test_entrypoint", "test_devrun"}
+PROCESS_MODULES = {"test_supervised", "test_entrypoint", "test_devrun", "test_restarts"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

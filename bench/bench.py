@@ -18,7 +18,7 @@ Plain mode (on this machine's disk):
      is lost. Pulses lost, key-clear latency p50/p99 (SET to the key's deletion) and whether
      PostgreSQL counted each delivered pulse exactly once, at several rates;
   2. outage: the load with PostgreSQL cut off (a TCP proxy between the worker and the server
-     drops every connection) for the middle half of the run, as DOMAIN.md measured the original;
+     drops every connection) for the middle half of the run, as docs/DOMAIN.md says the original was measured;
   3. idle: CPU of all processes over a quiet stretch, and their memory;
   4. backlog: with the programs stopped, 100,000 work items are put on the work list in the
      format of docs/CONTRACT.md, then the processor alone is timed until it has committed them.
@@ -70,9 +70,9 @@ from servers import (
 from workerstack import PROCESSING, WORK, Database, WorkerStack, cpu_used
 
 DATABASE = "energy"
-# The original's figures on this kind of machine, from DOMAIN.md: rate -> (lost %, p50, p99 ms)
+# The original's figures on this kind of machine, from docs/DOMAIN.md: rate -> (lost %, p50, p99 ms)
 ORIGINAL_LOAD = {2: (0, 193, 425), 5: (34, 366, 451), 10: (69, 395, 491)}
-# ... and per pulse at 7 x 1 pulse/s on an SD card (issue 10); its code is not in this
+# ... and per pulse at 7 x 1 pulse/s on an SD card ; its code is not in this
 # repository, so these are a reference column, not a run.
 ORIGINAL_SD = {
     "redis_syncs": 0.0,

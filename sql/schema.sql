@@ -117,8 +117,8 @@ INSERT INTO worker_epochs (epoch, last_seq)
 
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (version) DO NOTHING;
 
--- Pusher (issue 4): meter_daily_totals, hourly totals, push outbox
--- Written by services/energy_worker/pusher.py only. Totals are derived from consumption: a
+-- Pusher: meter_daily_totals, hourly totals, push outbox
+-- Written by services/energy_worker/pusher/ only. Totals are derived from consumption: a
 -- meter's reading at a boundary is the kWh of its latest row at or before that instant, and the
 -- pusher recomputes every hour and day whose history changed (late backlog, a moved deadband
 -- row), so these tables always agree with consumption. Hours and days are local ones in the
@@ -141,7 +141,7 @@ CREATE TABLE IF NOT EXISTS meter_daily_totals (
 );
 CREATE INDEX IF NOT EXISTS meter_daily_totals_day_end ON meter_daily_totals (day_end);
 
--- meter_totals as DOMAIN.md describes the original's: one row per day with each meter's kWh and
+-- meter_totals as docs/DOMAIN.md describes the original's: one row per day with each meter's kWh and
 -- the day's difference (meters 1 to 8). A database of the original stack keeps its own table of
 -- that name untouched; the pusher writes meter_daily_totals either way.
 DO $$
@@ -216,14 +216,14 @@ INSERT INTO pusher_state (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
 
 INSERT INTO schema_version (version) VALUES (2) ON CONFLICT (version) DO NOTHING;
 
--- Grafana (issue 5): views and the read-only role
+-- Grafana: views and the read-only role
 -- What the dashboards in grafana/ show, as views and functions, so that any other client gets
 -- the same numbers and the panels' SQL stays short. Grafana connects as a read-only role,
 -- created with its password from the environment by services/energy_worker/readonly_role.py.
 -- Days and hours are those of the session's TimeZone (that module sets it for the role).
 -- Everything here is CREATE OR REPLACE, applied at every start: a changed body takes effect.
 
--- DOMAIN.md: t ms after a meter's last pulse its power is at most 3_600_000_000 / (t * pulses
+-- docs/DOMAIN.md: t ms after a meter's last pulse its power is at most 3_600_000_000 / (t * pulses
 -- per kWh). No pulse means low power, not zero, and not the last reading forever.
 CREATE OR REPLACE FUNCTION power_upper_bound_w(p_pulses_per_kwh integer, p_ms numeric)
 RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -338,7 +338,7 @@ $$;
 
 -- A meter's reading at an instant: the kWh of its latest row at or before it (ties: the row
 -- written last); NULL before its history. The pusher's totals and the Google push read the same
--- (services/energy_worker/store.py), and the deadband stores the last pulse before every
+-- (services/energy_worker/store/pusher.py), and the deadband stores the last pulse before every
 -- quarter-hour boundary (services/energy_worker/history.py), so at a boundary it is exact.
 CREATE OR REPLACE FUNCTION meter_kwh_at(p_meter_no integer, p_at timestamptz)
 RETURNS numeric LANGUAGE sql STABLE AS $$

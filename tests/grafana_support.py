@@ -1,4 +1,4 @@
-"""What the Grafana tests share (issue 5): Grafana's macro engine, a database with the real
+"""What the Grafana tests share: Grafana's macro engine, a database with the real
 schema filled with generated history, the read-only role, and the dashboards' panels run the
 way Grafana runs them.
 

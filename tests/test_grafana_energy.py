@@ -1,4 +1,4 @@
-"""Grafana's energy panels (issue 5): energy per hour and per day, over the summer-time change,
+"""Grafana's energy panels: energy per hour and per day, over the summer-time change,
 exactly what the generated pulses give and what the pusher stores for the same periods, and the
 daily totals table. The panels' SQL runs as Grafana runs it (grafana_support.run_panel)."""
 

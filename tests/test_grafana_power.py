@@ -1,4 +1,4 @@
-"""Grafana's power panels (issue 5): the power series per meter, which falls along the decaying
+"""Grafana's power panels: the power series per meter, which falls along the decaying
 bound while a meter is quiet (also before a pulse without a power reading), the meter overview
 (where a typed-in reading is no pulse) and the worker's stats. The panels' SQL runs as Grafana
 runs it (grafana_support.run_panel)."""

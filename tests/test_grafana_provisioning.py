@@ -1,4 +1,4 @@
-"""Grafana's provisioning (issue 5): the data source and dashboard provider files in the format
+"""Grafana's provisioning: the data source and dashboard provider files in the format
 Grafana reads, the compose service, the dashboards' JSON, the macro expansion these tests use
 (against Grafana's own expectations), and that every panel with a query is run by some test."""
 

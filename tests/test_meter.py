@@ -1,4 +1,4 @@
-"""The meter arithmetic, alone: examples from DOMAIN.md and invariants for any pulse sequence."""
+"""The meter arithmetic, alone: examples from docs/DOMAIN.md and invariants for any pulses."""
 
 from __future__ import annotations
 

@@ -796,7 +796,7 @@ def test_configuration_errors_exit_2_with_one_line(spawn, env, message):
 
 
 def test_meter_totals_has_one_row_per_day_with_every_meters_reading(sql, make_pusher):
-    """DOMAIN.md's shape of the original's meter_totals, over the pusher's daily totals."""
+    """docs/DOMAIN.md's shape of the original's meter_totals, over the pusher's daily totals."""
     add_row(sql, 1, "10.000", local(2024, 6, 1, 12))
     add_row(sql, 1, "12.500", local(2024, 6, 2, 12))
     add_row(sql, 2, "3.000", local(2024, 6, 2, 13))

@@ -1,4 +1,4 @@
-"""The read-only role Grafana reads with (energy_worker.readonly_role, issue 5): exactly SELECT
+"""The read-only role Grafana reads with (energy_worker.readonly_role): exactly SELECT
 on what the dashboards show, nothing it can write (not even what PostgreSQL grants every role),
 while the owner keeps those rights; set up from the environment, idempotently, and with a SCRAM
 verifier computed here as PostgreSQL computes it."""

@@ -1,0 +1,42 @@
+"""The repository explains itself: every path it names exists in it, and it names no issue of a
+tracker it does not contain."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from helpers import REPO
+
+FOLDERS = ("docs", "services", "tests", "bench", "etc", "grafana", "sql", "mosquitto")
+PATH = re.compile(
+    r"(?<![\w/.-])((?:" + "|".join(FOLDERS) + r")/[\w./-]*\w)"  # a path inside the repository
+)
+ISSUE = re.compile(r"\bissues? #?\d+|\(issue\b", re.IGNORECASE)
+GENERATED = ("var/", ".venv/")
+# Named, and not files of the repository: the owner makes the broker's password file (git-ignored),
+# and grafana/grafana-oss is an image's name.
+NOT_FILES = {"mosquitto/passwd", "grafana/grafana-oss"}
+
+
+def tracked_texts() -> list[str]:
+    names = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return [n for n in names if not n.endswith((".png", ".so")) and not n.startswith(GENERATED)]
+
+
+@pytest.mark.parametrize("name", tracked_texts())
+def test_every_path_named_exists_and_no_issue_is_cited(name: str):
+    text = (REPO / name).read_text(errors="replace")
+    assert not ISSUE.search(text), ISSUE.search(text)
+    missing = [
+        path
+        for match in PATH.finditer(text)
+        if not (REPO / (path := match.group(1).rstrip("."))).exists()
+        and not any(c in path for c in "*<{")
+        and path not in NOT_FILES
+    ]
+    assert not missing, missing

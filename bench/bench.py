@@ -18,7 +18,8 @@ Plain mode (on this machine's disk):
      is lost. Pulses lost, key-clear latency p50/p99 (SET to the key's deletion) and whether
      PostgreSQL counted each delivered pulse exactly once, at several rates;
   2. outage: the load with PostgreSQL cut off (a TCP proxy between the worker and the server
-     drops every connection) for the middle half of the run, as docs/DOMAIN.md says the original was measured;
+     drops every connection) for the middle half of the run, as the original was measured
+     (docs/DOMAIN.md);
   3. idle: CPU of all processes over a quiet stretch, and their memory;
   4. backlog: with the programs stopped, 100,000 work items are put on the work list in the
      format of docs/CONTRACT.md, then the processor alone is timed until it has committed them.
@@ -60,11 +61,13 @@ import psutil
 from arduino import ARDUINO_SLOTS, RETRY_S, LoadResult, drive
 from faultproxy import FaultProxy
 from servers import (
+    REPO,
     PrivatePostgres,
     PrivateRedis,
     SyncCounts,
     SyncDelay,
     compose_redis_options,
+    free_port,
     wait_until,
 )
 from workerstack import PROCESSING, WORK, Database, WorkerStack, cpu_used
@@ -529,6 +532,8 @@ def run_sd(args: argparse.Namespace, folder: Path) -> dict[str, object]:
         memory = stack.memory()
         count1 = counted(pg)
         slow_exact = exactness(count0, count1, slow)
+        publisher = publisher_footprint(args, folder, stack, rs.port)
+        count1 = counted(pg)
 
         redis0 = redis_counter.read()
         fast = asyncio.run(drive(rs.port, 5, args.sd_fast_duration, meters))
@@ -583,11 +588,62 @@ def run_sd(args: argparse.Namespace, folder: Path) -> dict[str, object]:
             for rate, (res, syncs) in ideal.items()
         },
         "p99_ratio_to_ideal_at_7x5": round(ratio, 3),
+        "publisher": publisher,
         "worker_exit_status": status,
         "aof_synced_sizes": aof,
     }
     print_sd(args, slow, ours, window, slow_exact, (fast, fast_syncs, fast_exact), ideal, ratio)
+    if publisher:
+        print(
+            f"publisher (only with MQTT_HOST set), beside them at 7 x 1 pulse/s for "
+            f"{publisher['seconds']:g} s: {publisher['cpu_core_pct']:.2f} % of one core, "
+            f"PSS {publisher['pss_mib']:.1f} MiB (RSS {publisher['rss_mib']:.1f} MiB)",
+            flush=True,
+        )
     return report
+
+
+def publisher_footprint(
+    args: argparse.Namespace, folder: Path, stack: WorkerStack, redis_port: int
+) -> dict[str, float] | None:
+    """The Home Assistant publisher's CPU and memory: started beside the stack, as supervisord
+    starts it when MQTT_HOST is set, against a private mosquitto, under 7 x 1 pulses/s."""
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists() or args.publisher_duration <= 0:
+        print("bench: no mosquitto here: the publisher's footprint is not measured", flush=True)
+        return None
+    port = free_port()
+    conf = folder / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    with resources() as cleanup, (folder / "publisher.log").open("ab") as log:
+        broker = subprocess.Popen(
+            [mosquitto, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        cleanup.callback(lambda: (broker.terminate(), broker.wait(30)))
+        env = {**stack.env, "MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(port),
+               "PYTHONOPTIMIZE": "2", "PYTHONPATH": str(REPO / "services")}  # fmt: skip
+        program = subprocess.Popen(
+            [sys.executable, "-m", "energy_worker.publisher"], env=env, stdout=log,
+            stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+        )  # fmt: skip
+        cleanup.callback(lambda: (program.terminate(), program.wait(30)))
+        proc = psutil.Process(program.pid)
+        wait_until(
+            lambda: "connected to the MQTT broker" in (folder / "publisher.log").read_text(),
+            60, "the publisher to connect",
+        )  # fmt: skip
+        before = proc.cpu_times()
+        asyncio.run(drive(redis_port, 1, args.publisher_duration, args.meters))
+        after = proc.cpu_times()
+        info = proc.memory_full_info()
+    cpu = (after.user + after.system) - (before.user + before.system)
+    return {
+        "seconds": args.publisher_duration,
+        "cpu_core_pct": round(100 * cpu / args.publisher_duration, 3),
+        "pss_mib": round(info.pss / 2**20, 2),
+        "rss_mib": round(info.rss / 2**20, 2),
+    }
 
 
 def print_sd(
@@ -686,6 +742,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--sd-duration", type=float, default=60, help="sd: seconds of the 7 x 1/s measurement"
+    )
+    parser.add_argument(
+        "--publisher-duration",
+        type=float,
+        default=20,
+        help="sd: seconds the MQTT publisher is measured beside the stack (0: not at all)",
     )
     parser.add_argument(
         "--sd-fast-duration",

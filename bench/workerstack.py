@@ -21,7 +21,7 @@ from servers import REPO, wait_until
 
 WORK = "energy-worker:work"
 PROCESSING = "energy-worker:processing"
-PROGRAMS = ("exit_listener", "router", "processor", "pusher")
+PROGRAMS = ("router", "processor", "pusher")
 PROBE_KEY = "channel:1:metercount"  # a typed-in reading: no pulse, so pulse counts stay exact
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0

@@ -134,9 +134,7 @@ def test_simulate_feeds_the_service_and_status_shows_it(service: Service):
     assert rows["1"][:4] == ["1", "Meter", "1", "0.004"] and rows["1"][-1] == "4"
     assert rows["2"][:4] == ["2", "Meter", "2", "0.002"] and rows["2"][-1] == "2"
     assert rows["3"][3:] == ["0.000", "-", "never", "0"]
-    assert "programs      exit_listener RUNNING, processor RUNNING, pusher RUNNING, router " in (
-        text.out
-    )
+    assert "programs      processor RUNNING, pusher RUNNING, router RUNNING" in (text.out)
     assert text.out.rstrip().endswith("All is well.")
 
     data = json.loads(cli(env, "status", "--json").out)

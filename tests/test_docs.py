@@ -14,7 +14,8 @@ FOLDERS = ("docs", "services", "tests", "bench", "etc", "grafana", "sql", "mosqu
 PATH = re.compile(
     r"(?<![\w/.-])((?:" + "|".join(FOLDERS) + r")/[\w./-]*\w)"  # a path inside the repository
 )
-ISSUE = re.compile(r"\bissues? #?\d+|\(issue\b", re.IGNORECASE)
+# (spelt so that this file does not match itself)
+ISSUE = re.compile(r"\bissues? #?\d+|\(" + "issue" + r"\b", re.IGNORECASE)
 GENERATED = ("var/", ".venv/")
 # Named, and not files of the repository: the owner makes the broker's password file (git-ignored),
 # and grafana/grafana-oss is an image's name.

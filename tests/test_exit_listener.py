@@ -1,15 +1,10 @@
-"""The exit listener (services/energy_worker/exit_listener.py): its restart policy, and the
-listener on its own with supervisord's RPC replaced. tests/test_supervised.py runs it under a
-real supervisord."""
+"""The exit listener (services/energy_worker/exit_listener.py): its restart policy, and what it
+does with each exit, with supervisord's side replaced. tests/test_supervised.py and
+tests/test_restarts.py run it inside a real supervisord."""
 
 from __future__ import annotations
 
-import io
 import logging
-import sys
-import threading
-import xmlrpc.client
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,8 +12,7 @@ from typing import Any
 import pytest
 
 from energy_worker import exit_listener
-from energy_worker.exit_listener import RestartPolicy, uptime_of
-from helpers import wait_until
+from energy_worker.exit_listener import ExitListener, RestartPolicy
 
 
 def test_a_crash_after_a_healthy_run_is_restarted_within_a_second():
@@ -35,124 +29,54 @@ def test_only_a_crash_loop_backs_off_and_the_router_waits_a_few_seconds_at_most(
     assert policy.delay("router", uptime=30.0) == 0.5  # healthy again: back to the start
 
 
-def test_uptime_comes_from_supervisords_process_info():
-    assert uptime_of({"start": 100, "stop": 130}) == 30
-    assert uptime_of({"start": 100, "stop": 0}, now=lambda: 112) == 12  # stop not yet known
-    assert uptime_of({}) is None
+class FakeRestarter:
+    def __init__(self) -> None:
+        self.crashes: list[tuple[str, float | None]] = []
+
+    def crashed(self, name: str, uptime: float | None) -> None:
+        self.crashes.append((name, uptime))
 
 
-class FakeSupervisor:
-    """supervisord's RPC interface: getAllProcessInfo fails with each of `failures` in turn."""
-
-    def __init__(self, *failures: Exception) -> None:
-        self.failures = list(failures)
-        self.calls: list[str] = []
-
-    def getAllProcessInfo(self) -> list[dict[str, Any]]:
-        self.calls.append("getAllProcessInfo")
-        if self.failures:
-            raise self.failures.pop(0)
-        return [{"name": "router", "statename": "RUNNING"}]
-
-    def shutdown(self) -> bool:
-        self.calls.append("shutdown")
-        return True
-
-
-class EndOfTest(Exception):
-    pass
+def exit_event(name: str, expected: bool, start: float = 100.0, stop: float = 130.0) -> Any:
+    process = SimpleNamespace(config=SimpleNamespace(name=name), laststart=start, laststop=stop)
+    return SimpleNamespace(process=process, expected=expected)
 
 
 @pytest.fixture
-def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
-    """The exit listener with supervisord's side faked; what logs.setup() changes is put back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ExitListener:
     monkeypatch.setenv("ENERGY_WORKER_RUN_DIR", str(tmp_path))
-    monkeypatch.setattr(exit_listener, "RECONCILE_RETRY", 0.05, raising=False)
-
-    def no_more_events(_stdin: Any, _stdout: Any) -> None:
-        raise EndOfTest  # main() reached its event loop
-
-    monkeypatch.setattr(exit_listener, "wait_for_event", no_more_events)
-    try:
-        yield exit_listener
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    supervisord = SimpleNamespace(options=SimpleNamespace(mood=1))
+    return ExitListener(supervisord, logging.getLogger("test"), FakeRestarter())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    ("failure", "logged"),
-    [
-        (xmlrpc.client.Fault(6, "SHUTDOWN_STATE"), "supervisord is shutting down"),
-        (ConnectionRefusedError(111, "Connection refused"), "could not look at the programs"),
-        (xmlrpc.client.Fault(1, "UNKNOWN_METHOD"), "could not look at the programs"),
-    ],
-)
-def test_exit_listener_outlives_an_rpc_error_at_start(
-    listener: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    failure: Exception,
-    logged: str,
+def test_a_crash_is_restarted_with_the_uptime_it_had(listener: ExitListener):
+    listener.exited(exit_event("router", expected=False, start=100.0, stop=130.5))
+    listener.exited(exit_event("pusher", expected=False, start=0, stop=0))  # never started
+    assert listener.restarter.crashes == [("router", 30.5), ("pusher", None)]  # type: ignore[attr-defined]
+
+
+def test_the_processors_stop_marks_the_stop_then_shuts_supervisord_down(
+    listener: ExitListener, tmp_path: Path
 ):
-    # A SIGTERM while the listener starts (Fault 6), or any other RPC error then, must not
-    # crash it: three quick crashes make it FATAL, and crashed programs stay down for good.
-    fake = FakeSupervisor(failure)
-    monkeypatch.setattr(listener, "rpc", lambda: SimpleNamespace(supervisor=fake))
-    with pytest.raises(EndOfTest):
-        listener.main(io.StringIO(), io.StringIO())
-    if logged.startswith("could not"):  # tried again a little later
-        wait_until(lambda: len(fake.calls) == 2, 5, 0.01, "a second look at the programs")
-    err = capsys.readouterr().err
-    assert logged in err and "Traceback" not in err, err
-    assert all(" exit_listener " in line for line in err.splitlines()), err
+    listener.exited(exit_event("router", expected=True))  # the router's stop: not the end yet
+    assert not (tmp_path / "stop-requested").exists()
+    assert listener.supervisord.options.mood == 1
+    listener.exited(exit_event("processor", expected=True))
+    assert (tmp_path / "stop-requested").exists()  # for entrypoint.sh, before the shutdown
+    assert listener.supervisord.options.mood == exit_listener.SHUTDOWN_MOOD
+    assert listener.restarter.crashes == []  # type: ignore[attr-defined]
 
 
-def test_exit_listener_marks_the_stop_before_shutting_supervisord_down(
-    listener: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-):
-    fake = FakeSupervisor()
-    marker = tmp_path / "stop-requested"
-
-    def shutdown() -> bool:
-        assert marker.exists()  # written before supervisord begins to stop
-        return fake.shutdown()
-
-    monkeypatch.setattr(
-        listener, "rpc", lambda: SimpleNamespace(supervisor=SimpleNamespace(shutdown=shutdown))
-    )
-    log = logging.getLogger("test")
-    event = {"processname": "processor", "expected": "1"}
-    listener.handle("PROCESS_STATE_EXITED", event, listener.Restarter(log), log)
-    assert fake.calls == ["shutdown"]
-    # another program's expected exit (the router after routing the stop) is no stop yet
-    marker.unlink()
-    event = {"processname": "router", "expected": "1"}
-    listener.handle("PROCESS_STATE_EXITED", event, listener.Restarter(log), log)
-    assert not marker.exists()
+def test_nothing_it_does_can_take_supervisord_down(listener: ExitListener, caplog):
+    listener.exited(SimpleNamespace(process=None, expected=False))  # a malformed event
+    assert "could not act on SimpleNamespace" in caplog.text
 
 
-def test_the_event_protocol_is_spoken_as_supervisord_expects():
-    stdin = io.StringIO(
-        "ver:3.0 server:supervisor serial:21 pool:exit_listener poolserial:10 "
-        "eventname:PROCESS_STATE_EXITED len:74\n"
-        "processname:router groupname:router from_state:RUNNING expected:0 pid:2766"
-    )
-    stdout = io.StringIO()
-    headers, payload = exit_listener.wait_for_event(stdin, stdout)
-    assert headers["eventname"] == "PROCESS_STATE_EXITED"
-    assert exit_listener.parse_tokens(payload) == {
-        "processname": "router",
-        "groupname": "router",
-        "from_state": "RUNNING",
-        "expected": "0",
-        "pid": "2766",
-    }
-    exit_listener.acknowledge(stdout)
-    assert stdout.getvalue() == "READY\nRESULT 2\nOK"
-    with pytest.raises(EOFError):
-        exit_listener.wait_for_event(io.StringIO(""), io.StringIO())
+def test_supervisord_loads_it_as_a_plugin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from supervisor import events  # noqa: PLC0415
+
+    subscribed: list[Any] = []
+    monkeypatch.setattr(events, "subscribe", lambda kind, callback: subscribed.append(kind))
+    plugin = exit_listener.make_rpcinterface(SimpleNamespace())
+    assert isinstance(plugin, ExitListener)
+    assert subscribed == [events.ProcessStateExitedEvent, events.ProcessStateFatalEvent]

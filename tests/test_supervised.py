@@ -131,7 +131,7 @@ def test_sigterm_ends_the_entrypoint_with_143_and_every_program_stopped(
         hook = Webhook(r)
         hook.pulses(10)
         all_stored(pg, hook)
-        pids = [s.rpc().getPID(), *(s.pid(p) for p in (*PROGRAMS, "exit_listener"))]
+        pids = [s.rpc().getPID(), *(s.pid(p) for p in PROGRAMS)]
         assert s.popen is not None
         s.popen.send_signal(signal.SIGTERM)  # the entrypoint's process only, not its group
         assert s.wait_exit(40) == 143, s.log()

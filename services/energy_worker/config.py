@@ -24,7 +24,6 @@ can show one in a log line or a traceback.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time, timedelta
@@ -163,6 +162,8 @@ def meters_path() -> Path:
 
 def load_meters(path: str | os.PathLike[str] | None = None) -> dict[int, Meter]:
     """The configured meters by number. Raises ConfigError naming the first problem."""
+    import tomllib  # noqa: PLC0415 - only the programs that load meters pay for the parser
+
     source = Path(path) if path else meters_path()
     try:
         data = tomllib.loads(source.read_text(encoding="utf-8"))

@@ -1,22 +1,24 @@
-"""supervisord event listener that acts on each program's exit: it starts a crashed program
-again, with a delay that grows only in a crash loop, and ends supervisord once the processor
-has finished a `stop` (the stop protocol, docs/CONTRACT.md).
+"""Acts on each program's exit, inside supervisord: it starts a crashed program again, with a
+delay that grows only in a crash loop, and ends supervisord once the processor has finished a
+`stop` (the stop protocol, docs/CONTRACT.md).
+
+supervisord loads it at start as a plugin ([rpcinterface:exit_listener] in supervisord.conf,
+make_rpcinterface) and hands it every EXITED and FATAL state change of a program. Inside
+supervisord rather than as an event listener program: on a Raspberry Pi a Python process of its
+own would cost ten megabytes for a few lines of logic. It never blocks supervisord: a restart is
+asked for later, from a timer thread, through supervisord's own XML-RPC socket.
 
 Why not supervisord's own autorestart: supervisord only backs off a program that dies within
 `startsecs`, and it treats even an exit 0 inside that window as a failed start and restarts the
 program. A processor that finds a stop marker right after starting would then be started again
 instead of ending the service. So the programs run with `startsecs=0` and `autorestart=false`,
-and this listener decides:
+and this decides:
 
 - processor exited 0 (expected): everything before the stop marker is committed, so supervisord
-  is told to shut down, after the stop marker file is written (entrypoint.sh reads it);
+  shuts down, after the stop marker file is written (entrypoint.sh reads it);
 - any other expected exit (the router after routing the stop): it stays down;
 - a crash (an exit status other than 0, a signal) or FATAL: started again after RestartPolicy's
   delay.
-
-Its stdout is supervisor's event protocol; its log lines go to stderr. It speaks the protocol
-and supervisord's XML-RPC with the standard library only: on a Raspberry Pi the listener is one
-of six processes that share its memory, and supervisor's own helpers would double its size.
 """
 
 from __future__ import annotations
@@ -27,17 +29,13 @@ import os
 import socket
 import sys
 import threading
-import time
 import xmlrpc.client
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
-
-from . import logs, supervision
+from typing import Any
 
 FINISHER = "processor"  # its expected exit means: the stop is complete
 STOP_MARKER = "stop-requested"  # in $ENERGY_WORKER_RUN_DIR; entrypoint.sh looks for it
-RECONCILE_RETRY = 5.0  # seconds between attempts to look at the programs at start
+SHUTDOWN_MOOD = -1  # supervisor.states.SupervisorStates.SHUTDOWN
 
 
 class Faults:
@@ -104,33 +102,12 @@ class UnixTransport(xmlrpc.client.Transport):
 
 def rpc() -> Any:
     """A fresh XML-RPC proxy to supervisord (proxies are not shared between threads)."""
-    url = os.environ.get("SUPERVISOR_SERVER_URL", "")
+    run_dir = os.environ.get("ENERGY_WORKER_RUN_DIR", "")
+    url = os.environ.get("SUPERVISOR_SERVER_URL") or f"unix://{run_dir}/supervisor.sock"
     if not url.startswith("unix://"):
         raise OSError(f"supervisord's address is not a unix socket: {url!r}")
     proxy = xmlrpc.client.ServerProxy("http://localhost", UnixTransport(url[len("unix://") :]))
     return proxy
-
-
-def wait_for_event(stdin: TextIO, stdout: TextIO) -> tuple[dict[str, str], str]:
-    """Say READY, then read one event: its header and its payload (the event protocol)."""
-    stdout.write("READY\n")
-    stdout.flush()
-    line = stdin.readline()
-    if not line:
-        raise EOFError("supervisord closed the event stream")
-    headers = parse_tokens(line)
-    payload = stdin.read(int(headers.get("len", "0")))
-    return headers, payload
-
-
-def acknowledge(stdout: TextIO) -> None:
-    stdout.write("RESULT 2\nOK")
-    stdout.flush()
-
-
-def parse_tokens(line: str) -> dict[str, str]:
-    """`key:value key:value ...` as supervisord writes headers and PROCESS_STATE payloads."""
-    return dict(token.split(":", 1) for token in line.split() if ":" in token)
 
 
 class Restarter:
@@ -165,14 +142,6 @@ class Restarter:
             self.log.error("could not reach supervisord to start %s: %s", name, exc)
 
 
-def uptime_of(info: dict[str, Any], now: Callable[[], float] = time.time) -> float | None:
-    """How long a stopped program had been up, from supervisord's process info."""
-    start, stop = info.get("start") or 0, info.get("stop") or 0
-    if not start:
-        return None
-    return float((stop if stop >= start else now()) - start)
-
-
 def mark_stop_requested(log: logging.Logger) -> None:
     """Tells entrypoint.sh that supervisord's coming exit is a `stop`, not a SIGTERM."""
     run_dir = os.environ.get("ENERGY_WORKER_RUN_DIR")
@@ -185,62 +154,41 @@ def mark_stop_requested(log: logging.Logger) -> None:
         log.error("could not mark the stop (%s); the exit will not count as one", exc)
 
 
-def handle(event: str, headers: dict[str, str], restarter: Restarter, log: logging.Logger) -> None:
-    name = headers.get("processname", "")
-    if event == "PROCESS_STATE_EXITED" and headers.get("expected") == "1":
-        if name == FINISHER:
-            log.info("processor finished the stop request; shutting supervisord down")
-            mark_stop_requested(log)
-            try:
-                rpc().supervisor.shutdown()
-            except xmlrpc.client.Fault as fault:
-                if fault.faultCode != Faults.SHUTDOWN_STATE:
-                    raise
-        else:
-            log.info("%s finished after a stop request", name)
-        return
-    if event in ("PROCESS_STATE_EXITED", "PROCESS_STATE_FATAL"):
+class ExitListener:
+    """The plugin's state: the restarter, and what to do with each exit."""
+
+    def __init__(self, supervisord: Any, log: logging.Logger, restarter: Restarter) -> None:
+        self.supervisord = supervisord
+        self.log = log
+        self.restarter = restarter
+
+    def exited(self, event: Any) -> None:
+        """A program left RUNNING (or STARTING): expected (exit 0) or a crash."""
+        self.guarded(self._exited, event)
+
+    def fatal(self, event: Any) -> None:
+        self.guarded(lambda e: self.restarter.crashed(e.process.config.name, None), event)
+
+    def guarded(self, act: Any, event: Any) -> None:
+        # Called in supervisord's main loop: nothing of ours may ever take supervisord down.
         try:
-            info = rpc().supervisor.getProcessInfo(name)
-        except (xmlrpc.client.Fault, OSError):
-            info = {}
-        restarter.crashed(name, uptime_of(info))
+            act(event)
+        except Exception:
+            self.log.exception("could not act on %s", type(event).__name__)
 
-
-def reconcile(me: str, restarter: Restarter, log: logging.Logger) -> None:
-    """On (re)start of this listener: act on what happened while it was not listening."""
-    for info in rpc().supervisor.getAllProcessInfo():
-        name = info["name"]
-        if name == me:
-            continue
-        if info["statename"] == "EXITED" and info["exitstatus"] == 0:
-            handle("PROCESS_STATE_EXITED", {"processname": name, "expected": "1"}, restarter, log)
-        elif info["statename"] in ("EXITED", "FATAL"):
-            restarter.crashed(name, uptime_of(info))
-
-
-def reconcile_at_start(me: str, restarter: Restarter, log: logging.Logger) -> None:
-    """reconcile(), which must never end this listener: were it to crash three times at once,
-    supervisord would give it up (FATAL), and crashed programs would stay down for good. It
-    tries again later while supervisord cannot answer, and gives up when it is shutting down."""
-    try:
-        reconcile(me, restarter, log)
-        return
-    except xmlrpc.client.Fault as fault:
-        if fault.faultCode == Faults.SHUTDOWN_STATE:
-            log.info("supervisord is shutting down; no programs to look after")
+    def _exited(self, event: Any) -> None:
+        process = event.process
+        name = process.config.name
+        if event.expected:
+            if name == FINISHER:
+                self.log.info("processor finished the stop request; shutting supervisord down")
+                mark_stop_requested(self.log)
+                self.supervisord.options.mood = SHUTDOWN_MOOD  # what the shutdown RPC does
+            else:
+                self.log.info("%s finished after a stop request", name)
             return
-        problem = f"{fault.faultString} (fault {fault.faultCode})"
-    except Exception as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-    log.error(
-        "could not look at the programs at start (%s); trying again in %.0f s",
-        problem,
-        RECONCILE_RETRY,
-    )
-    timer = threading.Timer(RECONCILE_RETRY, reconcile_at_start, args=(me, restarter, log))
-    timer.daemon = True
-    timer.start()
+        start, stop = process.laststart, process.laststop
+        self.restarter.crashed(name, stop - start if start and stop >= start else None)
 
 
 def policy_from_env() -> RestartPolicy:
@@ -249,30 +197,29 @@ def policy_from_env() -> RestartPolicy:
     return RestartPolicy(stable_after=stable)
 
 
-def main(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    log = logs.setup("exit_listener")
-    supervision.follow_supervisor(log)
-    me = os.environ.get("SUPERVISOR_PROCESS_NAME", "exit_listener")
-    restarter = Restarter(log, policy_from_env())
-    reconcile_at_start(me, restarter, log)
-    while True:
-        try:
-            headers, payload = wait_for_event(stdin, stdout)
-        except EOFError:
-            return 0  # supervisord is gone
-        event = headers.get("eventname", "")
-        # PROCESS_STATE payloads are one line of key:value pairs and no body.
-        body = parse_tokens(payload.split("\n", 1)[0])
-        try:
-            if body.get("processname") != me:
-                handle(event, body, restarter, log)
-        except Exception:
-            log.exception("could not handle %s of %s", event, body.get("processname"))
-        acknowledge(stdout)
+def make_rpcinterface(supervisord: Any, **_config: str) -> ExitListener:
+    """supervisord's plugin factory: subscribe to the programs' exits. (It serves no RPC
+    methods of its own.)"""
+    from supervisor import events  # noqa: PLC0415 - only inside supervisord
+
+    log = plugin_logger()
+    listener = ExitListener(supervisord, log, Restarter(log, policy_from_env()))
+    events.subscribe(events.ProcessStateExitedEvent, listener.exited)
+    events.subscribe(events.ProcessStateFatalEvent, listener.fatal)
+    return listener
 
 
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+def plugin_logger() -> logging.Logger:
+    """Lines in the programs' format on supervisord's stderr, without touching supervisord's
+    own logging (logs.setup would take over the whole process)."""
+    log = logging.getLogger("energy_worker.exit_listener")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s exit_listener %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"
+        )
+    )
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log

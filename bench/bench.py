@@ -59,7 +59,6 @@ from types import FrameType
 
 import psutil
 from arduino import ARDUINO_SLOTS, RETRY_S, LoadResult, drive
-from faultproxy import FaultProxy
 from servers import (
     REPO,
     PrivatePostgres,
@@ -71,6 +70,9 @@ from servers import (
     wait_until,
 )
 from workerstack import PROCESSING, WORK, Database, WorkerStack, cpu_used
+
+sys.path.insert(0, str(REPO / "tests"))  # the tests' TCP proxy cuts the database in the outage run
+from tcpproxy import TcpProxy
 
 DATABASE = "energy"
 # The original's figures on this kind of machine, from docs/DOMAIN.md: rate -> (lost %, p50, p99 ms)
@@ -275,7 +277,7 @@ def run_plain(args: argparse.Namespace, folder: Path) -> dict[str, object]:
         cleanup.callback(pg.stop)
         pg.start()
         create_database(pg)
-        proxy = FaultProxy("127.0.0.1", pg.port)
+        proxy = TcpProxy("127.0.0.1", pg.port)
         cleanup.callback(proxy.close)
         # Through the proxy, which the outage cuts.
         stack = WorkerStack(folder, Database("127.0.0.1", proxy.port, DATABASE), rs.port, "WARNING")
@@ -323,7 +325,7 @@ def plain_outage(
     stack: WorkerStack,
     rs: PrivateRedis,
     pg: PrivatePostgres,
-    proxy: FaultProxy,
+    proxy: TcpProxy,
 ) -> dict[str, object]:
     quarter = args.outage_duration / 4
 
@@ -533,6 +535,7 @@ def run_sd(args: argparse.Namespace, folder: Path) -> dict[str, object]:
         count1 = counted(pg)
         slow_exact = exactness(count0, count1, slow)
         publisher = publisher_footprint(args, folder, stack, rs.port)
+        stack.wait_quiet(QUIET_TIMEOUT)  # the publisher phase's pulses committed
         count1 = counted(pg)
 
         redis0 = redis_counter.read()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from .config import RedisSettings
@@ -37,6 +37,22 @@ def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> redis
         socket_keepalive=True,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+    )
+
+
+def connect_once(settings: RedisSettings, timeout: float) -> redis.Redis:
+    """A client that tries once per command, for what paces its own attempts (the wait for the
+    servers at start) or a person who simply runs a command again (the `energy-worker`
+    command)."""
+    return redis.Redis(
+        host=settings.host,
+        port=settings.port,
+        db=settings.db,
+        username=settings.username,
+        password=settings.password,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
     )
 
 

@@ -15,11 +15,10 @@ from collections.abc import Callable
 
 import pg8000.native
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from . import config, db, program
 from .outage import describe_error
+from .redisconn import connect_once
 
 DEFAULT_WAIT_SECONDS = 600.0
 log = logging.getLogger("energy_worker.wait")
@@ -63,16 +62,7 @@ def check_postgres(settings: config.PostgresSettings) -> None:
 
 
 def check_redis(settings: config.RedisSettings) -> None:
-    client = redis.Redis(
-        retry=Retry(NoBackoff(), 0),  # one try per attempt: wait_for paces the attempts
-        host=settings.host,
-        port=settings.port,
-        db=settings.db,
-        username=settings.username,
-        password=settings.password,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=CONNECT_TIMEOUT,
-    )
+    client = connect_once(settings, CONNECT_TIMEOUT)  # wait_for paces the attempts
     try:
         client.ping()
     except redis.AuthenticationError as exc:

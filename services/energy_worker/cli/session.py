@@ -95,8 +95,8 @@ class Session:
         """A client of the service's Redis that has answered a PING."""
         if self._redis is None:
             import redis  # noqa: PLC0415 - only the subcommands that need it pay for it
-            from redis.backoff import NoBackoff  # noqa: PLC0415
-            from redis.retry import Retry  # noqa: PLC0415
+
+            from ..redisconn import connect_once  # noqa: PLC0415
 
             try:
                 settings = config.redis_settings(self.env)
@@ -105,16 +105,7 @@ class Session:
             self._redis_where = settings.describe()
             # Unlike the programs' (redisconn.py), no retries: a command says at once that
             # Redis does not answer, and a person runs it again.
-            client = redis.Redis(
-                host=settings.host,
-                port=settings.port,
-                db=settings.db,
-                username=settings.username,
-                password=settings.password,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=CONNECT_TIMEOUT,
-                retry=Retry(NoBackoff(), 0),
-            )
+            client = connect_once(settings, CONNECT_TIMEOUT)
             try:
                 client.ping()
             except redis.RedisError as exc:

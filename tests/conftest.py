@@ -239,7 +239,8 @@ def redis_binary() -> str:
 class RedisServer:
     """A redis-server of the test run's own."""
 
-    def __init__(self, work: Path, *args: str) -> None:
+    def __init__(self, work: Path, *args: str, binary: str | None = None) -> None:
+        self.binary = binary or redis_binary()
         self.port = free_port()
         self.work = work
         self.args = args
@@ -248,7 +249,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.work), *self.args],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip

@@ -27,11 +27,15 @@ from energy_worker import config, devrun
 from helpers import REPO, wait_until
 
 
-def start_devrun(var: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+def start_devrun(
+    var: Path, env: dict[str, str], *, sigint_ignored: bool = False
+) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = var / f"devrun-{time.monotonic_ns()}.log"
     with log_path.open("wb") as out:
+        # with SIGINT ignored, as a script's `make run &` starts
+        ignore = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"] if sigint_ignored else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "energy_worker.devrun"],
+            [*ignore, sys.executable, "-m", "energy_worker.devrun"],
             env=env,
             cwd=REPO,
             stdout=out,
@@ -42,12 +46,17 @@ def start_devrun(var: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes
 
 
 def devrun_round(
-    var: Path, env: dict[str, str], hook: Webhook | None, *, end: str = "ctrl-c"
+    var: Path,
+    env: dict[str, str],
+    hook: Webhook | None,
+    *,
+    end: str = "ctrl-c",
+    sigint_ignored: bool = False,
 ) -> Webhook:
     """One `make run`: wait for its programs, send pulses, find them, then end it: Ctrl-C; or
     (kill) a second `make run`, which must leave this one alone, then kill -9 of the whole
     terminal's process group, which leaves the servers (sessions of their own) behind."""
-    proc, log_path = start_devrun(var, env)
+    proc, log_path = start_devrun(var, env, sigint_ignored=sigint_ignored)
 
     def running() -> bool:
         assert proc.poll() is None, log_path.read_text()
@@ -110,8 +119,9 @@ def test_make_run_with_embedded_servers_stops_on_ctrl_c_and_keeps_its_data():
     env.update(ENERGY_WORKER_VAR=str(var), PYTHONPATH=str(REPO / "services"), COMMIT_INTERVAL="0.5")
     try:
         hook = devrun_round(var, env, None, end="kill")
-        # the next `make run` stops what the killed one left, and finds the data again
-        hook = devrun_round(var, env, hook)
+        # the next `make run` stops what the killed one left, and finds the data again; started
+        # with SIGINT ignored, a Ctrl-C of its process group still stops it in order
+        hook = devrun_round(var, env, hook, sigint_ignored=True)
         log = "".join(p.read_text() for p in sorted(var.glob("devrun-*.log")))
         assert "stopping a server left over from an earlier run" in log
     finally:

@@ -326,10 +326,17 @@ def hold_var() -> IO[str]:
 
 
 def main() -> int:
+    env = program_env(os.environ)
+    # this process's log lines in the programs' zone: one terminal, one clock
+    os.environ["TZ"] = env["TZ"]
+    time.tzset()
     logs.setup("devrun")
+    # Ctrl-C of the terminal is how a run ends, even one started with SIGINT ignored (a
+    # script's `make run &`): the entrypoint must not inherit the ignored disposition, with
+    # which bash's trap cannot pass the signal on in order.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     VAR.mkdir(mode=0o755, exist_ok=True)
     lock = hold_var()  # noqa: F841 - held while this process lives
-    env = program_env(os.environ)
     ports = remembered_ports()
     servers: list[Server] = []
     try:

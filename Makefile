@@ -46,9 +46,10 @@ simulate: $(RUN_STAMP)
 test: $(DEV_STAMP) lint types compile
 	$(VPY) -m pytest
 
-# Feedback in seconds: lint, types and the tests that need no process of their own.
+# Feedback in seconds: lint, types and the tests that need no process of their own (spread test
+# by test: none of them shares a module's fixture, unlike the process tests).
 check: $(DEV_STAMP) lint types
-	$(VPY) -m pytest -m "not processes" -q
+	$(VPY) -m pytest -m "not processes" -q --dist load
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

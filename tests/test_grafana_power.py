@@ -81,7 +81,8 @@ class Boiler:
 def boiler(owner, history):
     """A meter with a reboot after a quiet spell and a typed-in reading; removed afterwards."""
     m = Meter(9, "Boiler", 1000)
-    start = history.now - timedelta(hours=6, milliseconds=7)
+    # the last pulse two hours ago: never in the hour of the typed-in reading, whatever the time
+    start = history.now - timedelta(hours=7, milliseconds=7)
     last_500 = m.pulse_at_power(start, start + timedelta(hours=1), 500)
     reboot = last_500 + timedelta(hours=3)
     m.pulses.append((reboot, None))
@@ -142,7 +143,7 @@ def test_a_typed_in_reading_is_no_pulse(pg_module, reader, boiler, history):
     assert row["Reading (kWh)"] == Decimal("123.456")
     age_ms = (res.now - b.last_pulse) / timedelta(milliseconds=1)
     assert math.isclose(row["Since last pulse"], age_ms / 1000, rel_tol=1e-6)
-    # About an hour after 2000 W: about 1 W, not the bound from the meter's maximum at the
+    # Two hours after 2000 W: about 0.5 W, not the bound from the meter's maximum at the
     # typing time (a few minutes ago: about 12 W).
     expected = min(2000, 3_600_000_000 / (age_ms * 1000))
     assert math.isclose(row["Power now (W)"], expected, rel_tol=1e-3, abs_tol=1e-3)

@@ -237,22 +237,34 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    """A redis-server of the test run's own."""
+    """A redis-server of the test run's own; `args` come after (and so override) the defaults,
+    `env` is its whole environment, `log` collects its output."""
 
-    def __init__(self, work: Path, *args: str, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        *args: str,
+        binary: str | None = None,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
         self.binary = binary or redis_binary()
         self.port = free_port()
         self.work = work
         self.args = args
+        self.env = env
+        self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.work), *self.args],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(self.log.open("ab")) if self.log else subprocess.DEVNULL
+            self.proc = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.work), *self.args],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT if self.log else None,
+            )  # fmt: skip
         wait_until(self.ping, 15, what="redis-server to start")
 
     def ping(self) -> bool:

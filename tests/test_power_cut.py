@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
-from conftest import free_port, redis_binary
+from conftest import RedisServer
 
 from helpers import REPO, wait_until
 
@@ -39,45 +39,30 @@ def compose_redis_options() -> list[str]:
     return options
 
 
-class SyncedRedis:
-    """redis-server with its syncs logged (the size of the append-only file at each)."""
+class SyncedRedis(RedisServer):
+    """redis-server with the options that ship and its syncs logged (the size of the
+    append-only file at each)."""
 
     def __init__(self, folder: Path) -> None:
         compiler = shutil.which("cc") or shutil.which("gcc")
         assert compiler, "the power-cut test compiles bench/fsync_delay.c: it needs a C compiler"
-        self.library = folder / "libfsync_delay.so"
+        library = folder / "libfsync_delay.so"
         subprocess.run(
-            [compiler, "-shared", "-fPIC", "-O2", "-o", str(self.library),
+            [compiler, "-shared", "-fPIC", "-O2", "-o", str(library),
              str(REPO / "bench" / "fsync_delay.c"), "-ldl"],
             check=True, capture_output=True,
         )  # fmt: skip
         self.folder = folder
         self.size_log = folder / "synced-sizes.log"
-        self.counts = folder / "syncs.counts"
-        self.counts.write_bytes(bytes(8 * 8))
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.options = compose_redis_options()
-
-    def start(self) -> None:
+        counts = folder / "syncs.counts"
+        counts.write_bytes(bytes(8 * 8))
         env = {
-            "LD_PRELOAD": str(self.library),
+            "LD_PRELOAD": str(library),
             "FSYNC_DELAY_MS": "0",
-            "FSYNC_COUNT_FILE": str(self.counts),
+            "FSYNC_COUNT_FILE": str(counts),
             "FSYNC_SIZE_LOG": str(self.size_log),
         }
-        self.proc = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--dir", str(self.folder), *self.options],
-            env=env, stdout=(self.folder / "redis.log").open("ab"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        wait_until(self.ping, 15, what="redis-server to start")
-
-    def ping(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
-        except redis.RedisError:
-            return False
+        super().__init__(folder, *compose_redis_options(), env=env, log=folder / "redis.log")
 
     def power_cut(self, worst: set[tuple[bytes, bytes]] | None = None) -> int:
         """SIGKILL, then the append-only file cut back to its last synced size; returns the
@@ -85,8 +70,7 @@ class SyncedRedis:
         last; the file is cut after the latest of them that the router then moved, between
         the write and the move (the moment a sync hurts most)."""
         assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
+        self.stop()  # SIGKILL
         synced: dict[str, int] = {}
         for line in self.size_log.read_text().splitlines():
             name, synced_size = line.rsplit(" ", 1)
@@ -100,11 +84,6 @@ class SyncedRedis:
                 with path.open("r+b") as f:
                     f.truncate(keep)
         return lost
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def commands(aof: bytes) -> Iterator[tuple[int, list[bytes]]]:
@@ -139,7 +118,6 @@ def worst_cut(aof: bytes, writes: set[tuple[bytes, bytes]]) -> int:
 @pytest.fixture
 def synced_redis(tmp_path: Path) -> Iterator[SyncedRedis]:
     server = SyncedRedis(tmp_path)
-    server.start()
     yield server
     server.stop()
 

@@ -3,6 +3,7 @@ missing or unusable settings, and the wait for PostgreSQL and Redis with its lim
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -386,18 +387,28 @@ def test_docker_stop_during_the_wait_ends_it_at_once_as_pid_1(tmp_path: Path):
         stderr=subprocess.PIPE,
         text=True,
     )
+    shell: psutil.Process | None = None
     try:
         shell = wait_until(lambda: psutil.Process(outer.pid).children(), 10)[0]
-        wait_until(
-            lambda: any("energy_worker.wait" in " ".join(c.cmdline()) for c in shell.children()),
-            20,
-            what="the wait to start",
-        )
+        wait_until(lambda: runs(shell, "energy_worker.wait"), 20, what="the wait to start")
         started = time.monotonic()
         shell.send_signal(signal.SIGTERM)  # what `docker stop` sends to the container's PID 1
         assert outer.wait(10) == 143
         assert time.monotonic() - started < 5
     finally:
         if outer.poll() is None:
+            if shell is not None:  # the namespace's PID 1: its end ends all in it
+                with contextlib.suppress(psutil.Error):
+                    shell.kill()
             outer.kill()
             outer.wait()
+
+
+def runs(shell: psutil.Process, what: str) -> bool:
+    """Whether a child of the shell runs `what` (its short-lived children may be gone, or
+    zombies, by the time they are looked at)."""
+    for child in shell.children():
+        with contextlib.suppress(psutil.Error):
+            if what in " ".join(child.cmdline()):
+                return True
+    return False

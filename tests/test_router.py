@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from energy_worker import queue
+from energy_worker.redisclient import Redis
 from energy_worker.router import Router
 from helpers import wait_until
 
@@ -21,19 +21,19 @@ METERS = frozenset(range(1, 8))
 NEVER = 3600.0  # a sweep interval no test waits out: what is routed came by notification
 
 
-def work(r: redis.Redis) -> list[dict]:
+def work(r: Redis) -> list[dict]:
     return [json.loads(raw) for raw in r.lrange(queue.WORK, 0, -1)]
 
 
-def dead_letters(r: redis.Redis) -> list[dict]:
+def dead_letters(r: Redis) -> list[dict]:
     return [json.loads(raw) for raw in r.lrange(queue.DEADLETTER, 0, -1)]
 
 
 @pytest.fixture
-def make_router(r: redis.Redis, redis_db) -> Iterator:
+def make_router(r: Redis, redis_db) -> Iterator:
     made: list[Router] = []
 
-    def make(client: redis.Redis | None = None, sweep_interval: float = NEVER) -> Router:
+    def make(client: Redis | None = None, sweep_interval: float = NEVER) -> Router:
         router = Router(client or r, redis_db.db, METERS, sweep_interval=sweep_interval)
         made.append(router)
         router.run_once(max_wait=0)  # subscribes and makes its first sweep
@@ -141,7 +141,7 @@ def test_without_config_rights_it_says_so_and_sweeps_instead(make_router, r, red
     """A server that refuses CONFIG (an ACL user without it, as managed servers do)."""
     user = f"ew-test-{uuid.uuid4().hex[:8]}"
     r.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@all", "-config")
-    limited = redis.Redis(
+    limited = Redis(
         host=redis_db.host, port=redis_db.port, db=redis_db.db, username=user, password="secret"
     )
     try:

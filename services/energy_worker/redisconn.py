@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import redis
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.retry import Retry
 
 from .config import RedisSettings
+from .redisclient import Redis, ResponseError, Settings
 
 # How long after a write Redis may still lose it to a power cut, by its appendfsync setting:
 # `always` syncs before it answers; `everysec` syncs once a second from a background thread
@@ -18,61 +14,63 @@ DURABLE_AFTER = {"always": 0.0, "everysec": 2.0}
 DURABLE_AFTER_UNKNOWN = 2.0
 
 
-def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> redis.Redis:
+def connect_redis(settings: RedisSettings, blocking_timeout: float = 0) -> Redis:
     """A client; it connects lazily and reconnects by itself after a lost connection.
 
     The socket timeout leaves room for our own blocking calls (BLMOVE, pub/sub waits), so a
-    silent network failure is noticed without cutting a legitimate wait short. redis-py's own
-    retries are kept to a quick two (a dropped idle connection); a real outage is the callers'
-    to handle (outage.Outage), so it is noticed and logged at once, not after redis-py's default
-    backoff of many seconds.
+    silent network failure is noticed without cutting a legitimate wait short. Only what cannot
+    have reached the server is retried, a quick two times (a dropped idle connection); a real
+    outage is the callers' to handle (outage.Outage), so it is noticed and logged at once.
     """
     return _client(
         settings,
-        socket_connect_timeout=5,
-        socket_timeout=blocking_timeout + 10,
-        socket_keepalive=True,
+        connect_timeout=5,
+        timeout=blocking_timeout + 10,
+        keepalive=True,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retries=2,
     )
 
 
-def connect_once(settings: RedisSettings, timeout: float) -> redis.Redis:
+def connect_once(settings: RedisSettings, timeout: float) -> Redis:
     """A client that tries once per command, for what paces its own attempts (the wait for the
     servers at start) or a person who simply runs a command again (the `energy-worker`
     command)."""
-    return _client(
-        settings,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+    return _client(settings, connect_timeout=timeout, timeout=timeout)
+
+
+def _client(
+    settings: RedisSettings,
+    connect_timeout: float,
+    timeout: float,
+    keepalive: bool = False,
+    health_check_interval: float = 0,
+    retries: int = 0,
+) -> Redis:
+    return Redis(
+        Settings(
+            host=settings.host,
+            port=settings.port,
+            db=settings.db,
+            username=settings.username,
+            password=settings.password,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            keepalive=keepalive,
+            health_check_interval=health_check_interval,
+            retries=retries,
+        )
     )
 
 
-def _client(settings: RedisSettings, **options: Any) -> redis.Redis:
-    return redis.Redis(
-        host=settings.host,
-        port=settings.port,
-        db=settings.db,
-        username=settings.username,
-        password=settings.password,
-        **options,
-    )
-
-
-def as_bytes(value: bytes | str) -> bytes:
-    """A reply of our clients (they never decode replies), typed as redis-py cannot."""
-    return value if isinstance(value, bytes) else value.encode()
-
-
-def durable_after(r: redis.Redis, log: logging.Logger) -> float:
+def durable_after(r: Redis, log: logging.Logger) -> float:
     """Seconds after which a write is on Redis's disk, from its persistence settings (a server
     that refuses CONFIG is taken to sync every second, Redis's own default). Said once."""
     try:
         # one name per CONFIG GET: Redis before 7 takes no more
-        appendonly = str(r.config_get("appendonly").get("appendonly") or "no")
-        appendfsync = str(r.config_get("appendfsync").get("appendfsync") or "everysec")
-    except redis.ResponseError:
+        appendonly = r.config_get("appendonly").get("appendonly") or "no"
+        appendfsync = r.config_get("appendfsync").get("appendfsync") or "everysec"
+    except ResponseError:
         log.info("Redis does not show its persistence settings; taking appendfsync everysec")
         return DURABLE_AFTER_UNKNOWN
     if appendonly != "yes":

@@ -17,13 +17,11 @@ import logging
 import time
 from collections.abc import Callable
 
-import redis
-import redis.client
-
 from . import config, keys, logs, program
 from .keys import Kind
 from .outage import Outage
 from .queue import Queues
+from .redisclient import PubSub, Redis, RedisError, ResponseError
 from .redisconn import connect_redis
 
 SWEEP_INTERVAL = 5.0  # seconds between full sweeps while notifications work
@@ -36,7 +34,7 @@ class Notifications:
     """The server's keyspace notifications: switched on where the server lets us, and on again
     after a restarted server forgot them."""
 
-    def __init__(self, r: redis.Redis) -> None:
+    def __init__(self, r: Redis) -> None:
         self.r = r
         self.working: bool | None = None  # None: not tried yet
         self.new_key_events = True  # until the server says it has none (before Redis 7)
@@ -55,13 +53,13 @@ class Notifications:
                     log.warning("keyspace notifications were off (a restarted server?); on again")
                 try:
                     self.r.config_set("notify-keyspace-events", "".join(sorted(wanted)))
-                except redis.ResponseError:
+                except ResponseError:
                     if not self.new_key_events:
                         raise
                     self.new_key_events = False  # servers before 7.0 know no new-key events
                     wanted.discard("n")
                     self.r.config_set("notify-keyspace-events", "".join(sorted(wanted)))
-        except redis.ResponseError as exc:  # CONFIG refused (managed server, ACL)
+        except ResponseError as exc:  # CONFIG refused (managed server, ACL)
             if self.working is not False:
                 log.warning(
                     "keyspace notifications unavailable (%s); sweeping every %s s instead",
@@ -84,7 +82,7 @@ class Notifications:
 class Router:
     def __init__(
         self,
-        r: redis.Redis,
+        r: Redis,
         db_number: int,
         meters: frozenset[int],
         sweep_interval: float = SWEEP_INTERVAL,
@@ -98,7 +96,7 @@ class Router:
         self.debug = logs.DebugSwitch(log)
         self.sweep_interval = sweep_interval
         self.clock = clock
-        self.pubsub: redis.client.PubSub | None = None
+        self.pubsub: PubSub | None = None
         self.next_sweep = 0.0
 
     def run(self) -> None:
@@ -122,7 +120,7 @@ class Router:
         if self.pubsub.subscribed:
             message = self.pubsub.get_message(timeout=wait)
             while message is not None:
-                if self.handle(message["data"]):
+                if self.handle(message.data):
                     return True
                 message = self.pubsub.get_message(timeout=0)
         elif wait > 0:
@@ -135,7 +133,7 @@ class Router:
 
     def listen(self) -> None:
         """Subscribe to the events that announce webhook keys: SET, and new keys of any type."""
-        self.pubsub = self.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.pubsub = self.r.pubsub()
         events = self.notifications.enable()
         if events:
             self.pubsub.subscribe(*(f"__keyevent@{self.db_number}__:{event}" for event in events))
@@ -175,7 +173,7 @@ class Router:
             return self.sweep()  # everything present goes first; the sweep routes stop last
         try:
             result = self.queues.route(key)
-        except redis.ResponseError as exc:  # about this key, not an outage: log it, go on
+        except ResponseError as exc:  # about this key, not an outage: log it, go on
             log.error("could not handle key %s: %s", logs.quoted(key), exc)
             return False
         if result.outcome == "rejected":
@@ -208,7 +206,7 @@ def main(_termination: program.Termination) -> int:
             if router.run_once():
                 return program.EXIT_STOPPED
             outage.succeeded()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             router.close()
             outage.failed(exc)
 

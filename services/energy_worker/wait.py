@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 
 import pg8000.native
-import redis
 
 from . import config, db, program
 from .outage import describe_error
+from .redisclient import AuthenticationError, ResponseError
 from .redisconn import connect_once
 
 DEFAULT_WAIT_SECONDS = 600.0
@@ -65,9 +65,9 @@ def check_redis(settings: config.RedisSettings) -> None:
     client = connect_once(settings, CONNECT_TIMEOUT)  # wait_for paces the attempts
     try:
         client.ping()
-    except redis.AuthenticationError as exc:
+    except AuthenticationError as exc:
         raise Fatal(f"authentication failed: {describe_error(exc)}") from None
-    except redis.ResponseError as exc:
+    except ResponseError as exc:
         if "NOAUTH" in str(exc) or "invalid DB index" in str(exc):
             raise Fatal(describe_error(exc)) from None
         raise

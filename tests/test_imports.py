@@ -1,0 +1,38 @@
+"""Each program imports what it uses and no more: on a Pi every Python process pays in memory
+for each module it loads (a few MiB for asyncio, pg8000's chain, or a client library)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+
+NOBODY_NEEDS = ("redis", "asyncio")  # our own redisclient speaks to Redis with a plain socket
+ONLY_WITH_A_DATABASE = ("pg8000", "scramp", "asn1crypto", "dateutil")
+
+CASES = [
+    ("energy_worker.router", NOBODY_NEEDS + ONLY_WITH_A_DATABASE),
+    ("energy_worker.processor", NOBODY_NEEDS),
+    ("energy_worker.pusher", NOBODY_NEEDS),
+    ("energy_worker.exit_listener", NOBODY_NEEDS + ONLY_WITH_A_DATABASE),
+]
+
+
+@pytest.mark.parametrize(("module", "unwanted"), CASES)
+def test_a_program_loads_no_library_it_does_not_use(module, unwanted):
+    code = (
+        f"import json, sys; import {module}; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO / "services")},
+    )
+    loaded = set(json.loads(done.stdout))
+    assert not loaded & set(unwanted), sorted(loaded & set(unwanted))

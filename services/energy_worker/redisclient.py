@@ -1,9 +1,9 @@
 """A small Redis client: the RESP2 protocol over one socket, for the commands we send.
 
-Why not redis-py: importing it costs each process 7 to 14 MiB (it pulls in asyncio,
-importlib.metadata and every command of every Redis module), more than a third of what the
-three programs may use together on a Pi. This is the standard library's socket and the
-commands energy-worker sends, named as redis-py names them.
+Why not redis-py: importing it cost each program 7 to 14 MiB of memory (it pulls in asyncio,
+importlib.metadata and every command of every Redis module), 23 MiB over the three, where all
+the service's processes together should stay under 80 MiB on a Pi. This is the standard
+library's socket and the commands energy-worker sends, named as redis-py names them.
 
 Failure rules, which the programs' exactness rests on:
 - A connection that failed, timed out or answered nonsense is closed and never reused: the
@@ -11,7 +11,8 @@ Failure rules, which the programs' exactness rests on:
 - A command is retried (with `retries` and a short backoff) only when it cannot have reached
   the server: connecting failed, or the connection was found closed before it was written.
   Once written, a lost connection raises, so no command runs twice behind the caller's back.
-- The server's error answers raise ResponseError and leave the connection usable.
+- The server's error answers raise ResponseError and leave the connection usable; but
+  LOADING (a restarted server reading its data back) is an outage, as a lost connection is.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import select
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 Arg = bytes | str | int | float
-Reply = Any  # bytes | int | None | ResponseError | list[Reply], as the command answers
+Reply = Any  # bytes | int | None | RedisError | list[Reply], as the command answers
 RECV_BYTES = 65536
 
 
@@ -47,6 +48,14 @@ class ResponseError(RedisError):
 
 class AuthenticationError(ResponseError):
     """The server refused our user name or password."""
+
+
+class Loading(ConnectionFailed):
+    """The server is up but still reading its data back: it ran nothing; try again later."""
+
+
+def error_answer(message: str) -> RedisError:
+    return Loading(message) if message.startswith("LOADING") else ResponseError(message)
 
 
 class _Incomplete(Exception):
@@ -132,9 +141,9 @@ class Connection:
         return self.read()
 
     def read(self) -> Reply:
-        """The next reply, waiting for it; an error answer raises ResponseError."""
+        """The next reply, waiting for it; an error answer raises."""
         reply = self.parse(wait=True)
-        if isinstance(reply, ResponseError):
+        if isinstance(reply, RedisError):
             raise reply
         return reply
 
@@ -197,7 +206,7 @@ class Connection:
                 if kind == b"+":
                     return rest
                 if kind == b"-":
-                    return ResponseError(rest.decode("utf-8", "replace"))
+                    return error_answer(rest.decode("utf-8", "replace"))
                 if kind == b":":
                     return int(rest)
                 if kind == b"$":
@@ -227,7 +236,7 @@ class Settings:
     port: int = 6379
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line
     connect_timeout: float = 5.0
     timeout: float | None = None  # per read or write; None: wait forever
     keepalive: bool = False
@@ -248,15 +257,9 @@ class Commands:
     def get(self, name: Arg) -> bytes | None:
         return cast(bytes | None, self.execute_command("GET", name))
 
-    def getdel(self, name: Arg) -> bytes | None:
-        return cast(bytes | None, self.execute_command("GETDEL", name))
-
-    def set(self, name: Arg, value: Arg, *, nx: bool = False, px: int | None = None) -> bool:
-        args: list[Arg] = ["SET", name, value]
-        if px is not None:
-            args += ["PX", px]
-        if nx:
-            args.append("NX")
+    def set(self, name: Arg, value: Arg, *, nx: bool = False) -> bool:
+        """SET; with nx, only if the key does not exist (False: it did)."""
+        args: list[Arg] = ["SET", name, value, "NX"] if nx else ["SET", name, value]
         return self.execute_command(*args) is not None
 
     def delete(self, *names: Arg) -> int:
@@ -400,12 +403,14 @@ class Pipeline(Commands):
         if self.transaction:
             queued = replies[1:-1]
             results = replies[-1]
-            if results is None or isinstance(results, ResponseError):
-                error = next((r for r in queued if isinstance(r, ResponseError)), results)
+            if isinstance(results, Loading):
+                raise results
+            if results is None or isinstance(results, RedisError):
+                error = next((r for r in queued if isinstance(r, RedisError)), results)
                 raise ResponseError(f"transaction aborted: {error}")
             replies = results
         for reply in replies:
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, RedisError):
                 raise reply
         return replies
 
@@ -477,7 +482,7 @@ class PubSub:
             reply = con.read_within(max(deadline - time.monotonic(), 0.0))
             if isinstance(reply, _Incomplete):
                 return None
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, RedisError):
                 raise reply
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                 return Message(reply[1], reply[2])

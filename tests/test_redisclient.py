@@ -135,10 +135,13 @@ def test_a_script_runs_by_its_digest_and_is_sent_again_when_the_server_forgot_it
     assert script(keys=["n"], args=[2]) == 2
     r.execute_command("SCRIPT", "FLUSH")  # as after a restart
     assert script(keys=["n"], args=[3]) == 5
-    pipe = r.pipeline(transaction=True)
-    script(keys=["n"], args=[1], client=pipe)
-    pipe.get("n")
-    assert pipe.execute() == [6, b"6"]
+    for transaction in (True, False):
+        r.execute_command("SCRIPT", "FLUSH")
+        pipe = r.pipeline(transaction=transaction)
+        script(keys=["n"], args=[1], client=pipe)
+        script(keys=["n"], args=[1], client=pipe)
+        pipe.get("n")
+        assert pipe.execute()[-1] == (b"7" if transaction else b"9")
 
 
 def test_a_script_error_raises_without_running_it_twice(r):

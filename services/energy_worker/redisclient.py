@@ -385,6 +385,7 @@ class Pipeline(Commands):
         self.client = client
         self.transaction = transaction
         self.commands: list[tuple[Arg, ...]] = []
+        self.scripts: dict[str, str] = {}  # SHA1: source, of the scripts queued
 
     def execute_command(self, *args: Arg) -> Reply:
         self.commands.append(args)
@@ -393,8 +394,11 @@ class Pipeline(Commands):
     def execute(self) -> list[Reply]:
         """Every command's reply, in order; the first error answer raises."""
         commands, self.commands = self.commands, []
+        scripts, self.scripts = self.scripts, {}
         if not commands:
             return []
+        for source in scripts.values():  # so that EVALSHA finds them, each in one round trip
+            self.client.execute_command("SCRIPT", "LOAD", source)
         if self.transaction:
             commands = [("MULTI",), *commands, ("EXEC",)]
         con = self.client.ready()
@@ -417,7 +421,7 @@ class Pipeline(Commands):
 
 class Script:
     """A Lua script, sent once and then run by its SHA1 (loaded again when the server lost
-    it, after a restart); in a pipeline it is sent whole."""
+    it, after a restart; a pipeline loads its scripts before it runs)."""
 
     def __init__(self, client: Redis, source: str) -> None:
         self.client = client
@@ -431,16 +435,18 @@ class Script:
         client: Commands | None = None,
     ) -> Reply:
         target = client or self.client
+        run = ("EVALSHA", self.sha, len(keys), *keys, *args)
         if isinstance(target, Pipeline):
-            return target.execute_command("EVAL", self.source, len(keys), *keys, *args)
+            target.scripts[self.sha] = self.source
+            return target.execute_command(*run)
         try:
-            return target.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return target.execute_command(*run)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         # not run: the server does not know the script
         target.execute_command("SCRIPT", "LOAD", self.source)
-        return target.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        return target.execute_command(*run)
 
 
 @dataclass(frozen=True)

@@ -42,14 +42,8 @@ def test_durable_after_reads_the_servers_persistence(
     path = BINARIES[binary]
     if path is None or not Path(path).exists():
         pytest.skip(f"no {binary} redis-server here")
-    server = RedisServer(tmp_path, *options, binary=path)
-    try:
-        client = Redis(port=server.port)
-        with caplog.at_level(logging.INFO):
-            assert durable_after(client, logging.getLogger("test")) == expected
-        client.close()
-    finally:
-        server.stop()
+    with caplog.at_level(logging.INFO):
+        assert durable_after_of(RedisServer(tmp_path, *options, binary=path)) == expected
     assert "does not show its persistence" not in caplog.text
 
 
@@ -57,12 +51,17 @@ def test_a_server_that_refuses_config_is_taken_to_sync_every_second(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # managed Redis services often rename or disable CONFIG
-    server = RedisServer(tmp_path, "--rename-command", "CONFIG", "")
-    try:
-        client = Redis(port=server.port)
-        with caplog.at_level(logging.INFO):
-            assert durable_after(client, logging.getLogger("test")) == DURABLE_AFTER_UNKNOWN
-        client.close()
-    finally:
-        server.stop()
+    with caplog.at_level(logging.INFO):
+        server = RedisServer(tmp_path, "--rename-command", "CONFIG", "")
+        assert durable_after_of(server) == DURABLE_AFTER_UNKNOWN
     assert "does not show its persistence settings" in caplog.text
+
+
+def durable_after_of(server: RedisServer) -> float:
+    """durable_after as our client reads it from this server, which is stopped after."""
+    client = Redis(port=server.port)
+    try:
+        return durable_after(client, logging.getLogger("test"))
+    finally:
+        client.close()
+        server.stop()

@@ -38,7 +38,6 @@ import pytest
 import redis
 
 from energy_worker import config, db, schema
-from energy_worker.redisclient import Redis
 from helpers import REPO, Proc, wait_until, write_ini
 
 RUN_ID = uuid.uuid4().hex
@@ -294,10 +293,10 @@ def redis_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[config.RedisS
 
 
 @pytest.fixture
-def r(redis_db: config.RedisSettings) -> Iterator[Redis]:
-    """The run's Redis database, empty at the start of the test, through our own client."""
-    client = Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
-    client.execute_command("FLUSHDB")
+def r(redis_db: config.RedisSettings) -> Iterator[redis.Redis]:
+    """The run's Redis database, empty at the start of the test."""
+    client = redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
+    client.flushdb()
     yield client
     client.close()
 
@@ -306,7 +305,9 @@ def r(redis_db: config.RedisSettings) -> Iterator[Redis]:
 
 
 @pytest.fixture
-def worker_env(postgres_ini: Path, redis_db: config.RedisSettings, r: Redis) -> dict[str, str]:
+def worker_env(
+    postgres_ini: Path, redis_db: config.RedisSettings, r: redis.Redis
+) -> dict[str, str]:
     """Environment for our processes, pointing at this test's database and keyspace."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "REDIS"))}
     env.update(

@@ -102,7 +102,7 @@ def enqueue_many(r: Any, entries: list[tuple[str, str, int]]) -> None:
         pipe.set(key, value)
         queues.route_in(pipe, key.encode(), at_ms=at_ms)
     results = pipe.execute()
-    assert all(result == b"OK" or result[0] == b"routed" for result in results), results[:4]
+    assert all(result is True or result[0] == b"routed" for result in results), results[:4]
 
 
 def backlog(n: int) -> list[tuple[str, str, int]]:

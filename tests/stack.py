@@ -17,10 +17,10 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
+import redis
 from supervisor.xmlrpc import SupervisorTransport
 
 from energy_worker import config, db
-from energy_worker.redisclient import Redis
 from helpers import REPO, wait_until
 
 BIN = Path(sys.executable).parent
@@ -160,7 +160,7 @@ class Stack:
 class Webhook:
     """Sends pulses the way the webhook does: a key is written only when it is absent."""
 
-    def __init__(self, r: Redis) -> None:
+    def __init__(self, r: redis.Redis) -> None:
         self.r = r
         self.millis: dict[int, int] = {}
         self.sent: Counter[int] = Counter()

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import redis
 
 from cli_support import SCRIPT, cli, cli_process
 from energy_worker import config, makerun
@@ -21,7 +22,6 @@ from energy_worker.cli import health, parser, show, simulate
 from energy_worker.cli.deadletters import Entry
 from energy_worker.domain import at_time
 from energy_worker.processor import Processor
-from energy_worker.redisclient import Redis
 from energy_worker.store import reports
 from helpers import REPO, T0, enqueue, pulses, wait_until, write_ini
 
@@ -58,11 +58,11 @@ def test_make_installs_the_console_script_from_this_checkout():
 
 def test_help_imports_no_server_library():
     # The command must start fast on a Pi: --help, and the parser of every subcommand, import
-    # neither our Redis client nor pg8000 nor supervisor.
+    # neither redis-py nor pg8000 nor supervisor.
     code = (
         "import sys; from energy_worker.cli import parser; parser.build(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('redis', 'pg8000', 'supervisor', 'requests') or m == 'energy_worker.redisclient'))"
+        "('redis', 'pg8000', 'supervisor', 'requests')))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
@@ -259,8 +259,8 @@ def test_dead_letter_entries_of_any_shape_are_shown():
 def test_pulses_since_midnight_count_pulses_not_typed_in_readings(
     fresh_pg: config.PostgresSettings, redis_db: config.RedisSettings
 ):
-    r = Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
-    r.execute_command("FLUSHDB")
+    r = redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
+    r.flushdb()
     midnight = T0 + 4000
     # meter 1: three pulses before midnight, then a typed-in reading and three more
     pulses(r, 1, [1000, 2800, 4600])
@@ -292,7 +292,7 @@ def test_pulses_since_midnight_count_pulses_not_typed_in_readings(
         con.close()
 
 
-def test_a_full_buffer_loses_pulses_and_the_report_says_so(r: Redis, capsys):
+def test_a_full_buffer_loses_pulses_and_the_report_says_so(r: redis.Redis, capsys):
     # Nothing takes the keys here (no router): the first pulse stays in flight, four more wait
     # in the buffer, and every further one is lost, as on the Arduino.
     meter = config.load_meters(METERS)[1]

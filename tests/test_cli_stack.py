@@ -17,11 +17,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import redis
 from stack import PASSWORD, Stack
 
 from cli_support import cli, cli_process
 from energy_worker import config, db
-from energy_worker.redisclient import Redis
 from energy_worker.store import meters as meters_store
 from helpers import REPO, Proc, wait_until
 from sheet_server import SheetServer
@@ -41,7 +41,7 @@ max_power_w = 17250
 class Service:
     stack: Stack
     env: dict[str, str]  # the command's environment: the same settings as the service
-    r: Redis
+    r: redis.Redis
     con: db.Connection
     sheet: SheetServer
     meters_file: Path
@@ -69,8 +69,8 @@ def service(
     tmp = tmp_path_factory.mktemp("cli")
     meters_file = tmp / "meters.toml"
     meters_file.write_text((REPO / "etc" / "meters.toml").read_text())
-    r = Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
-    r.execute_command("FLUSHDB")
+    r = redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
+    r.flushdb()
     sheet = SheetServer().start()
     stack = Stack(module_pg, redis_db, tmp)
     stack.env.update(
@@ -94,7 +94,7 @@ def service(
         stack.close()
         db.close_quietly(con)
         sheet.stop()
-        r.execute_command("FLUSHDB")
+        r.flushdb()
         r.close()
         assert PASSWORD not in stack.log(), "the password reached a log line"
 

@@ -18,12 +18,12 @@ import xmlrpc.client
 from pathlib import Path
 
 import pytest
+import redis
 from stack import PROGRAMS, Webhook, all_stored
 from supervisor.xmlrpc import SupervisorTransport
 
 from cli_support import cli
 from energy_worker import config, devrun
-from energy_worker.redisclient import Redis
 from helpers import REPO, wait_until
 
 
@@ -73,7 +73,7 @@ def devrun_round(
     try:
         wait_until(running, 90, 0.1, "make run's programs RUNNING")
         ports = json.loads((var / "ports.json").read_text())
-        client = Redis(host="127.0.0.1", port=ports["redis"])
+        client = redis.Redis(host="127.0.0.1", port=ports["redis"])
         hook = hook or Webhook(client)
         hook.r = client
         hook.pulses(12)

@@ -9,14 +9,16 @@ import pytest
 
 from helpers import REPO
 
-NOBODY_NEEDS = ("redis", "asyncio")  # our own redisclient speaks to Redis with a plain socket
 ONLY_WITH_A_DATABASE = ("pg8000", "scramp", "asn1crypto", "dateutil")
+ONLY_WITH_A_WEBHOOK = ("requests", "urllib3", "idna", "charset_normalizer", "certifi")
+ONLY_THE_PUBLISHER = ("paho",)
 
 CASES = [
-    ("energy_worker.router", NOBODY_NEEDS + ONLY_WITH_A_DATABASE),
-    ("energy_worker.processor", NOBODY_NEEDS),
-    ("energy_worker.pusher", NOBODY_NEEDS),
-    ("energy_worker.exit_listener", NOBODY_NEEDS + ONLY_WITH_A_DATABASE),
+    ("energy_worker.router", ONLY_WITH_A_DATABASE + ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
+    ("energy_worker.processor", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
+    # the pusher imports requests only when a webhook URL is set (webhook.Webhook)
+    ("energy_worker.pusher", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
+    ("energy_worker.exit_listener", ("redis", *ONLY_WITH_A_DATABASE, *ONLY_WITH_A_WEBHOOK)),
 ]
 
 

@@ -12,12 +12,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import redis
 
 from energy_worker import config, ledger, queue
 from energy_worker.domain import Item, at_time
 from energy_worker.keys import Kind
 from energy_worker.processor import Processor
-from energy_worker.redisclient import Redis
 from energy_worker.redisconn import connect_redis
 from energy_worker.store import processor as store
 from helpers import (
@@ -42,7 +42,7 @@ def committed(sql) -> int:
     return sql.run("SELECT last_seq FROM worker_progress")[0][0]
 
 
-def drained(r: Redis) -> bool:
+def drained(r: redis.Redis) -> bool:
     return r.llen(queue.WORK) == 0 and r.llen(queue.PROCESSING) == 0
 
 
@@ -50,7 +50,7 @@ def drained(r: Redis) -> bool:
 def make_processor(pg, r) -> Iterator:
     made: list[Processor] = []
 
-    def make(client: Redis | None = None, settings=None, **options) -> Processor:
+    def make(client: redis.Redis | None = None, settings=None, **options) -> Processor:
         processor = Processor(
             client or r,
             settings or pg,
@@ -361,7 +361,7 @@ def test_redis_losing_its_data_starts_a_new_epoch_and_nothing_is_skipped(make_pr
     processor = make_processor()
     pulses(r, 1, [1000, 2800, 4600])
     run_until(processor, lambda: status(sql, 1)["meter_counts"] == 3)
-    r.execute_command("FLUSHDB")
+    r.flushdb()
     r.set(queue.EPOCH, "0000000000000-00000000")  # an epoch that sorts before the old one
     pulses(r, 1, [6400, 8200], start_ms=T0 + 5400)
     run_until(processor, lambda: status(sql, 1)["meter_counts"] == 5)

@@ -7,17 +7,17 @@ import json
 from decimal import Decimal
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 
 from energy_worker import ledger, queue
 from energy_worker.domain import Item, Meter, MeterRecord, MeterState
 from energy_worker.keys import Kind
 from energy_worker.queue import Queues
-from energy_worker.redisclient import Redis
 from key_cases import CASES, METERS, Outcome, key_names, python_outcome, values
 
 
-def lua_outcome(r: Redis, queues: Queues, key: bytes, value: bytes) -> Outcome:
+def lua_outcome(r: redis.Redis, queues: Queues, key: bytes, value: bytes) -> Outcome:
     """SET the key, route it with the script, and say what became of it."""
     r.delete(queue.WORK, queue.PUSH, key)
     r.set(key, value)
@@ -44,7 +44,7 @@ def lua_outcome(r: Redis, queues: Queues, key: bytes, value: bytes) -> Outcome:
 
 
 @pytest.fixture
-def queues(r: Redis) -> Queues:
+def queues(r: redis.Redis) -> Queues:
     return Queues(r, METERS)
 
 
@@ -90,7 +90,7 @@ def test_no_key_but_a_timestamp_moves_a_meter_further_than_its_own_metercount(
 
 def test_keys_of_other_types_are_rejected_with_a_preview(r, queues):
     r.rpush("channel:1:timestamp", "1", "2")
-    r.execute_command("HSET", "stop", "a", "1")
+    r.hset("stop", mapping={"a": "1"})
     assert queues.route(b"channel:1:timestamp").reason == "key holds a Redis list, not a string"
     result = queues.route(b"stop")
     assert (result.reason, result.preview) == ("key holds a Redis hash, not a string", "hash: a, 1")

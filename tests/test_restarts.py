@@ -11,18 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from stack import Stack
 
 from cli_support import Result, cli
 from energy_worker import config
-from energy_worker.redisclient import Redis
 from helpers import REPO, wait_until
 
 pytestmark = pytest.mark.processes
 
 
 def test_crash_looping_program_is_retried_with_growing_delay(
-    pg: config.PostgresSettings, redis_db: config.RedisSettings, r: Redis, tmp_path: Path
+    pg: config.PostgresSettings, redis_db: config.RedisSettings, r: redis.Redis, tmp_path: Path
 ):
     # A meter config the programs refuse (exit 2) while the entrypoint's set-up accepted the
     # one it saw: the programs crash at start, supervisord stays up and keeps trying.
@@ -46,7 +46,7 @@ def test_crash_looping_program_is_retried_with_growing_delay(
 
 
 def test_a_router_killed_now_and_then_is_back_within_a_second_and_no_pulse_is_lost(
-    pg: config.PostgresSettings, redis_db: config.RedisSettings, r: Redis, tmp_path: Path
+    pg: config.PostgresSettings, redis_db: config.RedisSettings, r: redis.Redis, tmp_path: Path
 ):
     """Kill -9 of the router ten times under load, far apart from the exit listener's point of
     view: each time it had run healthily, so it is back after about a second, and the

@@ -9,31 +9,34 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
+import redis
 
 from energy_worker import queue
-from energy_worker.redisclient import Redis
+from energy_worker.redisconn import connect_redis
 from energy_worker.router import Router
 from helpers import wait_until
+from tcpproxy import TcpProxy
 
 METERS = frozenset(range(1, 8))
 NEVER = 3600.0  # a sweep interval no test waits out: what is routed came by notification
 
 
-def work(r: Redis) -> list[dict]:
+def work(r: redis.Redis) -> list[dict]:
     return [json.loads(raw) for raw in r.lrange(queue.WORK, 0, -1)]
 
 
-def dead_letters(r: Redis) -> list[dict]:
+def dead_letters(r: redis.Redis) -> list[dict]:
     return [json.loads(raw) for raw in r.lrange(queue.DEADLETTER, 0, -1)]
 
 
 @pytest.fixture
-def make_router(r: Redis, redis_db) -> Iterator:
+def make_router(r: redis.Redis, redis_db) -> Iterator:
     made: list[Router] = []
 
-    def make(client: Redis | None = None, sweep_interval: float = NEVER) -> Router:
+    def make(client: redis.Redis | None = None, sweep_interval: float = NEVER) -> Router:
         router = Router(client or r, redis_db.db, METERS, sweep_interval=sweep_interval)
         made.append(router)
         router.run_once(max_wait=0)  # subscribes and makes its first sweep
@@ -141,7 +144,7 @@ def test_without_config_rights_it_says_so_and_sweeps_instead(make_router, r, red
     """A server that refuses CONFIG (an ACL user without it, as managed servers do)."""
     user = f"ew-test-{uuid.uuid4().hex[:8]}"
     r.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@all", "-config")
-    limited = Redis(
+    limited = redis.Redis(
         host=redis_db.host, port=redis_db.port, db=redis_db.db, username=user, password="secret"
     )
     try:
@@ -201,3 +204,35 @@ def test_router_killed_at_any_instant_loses_no_pulse_and_duplicates_none(spawn, 
     wait_until(lambda: not r.exists("channel:1:timestamp"))
     assert [int(item["v"]) for item in work(r)] == sent
     assert [item["s"] for item in work(r)] == list(range(1, len(sent) + 1))
+
+
+def test_after_a_silent_partition_of_a_quiet_router_it_is_back_on_notifications_in_10_s(
+    r: redis.Redis, redis_db
+):
+    """A partition tells nobody: the subscription hears nothing, as on a quiet evening, and no
+    command of the router's would time out (no sweep is due). The unanswered health check
+    shows it; the router starts afresh on new connections as its main loop does."""
+    proxy = TcpProxy(redis_db.host, redis_db.port)
+    client = connect_redis(replace(redis_db, host="127.0.0.1", port=proxy.port))
+    router = Router(client, redis_db.db, METERS, sweep_interval=NEVER)
+    try:
+        router.run_once(max_wait=0)
+        r.set("channel:1:timestamp", "1", nx=True)
+        until_routed(router, lambda: not r.exists("channel:1:timestamp"), 1.0)
+        before = router.pubsub
+        proxy.blackhole()
+        proxy.heal()  # new connections get through; the router's own stay silent
+        healed = time.monotonic()
+        while router.pubsub is before or router.pubsub is None:
+            assert time.monotonic() - healed < 10, "the router did not notice the partition"
+            try:
+                router.run_once(max_wait=0.05)
+            except redis.RedisError:
+                router.close()  # as main() does
+        r.set("channel:1:timestamp", "2", nx=True)
+        until_routed(router, lambda: not r.exists("channel:1:timestamp"), 1.0)
+        assert time.monotonic() - healed < 10
+        assert [item["v"] for item in work(r)] == ["1", "2"]
+    finally:
+        router.close()
+        proxy.close()

@@ -3,26 +3,27 @@ applications' keys (keyspace.py), instead of letting the router delete them."""
 
 from __future__ import annotations
 
+import redis
+
 from energy_worker import keyspace
 from energy_worker.config import RedisSettings
-from energy_worker.redisclient import Redis
 
 
-def test_the_webhooks_and_our_keys_are_ours_and_anything_else_is_foreign(r: Redis):
+def test_the_webhooks_and_our_keys_are_ours_and_anything_else_is_foreign(r: redis.Redis):
     for key in (b"channel:1:timestamp", b"Chanel:9:Timestamp", b"CHANNEL:42:metercount",
                 b"stop", b"POWERUP", b"pushtogoogle", b"debug", b"foo",
                 b"energy-worker:deadletter"):  # fmt: skip
         r.set(key, "x")  # whatever the value: it is the webhook's (illegal ones it removes)
     assert keyspace.foreign_keys(r).count == 0
     r.rpush("somelist", "x")
-    r.execute_command("HSET", "homeassistant:states", "a", "1")
+    r.hset("homeassistant:states", mapping={"a": "1"})
     r.set("nodered:flow", "1")
     r.set("channel:7:timeſtamp", "1")  # a look-alike is nobody's contract key either
     found = keyspace.foreign_keys(r)
     assert found.count == 4 and len(found.examples) == 4
 
 
-def test_the_refusal_is_one_line_with_the_count_examples_and_what_to_do(r: Redis):
+def test_the_refusal_is_one_line_with_the_count_examples_and_what_to_do(r: redis.Redis):
     for n in range(8):
         r.set(f"app:{n}", "x")
     line = keyspace.foreign_keys(r).refusal(RedisSettings("redis-db", 6379, 0))
@@ -32,7 +33,7 @@ def test_the_refusal_is_one_line_with_the_count_examples_and_what_to_do(r: Redis
     assert "REDIS_DB" in line and "redis-cli -n 0 DEL" in line
 
 
-def test_setup_refuses_to_start_on_a_shared_database_and_deletes_nothing(spawn, r: Redis):
+def test_setup_refuses_to_start_on_a_shared_database_and_deletes_nothing(spawn, r: redis.Redis):
     r.rpush("somelist", "x")
     r.set("channel:1:timestamp", "1000")
     setup = spawn("setup")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pg8000.native
 import pytest
+import redis
 from stack import PASSWORD, PROGRAMS, Stack, Webhook, all_stored, counted
 
 import mqtt_support as ms
 from energy_worker import config, ha_discovery
-from energy_worker.redisclient import Redis
 from helpers import wait_until
 from mqtt_support import Space
 
@@ -30,7 +30,7 @@ mqtt_broker, space = ms.mqtt_broker, ms.space
 
 @pytest.fixture
 def stack(
-    pg: config.PostgresSettings, redis_db: config.RedisSettings, r: Redis, tmp_path: Path
+    pg: config.PostgresSettings, redis_db: config.RedisSettings, r: redis.Redis, tmp_path: Path
 ) -> Iterator[Stack]:
     s = Stack(pg, redis_db, tmp_path)
     try:
@@ -41,7 +41,7 @@ def stack(
 
 
 def test_pulses_reach_postgres_and_every_line_names_its_process(
-    stack: Stack, r: Redis, pg: config.PostgresSettings, sql: pg8000.native.Connection
+    stack: Stack, r: redis.Redis, pg: config.PostgresSettings, sql: pg8000.native.Connection
 ):
     hook = Webhook(r)
     hook.pulses(30)
@@ -67,7 +67,7 @@ def test_pulses_reach_postgres_and_every_line_names_its_process(
 
 
 def test_supervisorctl_restart_processor_loses_nothing(
-    stack: Stack, r: Redis, pg: config.PostgresSettings
+    stack: Stack, r: redis.Redis, pg: config.PostgresSettings
 ):
     hook = Webhook(r)
     hook.pulses(20)
@@ -81,7 +81,7 @@ def test_supervisorctl_restart_processor_loses_nothing(
 
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_sigkill_of_a_program_loses_nothing(
-    stack: Stack, r: Redis, pg: config.PostgresSettings, program: str
+    stack: Stack, r: redis.Redis, pg: config.PostgresSettings, program: str
 ):
     hook = Webhook(r)
     hook.pulses(15)
@@ -104,7 +104,7 @@ def test_sigkill_of_a_program_loses_nothing(
 
 
 def test_stop_key_ends_supervisord_with_zero_and_everything_stored(
-    stack: Stack, r: Redis, pg: config.PostgresSettings
+    stack: Stack, r: redis.Redis, pg: config.PostgresSettings
 ):
     hook = Webhook(r)
     hook.pulses(60, meters=(1, 2, 3, 4, 5, 6, 7))
@@ -118,7 +118,7 @@ def test_stop_key_ends_supervisord_with_zero_and_everything_stored(
 
 
 def test_sigterm_ends_the_entrypoint_with_143_and_every_program_stopped(
-    pg: config.PostgresSettings, redis_db: config.RedisSettings, r: Redis, tmp_path: Path
+    pg: config.PostgresSettings, redis_db: config.RedisSettings, r: redis.Redis, tmp_path: Path
 ):
     # `docker stop`, or the Docker daemon stopping for a reboot: SIGTERM to the container's
     # first process. supervisord exits 0 then; the container must not, or `restart:
@@ -147,7 +147,7 @@ def test_sigterm_ends_the_entrypoint_with_143_and_every_program_stopped(
 def test_a_restarted_stack_finds_its_data_again_and_with_mqtt_host_publishes_it(
     pg: config.PostgresSettings,
     redis_db: config.RedisSettings,
-    r: Redis,
+    r: redis.Redis,
     tmp_path: Path,
     space: Space,
     sql: pg8000.native.Connection,

@@ -4,6 +4,8 @@ seconds, the limit, and a server that answers after a while."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +54,20 @@ def test_a_configuration_waiting_cannot_mend_ends_the_wait_at_once():
 
     with pytest.raises(wait.Fatal):
         wait.wait_for("PostgreSQL", refused, 600, logging.getLogger("wait-test"))
+
+
+def test_a_database_number_the_redis_server_has_not_fails_at_once_with_one_line(
+    worker_env: dict[str, str],
+):
+    env = {**worker_env, "REDIS_DB": "100000", "REDIS_WAIT_SECONDS": "600"}
+    done = subprocess.run(
+        [sys.executable, "-m", "energy_worker.wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "DB index is out of range" in errors[0], done.stderr

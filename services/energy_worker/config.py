@@ -121,10 +121,7 @@ def postgres_settings(path: str | os.PathLike[str] | None = None) -> PostgresSet
     missing = [k for k in ("host", "database", "user") if not section.get(k)]
     if missing:
         raise ConfigError(f"{ini} [postgresql] lacks {', '.join(missing)}")
-    try:
-        port = int(section.get("port") or 5432)
-    except ValueError:
-        raise ConfigError(f"{ini} [postgresql] port is not a number") from None
+    port = port_number(section.get("port"), 5432, f"{ini} [postgresql] port")
     return PostgresSettings(
         host=section["host"],
         port=port,
@@ -134,13 +131,28 @@ def postgres_settings(path: str | os.PathLike[str] | None = None) -> PostgresSet
     )
 
 
+def port_number(text: str | None, default: int, name: str) -> int:
+    """A TCP port, or the default when unset; anything else is refused (the socket layer would
+    take 70000 as port 4464)."""
+    text = (text or "").strip()
+    if not text:
+        return default
+    port = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name} must be a port number (1-65535), not {text!r}")
+    return port
+
+
 def redis_settings(env: Mapping[str, str] | None = None) -> RedisSettings:
     env = os.environ if env is None else env
+    port = port_number(env.get("REDIS_PORT"), 6379, "REDIS_PORT")
+    db_text = (env.get("REDIS_DB") or "").strip()
     try:
-        port = int(env.get("REDIS_PORT") or 6379)
-        db = int(env.get("REDIS_DB") or 0)
+        db = int(db_text or 0)
     except ValueError:
-        raise ConfigError("REDIS_PORT and REDIS_DB must be whole numbers") from None
+        db = -1
+    if db < 0:
+        raise ConfigError(f"REDIS_DB must be a database number (0 or more), not {db_text!r}")
     return RedisSettings(
         host=env.get("REDIS_HOST") or "redis-db",
         port=port,
@@ -303,13 +315,7 @@ def mqtt_settings(env: Mapping[str, str] | None = None) -> MqttSettings:
     if tls_text not in ("true", "false"):
         raise ConfigError(f"MQTT_TLS must be true or false, not {tls_text!r}")
     tls = tls_text == "true"
-    port_text = (env.get("MQTT_PORT") or "").strip()
-    try:
-        port = int(port_text) if port_text else (8883 if tls else 1883)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"MQTT_PORT must be a port number (1-65535), not {port_text!r}")
+    port = port_number(env.get("MQTT_PORT"), 8883 if tls else 1883, "MQTT_PORT")
     username = env.get("MQTT_USERNAME") or None
     password = secret(env.get("MQTT_PASSWORD"))
     if password is not None and username is None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import redis
+
 from . import keys
 from .config import RedisSettings
 from .logs import quoted
-from .redisclient import Redis
 
 ANY_METER = frozenset(range(1, 100))  # a webhook key for a meter not configured is still its
 EXAMPLES = 5
@@ -43,7 +44,7 @@ def is_ours(name: bytes) -> bool:
     return keys.classify(name, ANY_METER).kind is not keys.Kind.ILLEGAL
 
 
-def foreign_keys(r: Redis) -> Foreign:
+def foreign_keys(r: redis.Redis) -> Foreign:
     found = Foreign()
     for key in r.scan_iter(count=1000):
         if not is_ours(key):

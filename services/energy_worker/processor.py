@@ -25,11 +25,12 @@ import logging
 import os
 import time
 
+import redis
+
 from . import config, db, ledger, logs, program, schema
 from .domain import Item, Meter, MeterRecord
 from .outage import Outage
 from .queue import PROCESSING, Queues, now_ms
-from .redisclient import Redis, RedisError
 from .redisconn import connect_redis, durable_after
 from .store import meters as meter_store
 from .store import processor as store
@@ -44,7 +45,7 @@ log = logging.getLogger("energy_worker.processor")
 class Processor:
     def __init__(
         self,
-        r: Redis,
+        r: redis.Redis,
         pg: config.PostgresSettings,
         config_meters: dict[int, Meter],
         *,
@@ -102,7 +103,7 @@ class Processor:
             raw = self.queues.take(BATCH)
             backlog = self.queues.backlog() if raw else 0
             self.redis_outage.succeeded()
-        except RedisError as exc:
+        except redis.RedisError as exc:
             self.sequence_checked = False  # a restarted Redis may have lost its last writes
             self.redis_outage.failed(exc)
             return False
@@ -163,7 +164,7 @@ class Processor:
         except db.ERRORS as exc:
             self.lost_database(exc)
             return False
-        except RedisError as exc:
+        except redis.RedisError as exc:
             self.redis_outage.failed(exc)
             return False
         # Committed: from here on our state is the database's, whatever becomes of the ack.
@@ -178,7 +179,7 @@ class Processor:
         try:
             self.queues.ack(covered)
             self.redis_outage.succeeded()
-        except RedisError as exc:
+        except redis.RedisError as exc:
             # The items come back and are skipped as done.
             self.redis_outage.failed(exc)
             return False
@@ -294,7 +295,7 @@ class Processor:
             try:
                 raw = self.queues.take(BATCH)
                 backlog = self.queues.backlog() if raw else 0
-            except RedisError:
+            except redis.RedisError:
                 return False
             items, positions = self.decode(raw)
             mine = sum(1 for item in items if item.at_ms <= routed_before)

@@ -18,8 +18,10 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+import redis
+import redis.client
+
 from .keys import MAX_METERCOUNT, MAX_MILLIS, OWN_PREFIX, Kind
-from .redisclient import Pipeline, Redis
 
 WORK = OWN_PREFIX + "work"
 PROCESSING = OWN_PREFIX + "processing"
@@ -193,7 +195,7 @@ def now_ms() -> int:
 class Queues:
     """Our Redis lists, with the scripts that move items between them."""
 
-    def __init__(self, r: Redis, meters: Collection[int] = ()) -> None:
+    def __init__(self, r: redis.Redis, meters: Collection[int] = ()) -> None:
         self.r = r
         self.meters_arg = "," + ",".join(str(n) for n in sorted(meters)) + ","
         self._route = r.register_script(_ROUTE)
@@ -213,7 +215,7 @@ class Queues:
             )
         return Routed(outcome)
 
-    def route_in(self, pipe: Pipeline, key: bytes, at_ms: int | None = None) -> None:
+    def route_in(self, pipe: redis.client.Pipeline, key: bytes, at_ms: int | None = None) -> None:
         """route(), queued on a pipeline: for building a backlog fast (tests, benchmark)."""
         self._route(keys=self._keys(key), args=self._args(at_ms), client=pipe)
 

@@ -16,16 +16,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.client
 
 from . import config, keys, logs, program
 from .keys import Kind
 from .outage import Outage
 from .queue import Queues
-from .redisclient import PubSub, Redis, RedisError, ResponseError
-from .redisconn import connect_redis
+from .redisconn import HEALTH_CHECK_S, connect_redis
 
 SWEEP_INTERVAL = 5.0  # seconds between full sweeps while notifications work
 SWEEP_INTERVAL_POLLING = 0.25  # ... and when the server refuses notifications
+# redis-py PINGs a subscription that was quiet for HEALTH_CHECK_S, but does not miss a PONG
+# that never comes: a silent partition. A subscription whose PING is unanswered this long after
+# it was due is taken for dead.
+PONG_TIMEOUT = 3 * HEALTH_CHECK_S
 
 log = logging.getLogger("energy_worker.router")
 
@@ -34,7 +41,7 @@ class Notifications:
     """The server's keyspace notifications: switched on where the server lets us, and on again
     after a restarted server forgot them."""
 
-    def __init__(self, r: Redis) -> None:
+    def __init__(self, r: redis.Redis) -> None:
         self.r = r
         self.working: bool | None = None  # None: not tried yet
         self.new_key_events = True  # until the server says it has none (before Redis 7)
@@ -53,13 +60,13 @@ class Notifications:
                     log.warning("keyspace notifications were off (a restarted server?); on again")
                 try:
                     self.r.config_set("notify-keyspace-events", "".join(sorted(wanted)))
-                except ResponseError:
+                except redis.ResponseError:
                     if not self.new_key_events:
                         raise
                     self.new_key_events = False  # servers before 7.0 know no new-key events
                     wanted.discard("n")
                     self.r.config_set("notify-keyspace-events", "".join(sorted(wanted)))
-        except ResponseError as exc:  # CONFIG refused (managed server, ACL)
+        except redis.ResponseError as exc:  # CONFIG refused (managed server, ACL)
             if self.working is not False:
                 log.warning(
                     "keyspace notifications unavailable (%s); sweeping every %s s instead",
@@ -82,7 +89,7 @@ class Notifications:
 class Router:
     def __init__(
         self,
-        r: Redis,
+        r: redis.Redis,
         db_number: int,
         meters: frozenset[int],
         sweep_interval: float = SWEEP_INTERVAL,
@@ -96,7 +103,7 @@ class Router:
         self.debug = logs.DebugSwitch(log)
         self.sweep_interval = sweep_interval
         self.clock = clock
-        self.pubsub: PubSub | None = None
+        self.pubsub: redis.client.PubSub | None = None
         self.next_sweep = 0.0
 
     def run(self) -> None:
@@ -118,11 +125,13 @@ class Router:
             wait = min(wait, max_wait)
         assert self.pubsub is not None
         if self.pubsub.subscribed:
-            message = self.pubsub.get_message(timeout=wait)
+            # woken at least as often as the health check is due, to send it and miss its answer
+            message = self.pubsub.get_message(timeout=min(wait, HEALTH_CHECK_S))
             while message is not None:
-                if self.handle(message.data):
+                if self.handle(message["data"]):
                     return True
                 message = self.pubsub.get_message(timeout=0)
+            self.check_alive(self.pubsub)
         elif wait > 0:
             time.sleep(wait)
         if self.clock() >= self.next_sweep:
@@ -133,7 +142,7 @@ class Router:
 
     def listen(self) -> None:
         """Subscribe to the events that announce webhook keys: SET, and new keys of any type."""
-        self.pubsub = self.r.pubsub()
+        self.pubsub = self.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         events = self.notifications.enable()
         if events:
             self.pubsub.subscribe(*(f"__keyevent@{self.db_number}__:{event}" for event in events))
@@ -141,9 +150,25 @@ class Router:
             self.sweep_interval = SWEEP_INTERVAL_POLLING
 
     def close(self) -> None:
+        """After a failure: the subscription and every pooled connection go (a partition that
+        silenced one silenced them all, and a command on one would wait for its timeout)."""
         if self.pubsub is not None:
             self.pubsub.close()
             self.pubsub = None
+        self.r.connection_pool.disconnect()
+
+    @staticmethod
+    def check_alive(pubsub: redis.client.PubSub) -> None:
+        """Raise ConnectionError when the subscription's health check went unanswered."""
+        connection: Any = pubsub.connection  # redis-py's hint says it is always None
+        if (
+            connection is not None
+            and pubsub.health_check_response_counter > 0
+            and time.monotonic() > connection.next_health_check + PONG_TIMEOUT
+        ):
+            raise redis.ConnectionError(
+                f"no answer to a health check within {PONG_TIMEOUT:g} s (a silent partition?)"
+            )
 
     def sweep(self) -> bool:
         """Route every key present: illegal input first, then in contract order (powerup first,
@@ -173,7 +198,7 @@ class Router:
             return self.sweep()  # everything present goes first; the sweep routes stop last
         try:
             result = self.queues.route(key)
-        except ResponseError as exc:  # about this key, not an outage: log it, go on
+        except redis.ResponseError as exc:  # about this key, not an outage: log it, go on
             log.error("could not handle key %s: %s", logs.quoted(key), exc)
             return False
         if result.outcome == "rejected":
@@ -193,7 +218,7 @@ class Router:
 def main(_termination: program.Termination) -> int:
     settings = config.redis_settings()
     meters = frozenset(config.load_meters())
-    r = connect_redis(settings, blocking_timeout=SWEEP_INTERVAL)
+    r = connect_redis(settings)  # it never blocks: a subscription waits by itself
     router = Router(r, settings.db, meters)
     outage = Outage("Redis", log)
     log.info(
@@ -206,7 +231,7 @@ def main(_termination: program.Termination) -> int:
             if router.run_once():
                 return program.EXIT_STOPPED
             outage.succeeded()
-        except RedisError as exc:
+        except redis.RedisError as exc:
             router.close()
             outage.failed(exc)
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 
+import redis
+
 from . import config, db, keyspace, program, readonly_role, schema
 from .outage import describe_error
 from .queue import Queues
-from .redisclient import RedisError
 from .redisconn import connect_redis
 from .store import processor as processor_store
 
@@ -28,7 +29,7 @@ def main(_termination: program.Termination) -> int:
     r = connect_redis(redis_settings)
     try:
         foreign = keyspace.foreign_keys(r)
-    except RedisError as exc:
+    except redis.RedisError as exc:
         log.error("cannot look at Redis %s: %s", redis_settings.describe(), describe_error(exc))
         return program.EXIT_FAILED
     if foreign.count:
@@ -59,7 +60,7 @@ def redis_sequence(queues: Queues, done: dict[str, int]) -> None:
     number is behind PostgreSQL's and new items must be numbered in a new epoch."""
     try:
         problem = queues.ensure_ahead(done)
-    except RedisError as exc:  # the processor checks again
+    except redis.RedisError as exc:  # the processor checks again
         log.warning("could not compare Redis's sequence number: %s", describe_error(exc))
         return
     if problem:

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 
 import pg8000.native
+import redis
 
 from . import config, db, program
 from .outage import describe_error
-from .redisclient import AuthenticationError, ResponseError
 from .redisconn import connect_once
 
 DEFAULT_WAIT_SECONDS = 600.0
@@ -28,6 +28,11 @@ CONNECT_TIMEOUT = 5.0
 
 # PostgreSQL errors at login that no amount of waiting mends: bad password or role, no database.
 FATAL_SQLSTATES = {"28P01": "wrong password", "28000": "no such role", "3D000": "no such database"}
+
+
+# Redis's answers at login that no amount of waiting mends: no password, no such database (Redis 7
+# says "DB index is out of range", Redis 6 "invalid DB index").
+REDIS_REFUSALS = ("NOAUTH", "DB index is out of range", "invalid DB index")
 
 
 class Fatal(Exception):
@@ -65,10 +70,10 @@ def check_redis(settings: config.RedisSettings) -> None:
     client = connect_once(settings, CONNECT_TIMEOUT)  # wait_for paces the attempts
     try:
         client.ping()
-    except AuthenticationError as exc:
+    except redis.AuthenticationError as exc:
         raise Fatal(f"authentication failed: {describe_error(exc)}") from None
-    except ResponseError as exc:
-        if "NOAUTH" in str(exc) or "invalid DB index" in str(exc):
+    except redis.ResponseError as exc:
+        if any(refusal in str(exc) for refusal in REDIS_REFUSALS):
             raise Fatal(describe_error(exc)) from None
         raise
     finally:

@@ -16,10 +16,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import redis
+
 from .. import totals
 from ..keys import Kind, classify, value_problem
 from ..queue import DEADLETTER
-from ..redisclient import Redis
+from ..redisconn import as_bytes
 from . import send, show
 from .session import EXIT_ATTENTION, EXIT_OK, CliError, Session, confirm
 
@@ -40,7 +42,8 @@ class Entry:
     at_ms: int
 
     @classmethod
-    def parse(cls, raw: bytes) -> Entry:
+    def parse(cls, raw: bytes | str) -> Entry:
+        raw = as_bytes(raw)
         try:
             data: Any = json.loads(raw)
         except ValueError:
@@ -72,7 +75,7 @@ class Entry:
         }
 
 
-def read_entries(r: Redis, start: int, end: int) -> list[Entry]:
+def read_entries(r: redis.Redis, start: int, end: int) -> list[Entry]:
     return [Entry.parse(raw) for raw in r.lrange(DEADLETTER, start, end)]
 
 
@@ -165,7 +168,7 @@ def requeue(session: Session, number: int) -> int:
             "not re-queued",
             EXIT_ATTENTION,
         )
-    r.lrem(DEADLETTER, 1, entry.raw)
+    r.lrem(DEADLETTER, 1, entry.raw)  # type: ignore[arg-type]  # redis-py's hint says str
     print(f"Re-queued entry {number}: {entry.key} = {entry.value}")
     if not send.taken(r, entry.key, entry.value, TAKE_TIMEOUT):
         print(f"The key waits in Redis: the service has not taken it within {TAKE_TIMEOUT:g} s.")

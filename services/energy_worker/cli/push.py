@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
+import redis
+
 from ..queue import PUSH, PUSH_PROCESSING
-from ..redisclient import Redis
 from ..store import reports
 from . import send, show
 from .session import EXIT_ATTENTION, EXIT_OK, CliError, Session
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace, session: Session) -> int:
         time.sleep(POLL_S)
 
 
-def handled(r: Redis) -> bool:
+def handled(r: redis.Redis) -> bool:
     """No request waits in Redis: the key is gone, and neither push list holds an item (read
     in one transaction: the pusher moves items between the two atomically)."""
     pipe = r.pipeline(transaction=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 
-from ..redisclient import Redis
+import redis
 
 RETRY_S = 0.01  # how soon the webhook's client tries again
 
 
-def send(r: Redis, key: str, value: str, timeout: float) -> bool:
+def send(r: redis.Redis, key: str, value: str, timeout: float) -> bool:
     """SET key value NX until it succeeds; False if the key stayed for `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not r.set(key, value, nx=True):
@@ -20,7 +20,7 @@ def send(r: Redis, key: str, value: str, timeout: float) -> bool:
     return True
 
 
-def taken(r: Redis, key: str, value: str, timeout: float) -> bool:
+def taken(r: redis.Redis, key: str, value: str, timeout: float) -> bool:
     """Wait until the service has taken the key we wrote (it is gone, or holds another value
     written since); False if it is still there after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -2,7 +2,8 @@
 `make run`), connections that fail with one clear line, and the exit statuses.
 
 Connections are made on first use and their libraries imported only then: a subcommand pays
-only for the servers it talks to (pg8000 takes a noticeable time to import on a Raspberry Pi).
+only for the servers it talks to (redis-py and pg8000 each take a noticeable time to import on a
+Raspberry Pi).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from ..config import ConfigError
 from ..domain import Meter
 
 if TYPE_CHECKING:  # only for the type checker: imported on first use
+    import redis
+
     from ..db import Connection
-    from ..redisclient import Redis
 
 EXIT_OK = 0
 EXIT_ATTENTION = 1  # done, but the outcome needs attention (status: a problem; push: failed)
@@ -44,7 +46,7 @@ class Session:
         # Under `make run` nothing names the servers: use the run's own settings.
         self.found = makerun.adopt(self.env)
         self._meters: dict[int, Meter] | None = None
-        self._redis: Redis | None = None
+        self._redis: redis.Redis | None = None
         self._redis_where = ""
         self._pg: Connection | None = None
         self._pg_where = ""
@@ -89,10 +91,11 @@ class Session:
 
     # --- connections ----------------------------------------------------------------------
 
-    def redis(self) -> Redis:
+    def redis(self) -> redis.Redis:
         """A client of the service's Redis that has answered a PING."""
         if self._redis is None:
-            from ..redisclient import RedisError  # noqa: PLC0415 - only the subcommands that need it pay for it
+            import redis  # noqa: PLC0415 - only the subcommands that need it pay for it
+
             from ..redisconn import connect_once  # noqa: PLC0415
 
             try:
@@ -105,7 +108,7 @@ class Session:
             client = connect_once(settings, CONNECT_TIMEOUT)
             try:
                 client.ping()
-            except RedisError as exc:
+            except redis.RedisError as exc:
                 client.close()
                 raise self.unreachable("Redis", self._redis_where, exc) from None
             self._redis = client
@@ -141,7 +144,7 @@ class Session:
         """A server error in the middle of a command, as one line (None: not a server's)."""
         from ..outage import describe_error  # noqa: PLC0415
 
-        redis_module: Any = sys.modules.get("energy_worker.redisclient")
+        redis_module: Any = sys.modules.get("redis")
         if redis_module is not None and isinstance(exc, redis_module.RedisError):
             return CliError(f"Redis at {self._redis_where} failed: {describe_error(exc)}")
         pg8000: Any = sys.modules.get("pg8000.native")

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, session: Session) -> int:
         time.sleep(POLL_S)
 
 
-def rejection(head: bytes | None, newest: bytes | None, key: str) -> str | None:
+def rejection(head: bytes | str | None, newest: bytes | str | None, key: str) -> str | None:
     """The reason, if the newest dead letter is new and is our key's."""
     if head is None or head == newest:
         return None

@@ -22,9 +22,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import redis
+
 from .. import meter as arithmetic
 from ..domain import Meter
-from ..redisclient import Redis
 from .session import EXIT_ATTENTION, EXIT_OK, CliError, Session
 
 SLOTS = 5  # the Arduino's buffer per meter
@@ -94,7 +95,7 @@ def powers_for(meters: list[int], powers: list[int]) -> list[int]:
 class Arduino:
     """The simulated Arduino with its inputs, driving the webhook's protocol."""
 
-    def __init__(self, r: Redis, inputs: list[Input], repeat: int) -> None:
+    def __init__(self, r: redis.Redis, inputs: list[Input], repeat: int) -> None:
         self.r = r
         self.inputs = inputs
         self.repeat = repeat

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import redis
+
 from .. import totals
 from ..db import Connection
 from ..domain import Meter
 from ..queue import DEADLETTER, Queues
-from ..redisclient import Redis
 from ..store import reports
 from . import health, show
 from .deadletters import Entry, read_entries
@@ -229,7 +230,7 @@ def meter_statuses(
     return meters
 
 
-def recent_entries(r: Redis, latest: list[Entry], count: int) -> int:
+def recent_entries(r: redis.Redis, latest: list[Entry], count: int) -> int:
     """Dead letters of the last hour (the list is newest first: read on while they are)."""
     since_ms = time.time() * 1000 - health.DEADLETTER_RECENT_S * 1000
     entries = latest

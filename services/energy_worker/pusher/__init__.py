@@ -21,11 +21,12 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import redis
+
 from .. import db, logs, totals
 from ..config import PushSettings
 from ..outage import Outage
 from ..queue import Queues
-from ..redisclient import Redis, RedisError
 from ..store import pusher as store
 from ..webhook import Webhook
 from .daily import DailyPush
@@ -48,7 +49,7 @@ class Pusher:
     def __init__(
         self,
         session: db.LockedSession,
-        r: Redis,
+        r: redis.Redis,
         settings: PushSettings,
         clock: Clock = utc_now,
     ) -> None:
@@ -74,7 +75,7 @@ class Pusher:
         while True:
             try:
                 self.step()
-            except RedisError as exc:
+            except redis.RedisError as exc:
                 self.prepared = False  # a request may be left in push-processing: recover it
                 self.redis_outage.failed(exc)
             except db.LockHeld as exc:

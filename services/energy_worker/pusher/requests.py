@@ -13,9 +13,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 from .. import db, logs
+
+# redis-py's hints ask for str where the server takes bytes as well (LREM of an item as read).
 from ..domain import Item
 from ..keys import Kind
 from ..queue import PUSH, PUSH_PROCESSING, Queues
+from ..redisconn import as_bytes
 from ..sheet import data_string
 from ..store import pusher as store
 
@@ -39,17 +42,18 @@ class PushRequests:
     def recover(self) -> None:
         """Record what a previous run took from Redis but did not record."""
         for raw in self.r.lrange(PUSH_PROCESSING, 0, -1):
-            self.handle(raw)
+            self.handle(as_bytes(raw))
 
     def take(self, timeout: float) -> bool:
         """Wait up to timeout seconds for a request and record it; False if none came."""
         if timeout > 0:
-            raw = self.r.blmove(PUSH, PUSH_PROCESSING, timeout, "LEFT", "RIGHT")
+            # redis-py's hint says int; BLMOVE takes seconds with a fraction (Redis 6+)
+            raw = self.r.blmove(PUSH, PUSH_PROCESSING, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
         else:
             raw = self.r.lmove(PUSH, PUSH_PROCESSING, "LEFT", "RIGHT")
         if raw is None:
             return False
-        self.handle(raw)
+        self.handle(as_bytes(raw))
         return True
 
     def handle(self, raw: bytes) -> None:
@@ -71,9 +75,9 @@ class PushRequests:
             key = f"request:{item.epoch}:{item.seq}"
             if store.record_push(con, key, now, data_string(readings), now):
                 log.info("pushtogoogle: current readings queued for the Google Sheet")
-        self.r.lrem(PUSH_PROCESSING, 1, raw)
+        self.r.lrem(PUSH_PROCESSING, 1, raw)  # type: ignore[arg-type]
 
     def reject(self, raw: bytes, reason: str) -> None:
         log.warning("%s %s; kept in the dead-letter list", reason, logs.quoted(raw))
         self.queues.dead_letter(PUSH_PROCESSING, repr(raw)[:200], reason)
-        self.r.lrem(PUSH_PROCESSING, 1, raw)
+        self.r.lrem(PUSH_PROCESSING, 1, raw)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from cli_support import cli, cli_process
 from energy_worker import config, db
 from energy_worker.store import meters as meters_store
 from helpers import REPO, Proc, wait_until
-from sheet_server import SheetServer
+from sheet_server import Reply, SheetServer
 
 pytestmark = pytest.mark.processes
 
@@ -199,12 +199,14 @@ def test_push_waits_for_the_sheets_answer(service: Service):
     assert "the sheet answered HTTP 200 (0.00,0.00,0.00,0.00,280.00,0.00,0.00)" in pushed.out
     (line,) = sheet.got()
     assert "function=updateSheet&dataString=0.00,0.00,0.00,0.00,280.00,0.00,0.00" in line
-    sheet.script.append(500)
+    sheet.script.append(Reply(200, "ERROR: the sheet is busy, try again"))
     failed = cli(env, "push")
     assert failed.code == 1
-    assert "energy-worker push: the push failed: HTTP 500 (the service tries again at" in failed.err
+    busy = "HTTP 200, the script failed: 'ERROR: the sheet is busy, try again'"
+    assert f"energy-worker push: the push failed: {busy} (the service tries again at" in failed.err
     data = json.loads(cli(env, "status", "--json").out)
-    assert data["pushes"]["pending"] == 1 and data["pushes"]["last_error"] == "HTTP 500"
+    assert data["pushes"]["pending"] == 1 and data["pushes"]["last_error"] == busy
+    assert busy in cli(env, "status").out
     assert data["ok"]  # failing for more than a day would need attention
 
 

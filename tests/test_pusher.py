@@ -21,7 +21,7 @@ from energy_worker.pusher import MAX_BLOCK, Pusher
 from energy_worker.queue import PUSH, PUSH_PROCESSING, WORK
 from energy_worker.store import pusher as store
 from helpers import wait_until, write_ini
-from sheet_server import HANG, SheetServer, request_line, sheet_server
+from sheet_server import HANG, Reply, SheetServer, request_line, sheet_server
 from tcpproxy import TcpProxy
 
 CPH = totals.zone("Europe/Copenhagen")
@@ -477,14 +477,20 @@ def test_a_meter_quiet_or_in_its_deadband_since_long_ago_costs_only_the_new_hour
 
 def test_failures_are_retried_with_backoff_until_answered(sql, make_pusher, server):
     add_row(sql, 1, "12.340", local(2024, 6, 1, 20))
-    server.script = [500, HANG]
+    # Apps Script answers its failures with status 200
+    server.script = [Reply(200, "ERROR: the sheet is busy, try again"), HANG]
     clock = Clock(local(2024, 6, 1, 23))
     pusher = make_pusher(clock, server.base + PATH, timeout=0.5)
     pusher.step(block=False)
     clock.set(local(2024, 6, 2, 0, 2))
     pusher.step(block=False)
     assert len(server.got()) == 1
-    assert list(outbox(sql)[0][2:]) == [1, 500, "HTTP 500", False]
+    assert list(outbox(sql)[0][2:]) == [
+        1,
+        200,
+        "HTTP 200, the script failed: 'ERROR: the sheet is busy, try again'",
+        False,
+    ]
     pusher.step(block=False)  # not due yet: nothing sent
     assert len(server.got()) == 1
     assert 0 < pusher.wake_in() <= 30

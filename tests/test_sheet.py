@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from decimal import Decimal
 
 import pytest
+import trustme
 
 from energy_worker.sheet import data_string, push_url, shown_url
 from energy_worker.webhook import Webhook
-from sheet_server import HANG, request_line, sheet_server
+from sheet_server import HANG, Reply, request_line, sheet_server
 
 PATH = "/energyRegistrations/updateEnergyRegistrations"
 
@@ -87,7 +89,7 @@ def test_a_500_is_a_failure_with_its_status():
         server.script = [500]
         answer = Webhook(server.base + PATH).send("1.00")
         assert not answer.ok and answer.status == 500
-        assert answer.describe() == "HTTP 500"
+        assert answer.describe() == "HTTP 500, answered 'ok'"
 
 
 def test_a_hanging_webhook_costs_at_most_the_timeout():
@@ -115,3 +117,135 @@ def test_connection_refused_is_a_failure_without_the_url():
     assert answer.status is None
     assert answer.error == "connection failed"
     assert "s3cret" not in answer.describe()
+
+
+# --- what an answer means (webhook_answer.py), each case against the local server -----------
+
+SIGN_IN = (
+    "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+    "<title>Sign in - Google Accounts</title></head><body>Sign in</body></html>"
+)
+
+
+@pytest.mark.parametrize(
+    ("reply", "describe"),
+    [
+        (
+            Reply(200, "ERROR: the sheet is busy, try again\nat line 3"),
+            "HTTP 200, the script failed: 'ERROR: the sheet is busy, try again'",
+        ),
+        (
+            Reply(200, SIGN_IN, "text/html; charset=utf-8"),
+            "HTTP 200, an HTML page ('Sign in - "
+            "Google Accounts'), not the script's answer: is the web app deployed with access for "
+            "Anyone?",
+        ),
+        (
+            Reply(200, "\n  <html><body>oops</body></html>", "text/plain"),
+            "HTTP 200, an HTML "
+            "page ('<html><body>oops</body></html>'), not the script's answer: is the web app "
+            "deployed with access for Anyone?",
+        ),
+        (
+            Reply(503, "Service Unavailable\nretry later"),
+            "HTTP 503, answered 'Service Unavailable'",
+        ),
+        (Reply(404, ""), "HTTP 404, answered nothing"),
+        (Reply(500, "x" * 500), "HTTP 500, answered '" + "x" * 119 + "…'"),
+    ],
+)
+def test_a_failed_push_is_told_by_the_answers_first_line(reply, describe):
+    with sheet_server() as server:
+        server.script = [reply]
+        answer = Webhook(server.base + PATH).send("1.00")
+    assert not answer.ok
+    assert answer.describe() == describe
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, "OK"),
+        Reply(200, ""),
+        Reply(201, '{"result": "success"}', "application/json"),
+        Reply(204, ""),
+        Reply(200, "error? no: ERROR comes first only in a failure"),
+    ],
+)
+def test_any_other_2xx_answer_is_a_success(reply):
+    # an original stack's endpoint may answer anything
+    with sheet_server() as server:
+        server.script = [reply]
+        answer = Webhook(server.base + PATH).send("1.00")
+    assert answer.ok and answer.describe() == f"HTTP {reply.status}"
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def trusting(ca: trustme.CA, tmp_path, monkeypatch):
+    """The client trusts the test CA, through the environment as requests reads it."""
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    return ca
+
+
+def test_a_redirect_to_https_is_followed(trusting):
+    with sheet_server(tls=tls_context(trusting)) as target, sheet_server() as first:
+        first.script = [Reply(302, "", headers={"Location": target.base + "/echo?user_content"})]
+        answer = Webhook(first.base + PATH + "?token=abc").send("1.00")
+        assert answer.ok, answer.describe()
+        assert target.got() == [request_line("/echo?user_content")]
+
+
+@pytest.mark.parametrize("scheme", ["http", "ftp"])
+def test_a_redirect_to_anything_but_https_is_not_followed(scheme):
+    with sheet_server() as target, sheet_server() as first:
+        location = f"{scheme}://127.0.0.1:{target.port}/leak?token=abc"
+        first.script = [Reply(302, "", headers={"Location": location})]
+        answer = Webhook(first.base + PATH).send("1.00")
+        assert not answer.ok and target.got() == []
+        assert answer.describe() == (
+            f"HTTP 302, a redirect to {scheme}://127.0.0.1:{target.port} is not followed "
+            "(https only)"
+        )
+
+
+def test_a_certificate_error_is_reported_as_a_tls_error(ca):
+    # the server's certificate comes from a CA the client does not trust
+    with sheet_server(tls=tls_context(ca)) as server:
+        answer = Webhook(server.base + PATH + "?token=s3cret", timeout=5).send("1.00")
+        assert server.got() == []
+    assert answer.status is None and not answer.ok
+    assert answer.describe().startswith("TLS error: certificate not accepted ("), answer
+    assert "s3cret" not in answer.describe() and PATH not in answer.describe()
+
+
+def test_the_proxy_of_the_environment_is_used_and_no_proxy_is_obeyed(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        for variant in (name, name.lower()):
+            monkeypatch.delenv(variant, raising=False)
+    with sheet_server() as proxy, sheet_server() as sheet:
+        monkeypatch.setenv("HTTP_PROXY", proxy.base)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.base)
+        assert Webhook("http://sheet.invalid" + PATH).send("1.00").ok
+        proxy.script = [502]  # no tunnel: the push fails, and says so
+        answer = Webhook("https://sheet.invalid" + PATH).send("2.00")
+        assert not answer.ok and "proxy" in answer.describe()
+        assert proxy.got() == [
+            f"GET http://sheet.invalid{PATH}?function=updateSheet&dataString=1.00 HTTP/1.1",
+            "CONNECT sheet.invalid:443 HTTP/1.0",  # as urllib3 asks
+        ]
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert Webhook(sheet.base + PATH).send("3.00").ok
+        assert len(proxy.got()) == 2 and len(sheet.got()) == 1

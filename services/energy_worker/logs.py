@@ -34,6 +34,8 @@ def setup(process: str) -> logging.Logger:
     # Libraries stay quiet, even in debug mode (schedule logs every job it runs); we log what
     # we need ourselves, and never a URL, whose path or query can hold a key.
     logging.getLogger("schedule").setLevel(logging.WARNING)
+    # urllib3 (under requests) puts whole URLs into its warnings: never shown
+    logging.getLogger("urllib3").setLevel(logging.CRITICAL + 1)
     log = logging.getLogger(process)
 
     # Uncaught exceptions are logged too, every line with the process name.

@@ -1,44 +1,42 @@
-"""The Google Sheet webhook's HTTP client (the format is sheet.py), on the standard library's
-http.client: the pusher stays small on a Raspberry Pi. Errors are reported by kind, never by
-their text, which can quote the URL."""
+"""The Google Sheet webhook's HTTP transport (the payload is sheet.py's), on requests.
+
+requests does what an HTTP client must: proxies from the environment (HTTPS_PROXY, NO_PROXY),
+certificate checks against certifi's roots, redirects, connection reuse. Configured here: a
+timeout on every call, redirects followed only to https:// addresses (an Apps Script web app
+answers with one redirect, to another Google host), and the answer read, because Apps Script
+answers 200 when it fails too (webhook_answer.py tells a failure from a success). requests is
+imported only when a URL is set: without one the pusher never loads it. Errors are reported by
+kind, never by their text, which quotes the URL (a capability).
+"""
 
 from __future__ import annotations
 
-import http.client
+import ssl
 import time
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from .sheet import check_url, push_url, shown_url
+from .webhook_answer import Answer, first_line
 
-MAX_BODY = 64 * 1024  # the answer's body is not used; a little is read, as a client should
-MAX_REDIRECTS = 5  # an Apps Script web app answers with one redirect
-REDIRECTS = {301, 302, 303, 307, 308}
+if TYPE_CHECKING:
+    import requests
 
-
-@dataclass(frozen=True)
-class Answer:
-    status: int | None  # HTTP status of the answer; None when no answer came
-    error: str | None = None  # why it failed, safe for a log line
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-    def describe(self) -> str:
-        if self.status is None:
-            return self.error or "no answer"
-        return f"HTTP {self.status}"
+MAX_BODY = 64 * 1024  # enough for the script's answer or a page's first lines
+MAX_REDIRECTS = 5  # an Apps Script web app answers with one
+CONNECT_TIMEOUT = 10.0
 
 
 class Webhook:
-    """Sends readings to the sheet. Every call is bounded by `timeout` seconds in all,
-    redirects included, so a hanging webhook costs at most that."""
+    """Sends readings to the sheet. Every call is bounded by `timeout` seconds for connecting
+    and for each wait on the answer, and reads at most MAX_BODY of it until `timeout` has
+    passed in all."""
 
     def __init__(self, url: str, timeout: float = 20.0) -> None:
         check_url(url)
         self.url = url
         self.timeout = timeout
+        self.session = https_redirects_only()
 
     def __repr__(self) -> str:
         return f"Webhook({shown_url(self.url)}, timeout={self.timeout})"
@@ -48,51 +46,96 @@ class Webhook:
         return shown_url(self.url)
 
     def send(self, data: str) -> Answer:
+        import requests  # noqa: PLC0415 - loaded with the session, in __init__
+
         deadline = time.monotonic() + self.timeout
-        url = push_url(self.url, data)
         try:
-            for _ in range(MAX_REDIRECTS + 1):
-                status, location = get(url, deadline)
-                if status not in REDIRECTS or not location:
-                    return Answer(status)
-                url = urljoin(url, location)
-            return Answer(None, "too many redirects")
-        except TimeoutError:
+            with self.session.get(
+                push_url(self.url, data),
+                timeout=(min(self.timeout, CONNECT_TIMEOUT), self.timeout),
+                stream=True,
+                allow_redirects=True,
+            ) as response:
+                body = read_some(response, deadline)
+                refused = refused_redirect(response)
+                if refused is not None:
+                    return Answer(response.status_code, error=refused)
+                return Answer.of(
+                    response.status_code, response.headers.get("Content-Type", ""), body
+                )
+        except requests.Timeout:
             return Answer(None, f"no answer within {self.timeout:g} s")
-        except (OSError, http.client.HTTPException, ValueError):
+        except requests.TooManyRedirects:
+            return Answer(None, f"more than {MAX_REDIRECTS} redirects")
+        except requests.exceptions.SSLError as exc:
+            return Answer(None, f"TLS error: {tls_reason(exc)}")
+        except requests.exceptions.ProxyError:
+            return Answer(None, "the proxy refused or failed (HTTPS_PROXY / HTTP_PROXY)")
+        except requests.ConnectionError:
             return Answer(None, "connection failed")
+        except requests.RequestException as exc:
+            return Answer(None, f"request failed ({type(exc).__name__})")
 
     def close(self) -> None:
-        """Nothing stays open between pushes (one a day)."""
+        self.session.close()
 
 
-def get(url: str, deadline: float) -> tuple[int, str | None]:
-    """One GET: the answer's status and Location; raises TimeoutError past the deadline."""
-    parts = urlsplit(url)
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(parts.netloc, timeout=left)
-    else:
-        connection = http.client.HTTPConnection(parts.netloc, timeout=left)
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
+def https_redirects_only() -> requests.Session:
+    """A Session that follows a redirect only to an https:// address: an http:// one would send
+    the readings (and the capability in the URL) in clear; another scheme is no web app."""
+    import requests  # noqa: PLC0415 - only a pusher with a URL pays for it
+
+    class Session(requests.Session):
+        def get_redirect_target(self, resp: requests.Response) -> str | None:
+            target = super().get_redirect_target(resp)
+            if target is None or urlsplit(urljoin(resp.url, target)).scheme != "https":
+                return None  # the redirect itself is the answer: a failure (refused_redirect)
+            return target
+
+    session = Session()
+    session.max_redirects = MAX_REDIRECTS
+    session.headers["User-Agent"] = "energy-worker"
+    return session
+
+
+def refused_redirect(response: requests.Response) -> str | None:
+    """Why a redirect answer was not followed, or None when the answer is no redirect."""
+    location = response.headers.get("Location")
+    if not response.is_redirect or not location:
+        return None
+    target = shown_url(urljoin(response.url, location))
+    return f"a redirect to {target} is not followed (https only)"
+
+
+def read_some(response: requests.Response, deadline: float) -> bytes:
+    """The answer's first MAX_BODY bytes, or what came of them by the deadline."""
+    import requests  # noqa: PLC0415
+
+    body = b""
     try:
-        connection.request("GET", target, headers={"User-Agent": "energy-worker"})
-        response = connection.getresponse()
-        read = 0
-        while read < MAX_BODY and time.monotonic() < deadline:
-            if connection.sock is not None:
-                connection.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            chunk = response.read1(4096)
-            if not chunk:
+        for chunk in response.iter_content(4096):
+            body += chunk
+            if len(body) >= MAX_BODY or time.monotonic() > deadline:
                 break
-            read += len(chunk)
-        return response.status, response.getheader("Location")
-    except TimeoutError:
-        raise TimeoutError from None
-    finally:
-        connection.close()
+    except requests.RequestException:
+        pass  # the status line has arrived; the body is judged by what came
+    return body[:MAX_BODY]
+
+
+def tls_reason(exc: BaseException) -> str:
+    """The TLS library's own reason (a certificate's, a handshake's), found inside the errors
+    that requests and urllib3 wrap around it, whose texts quote the URL."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen or not isinstance(current, BaseException):
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return f"certificate not accepted ({current.verify_message})"
+        if isinstance(current, ssl.SSLError):
+            return first_line(current.reason or type(current).__name__)
+        todo += [*current.args, getattr(current, "reason", None)]
+        todo += [current.__cause__, current.__context__]
+    return "handshake failed"

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from supervisor.states import SupervisorStates
 
 from energy_worker import exit_listener
 from energy_worker.exit_listener import ExitListener, RestartPolicy
@@ -63,7 +64,7 @@ def test_the_processors_stop_marks_the_stop_then_shuts_supervisord_down(
     assert listener.supervisord.options.mood == 1
     listener.exited(exit_event("processor", expected=True))
     assert (tmp_path / "stop-requested").exists()  # for entrypoint.sh, before the shutdown
-    assert listener.supervisord.options.mood == exit_listener.SHUTDOWN_MOOD
+    assert listener.supervisord.options.mood == SupervisorStates.SHUTDOWN
     assert listener.restarter.crashes == []  # type: ignore[attr-defined]
 
 

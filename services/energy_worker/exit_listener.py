@@ -23,26 +23,21 @@ and this decides:
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
-import socket
 import sys
 import threading
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
+# supervisor's own pieces: this runs inside supervisord, which has loaded them already
+from supervisor import childutils
+from supervisor.states import SupervisorStates
+from supervisor.xmlrpc import Faults
+
 FINISHER = "processor"  # its expected exit means: the stop is complete
 STOP_MARKER = "stop-requested"  # in $ENERGY_WORKER_RUN_DIR; entrypoint.sh looks for it
-SHUTDOWN_MOOD = -1  # supervisor.states.SupervisorStates.SHUTDOWN
-
-
-class Faults:
-    """supervisord's XML-RPC fault codes that matter here (supervisor/xmlrpc.py)."""
-
-    SHUTDOWN_STATE = 6
-    ALREADY_STARTED = 60
 
 
 class RestartPolicy:
@@ -79,35 +74,13 @@ class RestartPolicy:
         return delay
 
 
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost")
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
-class UnixTransport(xmlrpc.client.Transport):
-    """XML-RPC to supervisord over its unix socket (supervisord.conf's [unix_http_server])."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        return UnixConnection(self.path)
-
-
 def rpc() -> Any:
-    """A fresh XML-RPC proxy to supervisord (proxies are not shared between threads)."""
+    """A fresh XML-RPC proxy to supervisord over its unix socket (supervisord.conf's
+    [unix_http_server]), through supervisor's own transport; proxies are not shared between
+    threads. supervisord sets SUPERVISOR_SERVER_URL for its children, not for itself."""
     run_dir = os.environ.get("ENERGY_WORKER_RUN_DIR", "")
     url = os.environ.get("SUPERVISOR_SERVER_URL") or f"unix://{run_dir}/supervisor.sock"
-    if not url.startswith("unix://"):
-        raise OSError(f"supervisord's address is not a unix socket: {url!r}")
-    proxy = xmlrpc.client.ServerProxy("http://localhost", UnixTransport(url[len("unix://") :]))
-    return proxy
+    return childutils.getRPCInterface({**os.environ, "SUPERVISOR_SERVER_URL": url})
 
 
 class Restarter:
@@ -183,7 +156,7 @@ class ExitListener:
             if name == FINISHER:
                 self.log.info("processor finished the stop request; shutting supervisord down")
                 mark_stop_requested(self.log)
-                self.supervisord.options.mood = SHUTDOWN_MOOD  # what the shutdown RPC does
+                self.supervisord.options.mood = SupervisorStates.SHUTDOWN  # as the shutdown RPC
             else:
                 self.log.info("%s finished after a stop request", name)
             return

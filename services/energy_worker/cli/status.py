@@ -8,7 +8,6 @@ there is one (to show whether it grows).
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import socket
 import time
@@ -75,46 +74,24 @@ class Report:
 # --- supervisord ------------------------------------------------------------------------------
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class _UnixTransport(xmlrpc.client.Transport):
-    """XML-RPC over supervisord's unix socket (what supervisorctl uses), with a timeout."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__()
-        self.socket_path = path
-        self.timeout = timeout
-
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        return _UnixConnection(self.socket_path, self.timeout)
-
-
 def program_states(run_dir: Path) -> tuple[dict[str, str] | None, str]:
-    """supervisord's programs and their states, or None and why not."""
+    """supervisord's programs and their states, or None and why not: through supervisor's own
+    transport, over the unix socket supervisorctl uses."""
+    from supervisor.xmlrpc import SupervisorTransport  # noqa: PLC0415 - only `status` pays
+
     sock = run_dir / "supervisor.sock"
-    proxy = xmlrpc.client.ServerProxy(
-        "http://localhost", transport=_UnixTransport(str(sock), SUPERVISOR_TIMEOUT)
-    )
+    transport = SupervisorTransport(None, None, f"unix://{sock}")
+    proxy = xmlrpc.client.ServerProxy("http://localhost", transport=transport)
+    previous = socket.getdefaulttimeout()
+    # the transport takes no timeout; its socket takes the default one, made for this call
+    socket.setdefaulttimeout(SUPERVISOR_TIMEOUT)
     try:
         info: Any = proxy.supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error) as exc:
         return None, f"supervisord does not answer at {sock} ({type(exc).__name__})"
     finally:
-        proxy("close")()
+        socket.setdefaulttimeout(previous)
+        transport.close()
     return {str(p["name"]): str(p["statename"]) for p in info}, ""
 
 

@@ -1,9 +1,12 @@
 """What the pusher has due: the totals after each local hour, and the daily push.
 
-The schedule package raises an hourly and a daily job. It runs on the system's local clock (UTC
-in a container without zone files), so the totals and push instants are also computed in TZ
-here. Both only set due flags, and the work behind them is idempotent, so a job raised twice
-costs nothing.
+The `schedule` package raises an hourly and a daily job on the system's local clock (TZ in the
+container). It cannot be trusted with daylight-saving changes on its own (tests/test_schedule.py
+shows both): counting in naive local time, its hourly job skips the repeated hour in autumn;
+given a time zone, its daily job runs twice, an hour early first, on the day after the spring
+change (schedule 1.2.2). So the instants are also computed here, in UTC from TZ (totals.py),
+and both only raise due flags: the work behind them is idempotent, so a flag raised twice costs
+nothing, and none is missed.
 """
 
 from __future__ import annotations

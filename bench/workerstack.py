@@ -81,6 +81,9 @@ class WorkerStack:
             ENERGY_WORKER_RUN_DIR=str(self.run_dir),
             METERS_CONFIG=str(REPO / "etc" / "meters.toml"),
             PYTHONUNBUFFERED="1",
+            # a URL, so the pusher loads its HTTP client as in service (nothing listens there;
+            # a push, due only at PUSH_TIME, would fail and wait)
+            GOOGLE_WEBHOOK_URL="http://127.0.0.1:9/bench-sheet",
         )
         if log_level:
             env["LOG_LEVEL"] = log_level

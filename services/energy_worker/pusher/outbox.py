@@ -3,11 +3,10 @@
 The outbox is sent oldest first, one request at a time with a bounded timeout; a failure (no
 answer within PUSH_TIMEOUT, connection refused, a TLS error, any non-2xx status, a script's
 `ERROR: ...` or an HTML page: webhook_answer.py) is recorded with the answer's first line, shown
-by `energy-worker push` and `status`, and retried after 30 s,
-doubling up to 15 min, and holds back everything newer, so a webhook that is down for days gets
-every missed day in order. A push answered 2xx is marked sent with its status and never sent
-again. Only a request whose answer never came can reach the sheet twice: HTTP GET gives no way
-to tell whether it arrived.
+by `energy-worker push` and `status`, and retried after 30 s, doubling up to 15 min, and holds
+back everything newer, so a webhook that is down for days gets every missed day in order. A push
+that succeeded is marked sent with its status and never sent again. Only a request whose answer
+never came can reach the sheet twice: HTTP GET gives no way to tell whether it arrived.
 """
 
 from __future__ import annotations

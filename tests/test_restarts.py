@@ -57,6 +57,8 @@ def test_a_router_killed_now_and_then_is_back_within_a_second_and_no_pulse_is_lo
     names = ("PATH", "POSTGRES_INI", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "METERS_CONFIG")
     try:
         s.start()
+        # RUNNING is supervisord's word at the spawn: the load starts once the router listens
+        wait_until(lambda: "listening to keyspace notifications" in s.log(), 30, 0.02)
         env = {name: s.env[name] for name in names}
         env["ENERGY_WORKER_RUN_DIR"] = str(s.run_dir)
         meters = ",".join(str(n) for n in range(1, 8))

@@ -1,8 +1,9 @@
 # energy-worker: router, processor, pusher (and, with MQTT_HOST, the publisher) under
 # supervisord, in one container.
 # Built for the Raspberry Pi by default; other hosts choose their base, e.g.
-#   docker build --build-arg BASE_IMAGE=python:3-alpine .          (amd64, arm64)
-ARG BASE_IMAGE=arm32v7/python:3-alpine
+#   docker build --build-arg BASE_IMAGE=python:3.12.11-alpine3.22 .          (amd64, arm64)
+# Pinned to a release, as every image of docker-compose.yaml.
+ARG BASE_IMAGE=arm32v7/python:3.12.11-alpine3.22
 FROM ${BASE_IMAGE}
 
 # bash runs entrypoint.sh; tzdata makes TZ work for the log times and the pusher's schedule.
@@ -14,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONPATH=/app/services \
-    POSTGRES_INI=/etc/postgres.ini \
+    POSTGRES_INI=/run/energy-worker/postgres.ini \
     ENERGY_WORKER_RUN_DIR=/run/energy-worker \
     TZ=Europe/Copenhagen
 
@@ -24,11 +25,11 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN pip install --no-cache-dir --only-binary=:all: -r requirements.txt
 
-# The application runs as "energy"; it may write exactly two places: the rendered
-# /etc/postgres.ini (created here so that /etc itself stays root's) and supervisord's run dir.
+# The application runs as "energy"; it writes one place only, its run dir: supervisord's
+# socket, the rendered postgres.ini and the programs' secrets (docker-compose.yaml mounts a
+# tmpfs there: the root filesystem is read-only).
 RUN addgroup -S -g 10001 energy \
     && adduser -S -D -H -u 10001 -h /app -s /sbin/nologin -G energy energy \
-    && install -o energy -g energy -m 0600 /dev/null /etc/postgres.ini \
     && install -d -o energy -g energy -m 0700 /run/energy-worker \
     && install -d -m 0755 /etc/energy-worker
 

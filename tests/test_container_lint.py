@@ -79,7 +79,7 @@ def test_entrypoint_is_executable():
 
 def test_dockerfile_promises():
     text = (REPO / "Dockerfile").read_text()
-    assert re.search(r"^ARG BASE_IMAGE=arm32v7/python:3-alpine$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=arm32v7/python:3\.\d+\.\d+-alpine3\.\d+$", text, re.M)
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
     # no compiler, pinned requirements, time zones, a non-root user, a health check
     assert not re.search(r"build-base|gcc|musl-dev|python3-dev", text)
@@ -132,7 +132,8 @@ def test_compose_file_parses_and_keeps_its_promises():
     assert volume["type"] == "volume" and volume["source"] in config["volumes"]
 
     worker = services["energy-worker"]
-    assert worker["build"]["args"]["BASE_IMAGE"] == "arm32v7/python:3-alpine"
+    base = re.search(r"^ARG BASE_IMAGE=(.+)$", (REPO / "Dockerfile").read_text(), re.M)
+    assert base and worker["build"]["args"]["BASE_IMAGE"] == base[1]
     for dependency in ("redis-db", "postgres-db"):
         assert worker["depends_on"][dependency]["condition"] == "service_healthy"
     # a crash restarts the container, the stop key's exit 0 leaves it stopped
@@ -180,13 +181,95 @@ def test_the_mqtt_profile_adds_a_pinned_mosquitto_that_requires_a_login():
     assert "/mosquitto/passwd" in (REPO / ".gitignore").read_text().splitlines()
 
 
-def test_compose_names_a_missing_setting(tmp_path: Path):
+# A release, never a moving tag (`7-alpine`, `latest`): PostgreSQL's 15.14, others' 7.4.5.
+PINNED = re.compile(r"[\w./-]+:\d+\.\d+(\.\d+)?(-[\w.]+)?")
+
+
+def test_every_service_is_hardened_rotates_its_logs_and_is_pinned():
+    """Read-only root filesystem (writes only to volumes and tmpfs), no capability, no gain of
+    privileges, a memory limit, Docker's log rotation, and an image pinned to a release."""
+    services = compose_config(REPO / ".env.example", "mqtt")["services"]
+    assert set(services) == {"redis-db", "postgres-db", "energy-worker", "grafana", "mosquitto"}
+    for name, service in services.items():
+        assert service.get("read_only") is True, name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert 0 < int(service.get("mem_limit", 0)) <= 512 * 2**20, name
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", name
+        assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 1, name
+        image = service["build"]["args"]["BASE_IMAGE"] if "build" in service else service["image"]
+        assert PINNED.fullmatch(image), (name, image)
+        # no capability: a service that does not start as its own user cannot switch to it
+        assert service.get("user") or name in ("energy-worker", "grafana"), name
+    # the image's own USER: the energy-worker Dockerfile's, grafana's 472
+    assert re.search(r"^USER 10001:10001$", (REPO / "Dockerfile").read_text(), re.M)
+    # where each writes: its tmpfs, its own
+    worker_tmpfs = services["energy-worker"]["tmpfs"]
+    assert any(t.startswith("/run/energy-worker:") and "uid=10001" in t for t in worker_tmpfs)
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "POSTGRES_INI=/run/energy-worker/postgres.ini" in dockerfile
+    assert "ENERGY_WORKER_RUN_DIR=/run/energy-worker" in dockerfile
+    assert services["grafana"]["environment"]["GF_LOG_MODE"] == "console"
+
+
+def test_redis_requires_passwords_and_runs_the_shipped_acl():
+    services = compose_config(REPO / ".env.example")["services"]
+    redis_db, worker = services["redis-db"], services["energy-worker"]
+    command = redis_db["command"]
+    mounts = {v["target"]: v for v in redis_db["volumes"]}
+    folder = mounts["/usr/local/etc/energy-worker"]
+    assert folder["read_only"] and Path(folder["source"]) == REPO / "redis-db"
+    assert command[:2] == ["sh", "/usr/local/etc/energy-worker/start.sh"]
+    for name in ("REDIS_PASSWORD", "REDIS_WEBHOOK_PASSWORD"):
+        assert redis_db["environment"][name], name
+    assert any(t.startswith("/run/redis:") for t in redis_db["tmpfs"])
+    # energy-worker logs in as its own ACL user
+    assert worker["environment"]["REDIS_USERNAME"] == "energy-worker"
+    assert worker["environment"]["REDIS_PASSWORD"] == redis_db["environment"]["REDIS_PASSWORD"]
+    assert "REDIS_WEBHOOK_PASSWORD" not in worker["environment"]
+    acl = (REPO / "redis-db" / "users.acl").read_text()
+    assert re.search(r"^user default off\b", acl, re.M)
+    assert re.search(r"^user energy-worker on @ENERGY_WORKER_HASH@ ", acl, re.M)
+    assert re.search(r"^user webhook on @WEBHOOK_HASH@ ", acl, re.M)
+    # the healthcheck needs no password
+    assert "NOAUTH" in " ".join(redis_db["healthcheck"]["test"])
+
+
+def test_grafana_refuses_the_placeholder_password(tmp_path: Path):
+    """Grafana listens on every interface of the host: its start (compose's entrypoint) stops
+    with one line naming the variable while the password is .env.example's."""
+    grafana = compose_config(REPO / ".env.example")["services"]["grafana"]
+    entrypoint = [part.replace("$$", "$") for part in grafana["entrypoint"]]
+    assert entrypoint[:2] == ["/bin/sh", "-c"]
+
+    def start(password: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": os.environ["PATH"], "GF_SECURITY_ADMIN_PASSWORD": password}
+        return run(*entrypoint, env=env)
+
+    example = (REPO / ".env.example").read_text()
+    placeholder = re.search(r"^GRAFANA_ADMIN_PASSWORD='(.*)'$", example, re.M)
+    assert placeholder and placeholder[1].startswith("change-me")
+    refused = start(placeholder[1])
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert "GRAFANA_ADMIN_PASSWORD" in line and placeholder[1] not in line
+    # A real password goes on to Grafana's own start (/run.sh, absent here).
+    real = start("a real one")
+    assert real.returncode != 2 and "placeholder" not in real.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "REDIS_WEBHOOK_PASSWORD", "GRAFANA_ADMIN_PASSWORD"],
+)
+def test_compose_names_a_missing_setting(tmp_path: Path, name: str):
     env_file = tmp_path / "env"
     env_file.write_text(
         "".join(
             line + "\n"
             for line in (REPO / ".env.example").read_text().splitlines()
-            if not line.startswith("POSTGRES_PASSWORD=")
+            if not line.startswith(f"{name}=")
         )
     )
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
@@ -200,7 +283,7 @@ def test_compose_names_a_missing_setting(tmp_path: Path):
         env=env,
     )
     assert result.returncode != 0
-    assert "POSTGRES_PASSWORD" in result.stderr
+    assert name in result.stderr
 
 
 def test_env_example_documents_every_compose_variable():
@@ -218,6 +301,8 @@ PASSWORDS = {
     "GRAFANA_DB_PASSWORD": "GRAFANA_DB_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD": "GF_SECURITY_ADMIN_PASSWORD",
     "MQTT_PASSWORD": "MQTT_PASSWORD",
+    "REDIS_PASSWORD": "REDIS_PASSWORD",
+    "REDIS_WEBHOOK_PASSWORD": "REDIS_WEBHOOK_PASSWORD",
 }
 
 
@@ -280,9 +365,10 @@ def test_the_documented_quoting_keeps_hostile_passwords(tmp_path: Path, start: i
 
 
 def test_the_shipped_mosquitto_conf_requires_a_login_and_keeps_retained_messages(tmp_path: Path):
-    """mosquitto/mosquitto.conf run by the system's mosquitto, its container paths moved into
-    a folder of the test's own: anonymous clients are refused, a user of the password file gets
-    in, and a retained message (a sensor's config) survives a restart of the broker."""
+    """mosquitto/mosquitto.conf and mosquitto/acl run by the system's mosquitto, their container
+    paths moved into a folder of the test's own: anonymous clients are refused; energy-worker
+    publishes its topics and Home Assistant reads them, but Home Assistant (or any other user)
+    cannot publish a sensor's state or config; a retained message survives a restart."""
     mosquitto, passwd_tool = Path(ms.MOSQUITTO), shutil.which("mosquitto_passwd")
     if not mosquitto.exists() or passwd_tool is None:
         pytest.skip("mosquitto is not installed")
@@ -296,9 +382,16 @@ def test_the_shipped_mosquitto_conf_requires_a_login_and_keeps_retained_messages
         text += f"user {getpass.getuser()}\n"
     conf = root / "config" / "mosquitto.conf"
     conf.write_text(text)
+    # the shipped ACL, and the topic of the test helper's marker (ms.retained) for everyone
+    acl = (REPO / "mosquitto" / "acl").read_text() + "\npattern readwrite ew-test-marker/#\n"
+    (root / "config" / "acl").write_text(acl)
     passwd = root / "config" / "passwd"
-    subprocess.run([passwd_tool, "-c", "-b", passwd, "energy-worker", "pw"], check=True)
+    for i, user in enumerate(("energy-worker", "homeassistant", "guest")):
+        subprocess.run(
+            [passwd_tool, *(["-c"] if i == 0 else []), "-b", passwd, user, "pw"], check=True
+        )
     passwd.chmod(0o600)
+    state, config = "energy-worker/inst/meter/1/power", "homeassistant/sensor/x/config"
 
     def start() -> subprocess.Popen[bytes]:
         broker = subprocess.Popen([mosquitto, "-c", conf], stdout=subprocess.DEVNULL)
@@ -309,21 +402,34 @@ def test_the_shipped_mosquitto_conf_requires_a_login_and_keeps_retained_messages
         broker.terminate()  # persistence: the retained messages are written out now
         broker.wait(10)
 
+    def publish(user: str, topic: str, payload: bytes) -> None:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.username_pw_set(user, "pw")
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
+
+    def seen(user: str, topic_filter: str) -> dict[str, bytes]:
+        return ms.retained("127.0.0.1", port, topic_filter, user, "pw")
+
     broker = start()
     try:
         assert ms.connack("127.0.0.1", port) == "Not authorized"  # anonymous
         assert ms.connack("127.0.0.1", port, "energy-worker", "wrong") == "Not authorized"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        client.username_pw_set("energy-worker", "pw")
-        client.connect("127.0.0.1", port)
-        client.loop_start()
-        info = client.publish("homeassistant/sensor/x/config", b"{}", qos=1, retain=True)
-        info.wait_for_publish(10)
-        client.disconnect()
-        client.loop_stop()
+        publish("energy-worker", config, b"{}")
+        publish("energy-worker", state, b"230")
+        # Home Assistant reads them, and cannot overwrite them (a QoS 1 publish it may not
+        # make is acknowledged and dropped); a user the ACL does not name sees nothing.
+        publish("homeassistant", state, b"1E+100")
+        publish("homeassistant", config, b'{"name": "forged"}')
+        publish("guest", state, b"1E+100")
+        assert seen("homeassistant", "#") == {config: b"{}", state: b"230"}
+        assert seen("guest", "#") == {}
         stop(broker)
         broker = start()
-        kept = ms.retained("127.0.0.1", port, "homeassistant/#", "energy-worker", "pw")
-        assert kept == {"homeassistant/sensor/x/config": b"{}"}
+        assert seen("homeassistant", "homeassistant/#") == {config: b"{}"}
+        assert seen("energy-worker", "energy-worker/#") == {state: b"230"}
     finally:
         stop(broker)

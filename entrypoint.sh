@@ -8,7 +8,9 @@
 #   3. wait for PostgreSQL and Redis (POSTGRES_WAIT_SECONDS / REDIS_WAIT_SECONDS, default 600)
 #   4. apply the schema and the meter config (python -m energy_worker.setup)
 #   5. the optional programs: the publisher only with MQTT_HOST (ew_optional_programs)
-#   6. run supervisord in the foreground, as a child (see ew_run_supervisord), and exit 0 only
+#   6. each program's secrets into a file of the run dir (ew_program_secrets), then this script
+#      again in its own place (exec) without any secret in its environment, which
+#   7. runs supervisord in the foreground, as a child (see ew_run_supervisord), and exits 0 only
 #      after the `stop` key
 #
 # With arguments that are not supervisord options it runs them instead (e.g. `sh` to look around).
@@ -82,16 +84,27 @@ ew_setup_env() {
 	esac
 }
 
-# Names every missing required variable in one message.
+# The secrets the programs and the set-up may be given, each a variable or a *_FILE.
+EW_SECRETS=(POSTGRES_PASSWORD REDIS_PASSWORD GRAFANA_DB_PASSWORD GOOGLE_WEBHOOK_URL MQTT_PASSWORD)
+# .env.example's passwords all start so: a server on the home network must never run with one.
+EW_PLACEHOLDER='change-me'
+
+# Names every missing required variable in one message, and every placeholder password in one.
 ew_check_required() {
-	local missing=() var
+	local missing=() placeholders=() var list
 	for var in POSTGRES_USER POSTGRES_PASSWORD POSTGRES_DB; do
 		[ -n "${!var}" ] || missing+=("$var (or ${var}_FILE)")
 	done
 	if [ "${#missing[@]}" -gt 0 ]; then
-		local list
 		list="$(printf ', %s' "${missing[@]}")"
 		ew_error "missing required environment variables: ${list:2}; set them in .env (see .env.example) or the environment"
+	fi
+	for var in POSTGRES_PASSWORD REDIS_PASSWORD GRAFANA_DB_PASSWORD MQTT_PASSWORD; do
+		[[ ${!var:-} != "$EW_PLACEHOLDER"* ]] || placeholders+=("$var")
+	done
+	if [ "${#placeholders[@]}" -gt 0 ]; then
+		list="$(printf ', %s' "${placeholders[@]}")"
+		ew_error "still the placeholder password of .env.example: ${list:2}; set a password of your own in .env"
 	fi
 	[[ $POSTGRES_PORT =~ ^[0-9]+$ ]] || ew_error "POSTGRES_PORT must be a port number"
 }
@@ -177,6 +190,32 @@ ew_optional_programs() {
 	fi
 }
 
+# Each program's secrets, from files of the run dir that supervisord.conf names in that
+# program's environment only (REDIS_PASSWORD_FILE for the router, ...): supervisord and PID 1
+# hold none. A file per secret, empty when it is not set, mode 0600 in a 0700 folder.
+ew_program_secrets() {
+	local dir="$ENERGY_WORKER_RUN_DIR/secrets" name file
+	(
+		umask 077
+		mkdir -p "$dir"
+		chmod 0700 "$dir"
+		for name in REDIS_PASSWORD GOOGLE_WEBHOOK_URL MQTT_PASSWORD; do
+			file="$dir/$(printf '%s' "$name" | tr '[:upper:]' '[:lower:]')"
+			printf '%s' "${!name:-}" >"$file"
+			chmod 0600 "$file"
+		done
+	)
+}
+
+# Runs this script again in its own place (same PID), its environment without any secret: a
+# shell's `unset` leaves the initial environment readable in /proc/<pid>/environ, a new program
+# image does not. What is left to do there: run supervisord (EW_SUPERVISE).
+ew_reexec_without_secrets() {
+	unset "${EW_SECRETS[@]}" REDIS_WEBHOOK_PASSWORD
+	export EW_SUPERVISE=1
+	exec "$APP_DIR/entrypoint.sh" "$@"
+}
+
 # The exit listener writes this just before it shuts supervisord down after a `stop`
 # (the stop protocol, docs/CONTRACT.md).
 EW_STOP_MARKER_NAME=stop-requested
@@ -242,6 +281,12 @@ _main() {
 	if [ "$#" -eq 0 ] || [ "${1:0:1}" = '-' ]; then
 		set -- supervisord "$@"
 	fi
+	if [ "$1" = 'supervisord' ] && [ -n "${EW_SUPERVISE:-}" ]; then
+		shift
+		unset EW_SUPERVISE
+		ew_log INFO "starting supervisord"
+		ew_run_supervisord "$@"
+	fi
 	if [ "$1" = 'supervisord' ]; then
 		shift
 		ew_setup_env
@@ -251,11 +296,10 @@ _main() {
 		ew_apply_schema
 		mkdir -p "$ENERGY_WORKER_RUN_DIR"
 		ew_optional_programs
-		# The processes read the password from $POSTGRES_INI, and only the set-up needs
-		# Grafana's: keep both out of their environment.
-		unset POSTGRES_PASSWORD GRAFANA_DB_PASSWORD
-		ew_log INFO "starting supervisord"
-		ew_run_supervisord "$@"
+		# The processes read PostgreSQL's login from $POSTGRES_INI, and only the set-up needs
+		# Grafana's password: the others each get theirs from a file (supervisord.conf).
+		ew_program_secrets
+		ew_reexec_without_secrets supervisord "$@"
 	fi
 	exec "$@"
 }

@@ -412,3 +412,30 @@ def runs(shell: psutil.Process, what: str) -> bool:
             if what in " ".join(child.cmdline()):
                 return True
     return False
+
+
+PLACEHOLDERS = dict(
+    re.findall(
+        r"^([A-Z_]+_PASSWORD)='?(change-me[^'\n]*)'?$", (REPO / ".env.example").read_text(), re.M
+    )
+)
+
+
+@pytest.mark.parametrize(
+    "name", ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_DB_PASSWORD", "MQTT_PASSWORD"]
+)
+def test_a_placeholder_password_is_refused_with_one_line_naming_it(tmp_path: Path, name: str):
+    """.env.example's change-me passwords never start a server on the home network."""
+    result = entrypoint(unreachable(tmp_path, **{name: PLACEHOLDERS[name]}))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and name in errors[0], result.stderr
+    assert "placeholder" in errors[0]
+    assert not (tmp_path / "postgres.ini").exists()  # nothing was started
+
+
+def test_every_placeholder_is_named_in_the_one_line(tmp_path: Path):
+    names = ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_DB_PASSWORD", "MQTT_PASSWORD"]
+    result = entrypoint(unreachable(tmp_path, **{n: PLACEHOLDERS[n] for n in names}))
+    (error,) = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert all(name in error for name in names)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pg8000.native
+import psutil
 import pytest
 import redis
 from stack import PASSWORD, PROGRAMS, Stack, Webhook, all_stored, counted
@@ -189,3 +191,79 @@ def test_a_restarted_stack_finds_its_data_again_and_with_mqtt_host_publishes_it(
         second.close()
         w.close()
     assert PASSWORD not in second.log()
+
+
+def environ(pid: int) -> bytes:
+    """The environment a process was started with, as /proc shows it to its user."""
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def test_each_program_sees_only_its_own_secrets_and_pid_1_none(
+    pg: config.PostgresSettings, tmp_path: Path
+):
+    """The stack with a Redis that requires energy-worker's password (the shipped ACL), a sheet
+    URL and an MQTT password: each program's environment names the file of its own secrets
+    only, and neither the entrypoint (PID 1 in the container, exec'd again without them) nor
+    supervisord holds any, in /proc/<pid>/environ."""
+    import redis  # noqa: PLC0415 - the webhook's side
+    from test_redis_acl import WEBHOOK_PW, WORKER_PW, start_acl_redis  # noqa: PLC0415
+
+    acl = start_acl_redis(tmp_path / "redis")
+    s = Stack(pg, config.RedisSettings("127.0.0.1", acl.port, 0), tmp_path)
+    url = "http://127.0.0.1:9/macros/s/THE-SHEETS-KEY/exec"
+    mqtt_password = "mqtt-secret-ø"
+    s.env.update(
+        REDIS_USERNAME="energy-worker",
+        REDIS_PASSWORD=WORKER_PW,
+        GOOGLE_WEBHOOK_URL=url,
+        MQTT_HOST="127.0.0.1",
+        MQTT_PORT=str(ms.free_port()),  # nobody there: the publisher waits, RUNNING
+        MQTT_USERNAME="energy-worker",
+        MQTT_PASSWORD=mqtt_password,
+    )
+    secrets = {
+        "REDIS_PASSWORD": WORKER_PW.encode(),
+        "GOOGLE_WEBHOOK_URL": url.encode(),
+        "MQTT_PASSWORD": mqtt_password.encode(),
+        "POSTGRES_PASSWORD": PASSWORD.encode(),
+    }
+    own = {
+        "router": {"REDIS_PASSWORD"},
+        "processor": {"REDIS_PASSWORD"},
+        "pusher": {"REDIS_PASSWORD", "GOOGLE_WEBHOOK_URL"},
+        "publisher": {"MQTT_PASSWORD"},
+    }
+    try:
+        s.start()
+        assert s.popen is not None
+        hook = Webhook(redis.Redis(port=acl.port, username="webhook", password=WEBHOOK_PW))
+        hook.pulses(6)
+        all_stored(pg, hook)  # the programs logged in with the passwords of their files
+        entrypoint = s.popen.pid
+        (supervisord,) = [
+            p.pid for p in psutil.Process(entrypoint).children() if "supervisord" in p.cmdline()[1]
+        ]
+        for pid in (entrypoint, supervisord):
+            env = environ(pid)
+            for name, value in secrets.items():
+                assert value not in env, (pid, name)
+            assert not [n for n in secrets if f"\0{n}_FILE=".encode() in b"\0" + env], pid
+        for program, names in own.items():
+            env = dict(
+                entry.split(b"=", 1) for entry in environ(s.pid(program)).split(b"\0") if entry
+            )
+            for name, value in secrets.items():
+                assert value not in b"\0".join(env.values()), (program, name)
+            given = {name for name in secrets if f"{name}_FILE".encode() in env}
+            assert given == names, program
+            for name in names:
+                path = Path(env[f"{name}_FILE".encode()].decode())
+                assert path.read_bytes() == secrets[name]
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600
+                assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        s.close()
+        acl.stop()
+    log = s.log()
+    for value in secrets.values():
+        assert value.decode() not in log

@@ -13,12 +13,13 @@ Meters: a TOML file (METERS_CONFIG, else /etc/energy-worker/meters.toml, else th
 
 The pusher: GOOGLE_WEBHOOK_URL, PUSH_TIME, TZ, PUSH_TIMEOUT, PUSH_HISTORY_WAIT (push_settings).
 
-The publisher (Home Assistant over MQTT): MQTT_HOST, MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD (from
-MQTT_PASSWORD_FILE through entrypoint.sh), MQTT_TLS, MQTT_CA_FILE, MQTT_DISCOVERY_PREFIX,
-MQTT_TOPIC_PREFIX (mqtt_settings).
+The publisher (Home Assistant over MQTT): MQTT_HOST, MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD,
+MQTT_TLS, MQTT_CA_FILE, MQTT_DISCOVERY_PREFIX, MQTT_TOPIC_PREFIX (mqtt_settings).
 
 Secrets (passwords, the sheet's URL) are held as Secret, whose repr is '***': no settings object
-can show one in a log line or a traceback.
+can show one in a log line or a traceback. Each may come from a file instead, <NAME>_FILE (as
+supervisord.conf gives each program its own, from the files entrypoint.sh writes): the
+environment then holds no secret at all.
 """
 
 from __future__ import annotations
@@ -56,6 +57,26 @@ class Secret(str):
 
 def secret(value: str | None) -> Secret | None:
     return Secret(value) if value else None
+
+
+def secret_from_env(env: Mapping[str, str], name: str) -> Secret | None:
+    """The secret `name` from the environment, else from the file <name>_FILE names (trailing
+    line breaks dropped, as entrypoint.sh and the official images do); None when neither."""
+    value = env.get(name)
+    if value:
+        return Secret(value)
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{name}_FILE names {path}, which cannot be read: {exc.strerror}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}_FILE names {path}, which is not UTF-8") from None
+    return secret(text.rstrip("\n"))
 
 
 @dataclass(frozen=True)
@@ -157,7 +178,7 @@ def redis_settings(env: Mapping[str, str] | None = None) -> RedisSettings:
         host=env.get("REDIS_HOST") or "redis-db",
         port=port,
         db=db,
-        password=secret(env.get("REDIS_PASSWORD")),
+        password=secret_from_env(env, "REDIS_PASSWORD"),
         username=env.get("REDIS_USERNAME") or None,
     )
 
@@ -254,7 +275,7 @@ def push_settings(env: Mapping[str, str] | None = None) -> PushSettings:
         tz = totals.zone(env.get("TZ"))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    url = secret((env.get("GOOGLE_WEBHOOK_URL") or "").strip())
+    url = secret((secret_from_env(env, "GOOGLE_WEBHOOK_URL") or "").strip())
     if url is not None:
         try:
             sheet.check_url(url)
@@ -304,9 +325,9 @@ class MqttSettings:
 
 
 def mqtt_settings(env: Mapping[str, str] | None = None) -> MqttSettings:
-    """The MQTT_* variables. MQTT_PASSWORD_FILE is read by entrypoint.sh (file_env), as for the
-    other secrets. Raises ConfigError naming the variable, never showing a password; MQTT_HOST
-    unset is one too (supervisord runs the publisher only when it is set)."""
+    """The MQTT_* variables (MQTT_PASSWORD, or the file MQTT_PASSWORD_FILE names). Raises
+    ConfigError naming the variable, never showing a password; MQTT_HOST unset is one too
+    (supervisord runs the publisher only when it is set)."""
     env = os.environ if env is None else env
     host = (env.get("MQTT_HOST") or "").strip()
     if not host:
@@ -317,7 +338,7 @@ def mqtt_settings(env: Mapping[str, str] | None = None) -> MqttSettings:
     tls = tls_text == "true"
     port = port_number(env.get("MQTT_PORT"), 8883 if tls else 1883, "MQTT_PORT")
     username = env.get("MQTT_USERNAME") or None
-    password = secret(env.get("MQTT_PASSWORD"))
+    password = secret_from_env(env, "MQTT_PASSWORD")
     if password is not None and username is None:
         raise ConfigError("MQTT_PASSWORD is set but MQTT_USERNAME is not")
     ca_file = env.get("MQTT_CA_FILE") or None

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pg8000.native
 import psutil
@@ -236,7 +237,8 @@ def test_each_program_sees_only_its_own_secrets_and_pid_1_none(
     try:
         s.start()
         assert s.popen is not None
-        hook = Webhook(redis.Redis(port=acl.port, username="webhook", password=WEBHOOK_PW))
+        webhook: Any = redis.Redis(port=acl.port, username="webhook", password=WEBHOOK_PW)
+        hook = Webhook(webhook)
         hook.pulses(6)
         all_stored(pg, hook)  # the programs logged in with the passwords of their files
         entrypoint = s.popen.pid
@@ -249,15 +251,15 @@ def test_each_program_sees_only_its_own_secrets_and_pid_1_none(
                 assert value not in env, (pid, name)
             assert not [n for n in secrets if f"\0{n}_FILE=".encode() in b"\0" + env], pid
         for program, names in own.items():
-            env = dict(
+            variables = dict(
                 entry.split(b"=", 1) for entry in environ(s.pid(program)).split(b"\0") if entry
             )
             for name, value in secrets.items():
-                assert value not in b"\0".join(env.values()), (program, name)
-            given = {name for name in secrets if f"{name}_FILE".encode() in env}
+                assert value not in b"\0".join(variables.values()), (program, name)
+            given = {name for name in secrets if f"{name}_FILE".encode() in variables}
             assert given == names, program
             for name in names:
-                path = Path(env[f"{name}_FILE".encode()].decode())
+                path = Path(variables[f"{name}_FILE".encode()].decode())
                 assert path.read_bytes() == secrets[name]
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600
                 assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700

@@ -61,6 +61,9 @@ ew_setup_env() {
 	file_env POSTGRES_DB
 	file_env POSTGRES_HOST postgres-db
 	file_env POSTGRES_PORT 5432
+	# TLS to a PostgreSQL on another host: required and verified (setup.py and the programs)
+	file_env POSTGRES_TLS false
+	file_env POSTGRES_CA_FILE
 	file_env REDIS_PASSWORD
 	[ -n "$REDIS_PASSWORD" ] || unset REDIS_PASSWORD
 	# Secrets of the set-up (Grafana's read-only role) and of the pusher (a sheet URL may carry
@@ -127,7 +130,7 @@ ew_render_ini() {
 	local line key var
 	local placeholder='^([A-Za-z_]+) = \$\{([A-Z_]+)\}$'
 	[ -r "$template" ] || ew_error "template $template is missing"
-	for var in POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_PASSWORD; do
+	for var in POSTGRES_HOST POSTGRES_PORT POSTGRES_DB POSTGRES_USER POSTGRES_PASSWORD POSTGRES_TLS POSTGRES_CA_FILE; do
 		ew_ini_safe "$var" "${!var}"
 	done
 	mkdir -p "$(dirname "$target")" 2>/dev/null || true

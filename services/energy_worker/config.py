@@ -1,7 +1,9 @@
 """Where the processes find PostgreSQL, Redis and the meters.
 
 PostgreSQL: an ini file (default /etc/postgres.ini, override with POSTGRES_INI), section
-[postgresql] with host, port, database, user, password. It is read by a small parser of our own
+[postgresql] with host, port, database, user, password, and tls (true: TLS required, the server's
+certificate and host name verified against the system's CAs, or only ca_file's) for a database
+on another host. It is read by a small parser of our own
 because ConfigParser interpolates `%` and strips the edges of values: here a value is everything
 after `=` (one space after it is layout, not value), so any printable password survives.
 
@@ -86,12 +88,39 @@ class PostgresSettings:
     database: str
     user: str
     password: str = ""  # held as a Secret, whatever it was given as
+    tls: bool = False  # required and verified; never a silent fall back to plain text
+    ca_file: str | None = None  # with tls: trust only this CA file; None: the system's CAs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "password", Secret(self.password))
 
     def describe(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}/{self.database}"
+        return f"{self.user}@{self.host}:{self.port}/{self.database}{' (TLS)' if self.tls else ''}"
+
+
+INI_KEYS = ("host", "port", "database", "user", "password", "tls", "ca_file")
+
+
+def write_postgres_ini(settings: PostgresSettings, path: str | os.PathLike[str]) -> None:
+    """Write `settings` as postgres.ini, mode 0600, in place (its folder may not be writable,
+    the file is): what the set-up does once it has made the programs' own login."""
+    values = {
+        "host": settings.host,
+        "port": str(settings.port),
+        "database": settings.database,
+        "user": settings.user,
+        "password": str(settings.password),
+        "tls": "true" if settings.tls else "false",
+        "ca_file": settings.ca_file or "",
+    }
+    for key, value in values.items():
+        if len(value.splitlines()) > 1 or value.endswith(("\n", "\r")):
+            raise ConfigError(f"postgres.ini cannot hold a {key} with a line break")
+    text = "[postgresql]\n" + "".join(f"{key} = {values[key]}\n" for key in INI_KEYS)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(text)
 
 
 @dataclass(frozen=True)
@@ -143,12 +172,22 @@ def postgres_settings(path: str | os.PathLike[str] | None = None) -> PostgresSet
     if missing:
         raise ConfigError(f"{ini} [postgresql] lacks {', '.join(missing)}")
     port = port_number(section.get("port"), 5432, f"{ini} [postgresql] port")
+    tls = (section.get("tls") or "false").strip().lower()
+    if tls not in ("true", "false"):
+        raise ConfigError(f"{ini} [postgresql] tls (POSTGRES_TLS) must be true or false")
+    ca_file = section.get("ca_file") or None
+    if ca_file is not None and tls != "true":
+        raise ConfigError(
+            f"{ini} [postgresql] ca_file (POSTGRES_CA_FILE) is set but tls is not true"
+        )
     return PostgresSettings(
         host=section["host"],
         port=port,
         database=section["database"],
         user=section["user"],
         password=Secret(section.get("password", "")),
+        tls=tls == "true",
+        ca_file=ca_file,
     )
 
 

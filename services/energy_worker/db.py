@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -67,6 +68,7 @@ def connect(
     # As with libpq, a host that is a directory means the server's unix socket in it.
     socket = settings.host.startswith("/")
     con: Connection = pg8000.native.Connection(
+        ssl_context=tls_context(settings),
         user=settings.user,
         password=settings.password or None,
         host=None if socket else settings.host,
@@ -80,6 +82,14 @@ def connect(
     for statement in SESSION_SETTINGS:
         con.run(statement)
     return con
+
+
+def tls_context(settings: PostgresSettings) -> ssl.SSLContext | None:
+    """With tls: a context that requires TLS and verifies the server's certificate and host name
+    (pg8000 then refuses a server without TLS instead of falling back); else None, plain text."""
+    if not settings.tls:
+        return None
+    return ssl.create_default_context(cafile=settings.ca_file)
 
 
 def close_quietly(con: Connection | None) -> None:

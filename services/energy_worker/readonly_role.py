@@ -13,7 +13,9 @@ Raspberry Pi's SD card) and take advisory locks (the reader could squat on the l
 takes). Where the set-up may (a superuser, as in docker-compose; the database's owner for the
 temporary tables) those are taken from PUBLIC and granted back to the set-up's role, which the
 processor and the schema set-up run as; otherwise a warning says what stays open. No grant can
-keep a role from changing its own password or its own session defaults (ALTER ROLE itself).
+keep a role from changing its own password or its own session defaults (ALTER ROLE itself):
+the set-up puts both back at every start. At most CONNECTION_LIMIT sessions at once; on a server
+of the stack's own no other database (owner_role.close_other_databases).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ WRITING_FUNCTIONS = ("lo_create", "lo_creat", "lo_from_bytea", "lo_import", "lo_
 ADVISORY_LOCKS = r"^pg_(try_)?advisory_(xact_)?lock(_shared)?$"
 SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
 STATEMENT_TIMEOUT = "30s"  # a dashboard over years of history must not hog a Raspberry Pi
+# Grafana's data source opens at most 4 (grafana/provisioning/datasources): room for a person's
+# psql, no more for a flood of logins.
+CONNECTION_LIMIT = 8
 
 log = logging.getLogger("energy_worker.readonly_role")
 
@@ -84,18 +89,24 @@ def scram_verifier(password: str, salt: bytes | None = None) -> str:
 
 
 def ensure_readonly_role(
-    con: pg8000.native.Connection, user: str, password: str, timezone: str | None = None
+    con: pg8000.native.Connection,
+    user: str,
+    password: str,
+    timezone: str | None = None,
+    owner: str | None = None,
 ) -> None:
     """Create or update the read-only role `user`, with exactly SELECT on RELATIONS.
 
     Idempotent; one transaction. `timezone` (e.g. the TZ of the stack) becomes the role's
-    TimeZone, so the dashboards' hours and days are local ones.
+    TimeZone, so the dashboards' hours and days are local ones. `owner` is the role the programs
+    connect as, which keeps what PUBLIC loses (default: the current user).
     """
     if not user:
         raise ValueError("the read-only role needs a name")
     if not password:
         raise ValueError("the read-only role needs a password")
-    (owner,) = con.run("SELECT current_user")[0]
+    if owner is None:
+        (owner,) = con.run("SELECT current_user")[0]
     if user == owner:
         raise ValueError("the read-only role must not be the schema's owner")
     role = identifier(user)
@@ -105,7 +116,13 @@ def ensure_readonly_role(
         exists = con.run("SELECT 1 FROM pg_roles WHERE rolname = :u", u=user)
         verb = "ALTER" if exists else "CREATE"
         attrs = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
-        con.run(f"{verb} ROLE {role} WITH {attrs} PASSWORD {literal(scram_verifier(password))}")
+        con.run(
+            f"{verb} ROLE {role} WITH {attrs} CONNECTION LIMIT {CONNECTION_LIMIT} "
+            f"PASSWORD {literal(scram_verifier(password))}"
+        )
+        # PostgreSQL lets every role change its own password and session defaults: whatever
+        # the reader changed is put back here, at every start.
+        con.run(f"ALTER ROLE {role} RESET ALL")
         con.run(f"ALTER ROLE {role} SET default_transaction_read_only = on")
         con.run(f"ALTER ROLE {role} SET statement_timeout = {literal(STATEMENT_TIMEOUT)}")
         if timezone:
@@ -172,7 +189,9 @@ def close_public_writes(con: pg8000.native.Connection, owner: str, database: str
 
 
 def ensure_from_env(
-    con: pg8000.native.Connection, environ: Mapping[str, str] = os.environ
+    con: pg8000.native.Connection,
+    environ: Mapping[str, str] = os.environ,
+    owner: str | None = None,
 ) -> str | None:
     """The set-up's hook: with GRAFANA_DB_PASSWORD set, ensure the role GRAFANA_DB_USER (default
     grafana_reader), its TimeZone the pusher's (TZ, unset: the same default as the pusher's), so
@@ -182,5 +201,7 @@ def ensure_from_env(
     if not password:
         return None
     user = environ.get("GRAFANA_DB_USER", "") or DEFAULT_USER
-    ensure_readonly_role(con, user, password, timezone=totals.zone(environ.get("TZ")).key)
+    ensure_readonly_role(
+        con, user, password, timezone=totals.zone(environ.get("TZ")).key, owner=owner
+    )
     return user

@@ -3,17 +3,24 @@ the meter config and Grafana's read-only role in PostgreSQL; in Redis, a check t
 database holds nothing of other applications', and that Redis did not lose the numbering of its
 work items.
 
+PostgreSQL's login in $POSTGRES_INI is the administrator's (POSTGRES_USER). With POSTGRES_OWNER
+set, the set-up makes that role (owner_role.py), applies the schema as it, and writes its login
+over the ini: the programs connect as the owner, and the administrator's password is used here
+only. Without, the programs use POSTGRES_USER's login as before.
+
 Exit status: 0 done, 1 a server unreachable or failing, 2 a configuration error, or a Redis
 database shared with another application (one line says which keys, and what to do).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 
 import redis
 
-from . import config, db, keyspace, program, readonly_role, schema
+from . import config, db, keyspace, owner_role, program, readonly_role, schema
 from .outage import describe_error
 from .queue import Queues
 from .redisconn import connect_redis
@@ -35,20 +42,38 @@ def main(_termination: program.Termination) -> int:
     if foreign.count:
         log.error("%s", foreign.refusal(redis_settings))
         return program.EXIT_CONFIG
-    con = None
+    owner_name = os.environ.get("POSTGRES_OWNER", "").strip()
+    admin = con = None
     try:
-        con = db.connect(settings, "energy-worker setup")
+        admin = db.connect(settings, "energy-worker setup")
+        programs = owner_login(admin, settings, owner_name) if owner_name else settings
+        con = db.connect(programs, "energy-worker setup") if programs is not settings else admin
         version = schema.apply(con, meters)
-        grafana_role(con)
+        reader = grafana_role(admin, programs.user)
+        if programs is not settings:
+            closed = owner_role.close_other_databases(
+                admin, [programs.user, *([reader] if reader else [])]
+            )
+            if closed:
+                log.info("database(s) %s closed to %s", ", ".join(closed), programs.user)
         redis_sequence(Queues(r), processor_store.load_done(con))
+        if programs is not settings:
+            config.write_postgres_ini(
+                programs, os.environ.get("POSTGRES_INI") or config.DEFAULT_POSTGRES_INI
+            )
+    except ValueError as exc:
+        log.error("cannot set up PostgreSQL at %s: %s", settings.describe(), exc)
+        return program.EXIT_CONFIG
     except db.ERRORS as exc:
         log.error("cannot set up PostgreSQL at %s: %s", settings.describe(), describe_error(exc))
         return program.EXIT_FAILED
     finally:
-        db.close_quietly(con)
+        if con is not admin:
+            db.close_quietly(con)
+        db.close_quietly(admin)
     log.info(
         "PostgreSQL %s ready: schema version %s, meters %s",
-        settings.describe(),
+        programs.describe(),
         version,
         ", ".join(str(n) for n in meters),
     )
@@ -67,16 +92,33 @@ def redis_sequence(queues: Queues, done: dict[str, int]) -> None:
         log.error("%s", problem)
 
 
-def grafana_role(con: db.Connection) -> None:
-    """Grafana's read-only login, if configured. A problem with it is Grafana's alone: it is
-    logged, and the pulse path starts all the same."""
+def owner_login(
+    admin: db.Connection, settings: config.PostgresSettings, owner: str
+) -> config.PostgresSettings:
+    """The programs' login: the role `owner`, made (again) by the administrator's session, with
+    a new password; the administrator's own when it may not make roles (a warning says so)."""
     try:
-        reader = readonly_role.ensure_from_env(con)
+        password = owner_role.ensure_owner(admin, owner)
+    except owner_role.NotSuperuser as exc:
+        log.warning(
+            "POSTGRES_OWNER %s not made: %s; the programs connect as %s", owner, exc, settings.user
+        )
+        return settings
+    log.info("owner role %s ready: the programs connect as it, not as %s", owner, settings.user)
+    return dataclasses.replace(settings, user=owner, password=password)
+
+
+def grafana_role(con: db.Connection, owner: str) -> str | None:
+    """Grafana's read-only login, if configured; returns its name. A problem with it is
+    Grafana's alone: it is logged, and the pulse path starts all the same."""
+    try:
+        reader = readonly_role.ensure_from_env(con, owner=owner)
     except (ValueError, *db.ERRORS) as exc:
         log.error("Grafana's read-only role was not set up: %s", describe_error(exc))
-        return
+        return None
     if reader:
         log.info("read-only role %s ready for Grafana", reader)
+    return reader
 
 
 if __name__ == "__main__":

@@ -1,0 +1,109 @@
+"""A PostgreSQL server of a test's own (the binaries of the pgserver package, as `make run`'s),
+for what must not happen on the shared one: server-wide grants, pg_hba.conf, TLS. On
+127.0.0.1, a free port; under root it runs as the user pgserver, as `make run`'s does."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pg8000.native
+
+from energy_worker import config
+from helpers import wait_until
+
+ADMIN = "postgres"
+RUN_AS_USER = "pgserver"
+
+
+def binaries() -> Path:
+    import pgserver  # noqa: PLC0415 - only the tests that start a server need it
+
+    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+
+
+class PrivatePostgres:
+    """initdb, pg_hba.conf from `hba` (the superuser `postgres` always gets in without a
+    password first), postgres with `options` (-c name=value); stop() removes everything."""
+
+    def __init__(self, hba: list[str] | None = None, options: dict[str, str] | None = None):
+        from conftest import free_port  # noqa: PLC0415 - the run's helper
+
+        # Not under pytest's tmp_path: that is private to root, the server's user must reach it.
+        self.root = Path(tempfile.mkdtemp(prefix="ew-test-pg-"))
+        self.root.chmod(0o711)
+        self.data = self.root / "data"
+        self.run_as: dict[str, Any] = {}
+        self.owner: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(RUN_AS_USER)
+            self.owner = (entry.pw_uid, entry.pw_gid)
+            self.run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        self.data.mkdir(mode=0o700)
+        self.give(self.data)
+        self.log = self.root / "postgres.log"
+        subprocess.run(
+            [str(binaries() / "initdb"), "-D", str(self.data), "--auth=trust",
+             f"--username={ADMIN}", "--encoding=UTF8", "--locale=C"],
+            check=True, capture_output=True, **self.run_as,
+        )  # fmt: skip
+        lines = [
+            f"host all {ADMIN} 127.0.0.1/32 trust",
+            *(hba or ["host all all 127.0.0.1/32 trust"]),
+        ]
+        (self.data / "pg_hba.conf").write_text("".join(f"{line}\n" for line in lines))
+        self.port = free_port()
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": "",
+            **(options or {}),
+        }
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                [str(binaries() / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                 *(arg for name, value in settings.items() for arg in ("-c", f"{name}={value}"))],
+                stdout=out, stderr=subprocess.STDOUT, **self.run_as,
+            )  # fmt: skip
+        try:
+            wait_until(self.answers, 30, 0.05, "the private PostgreSQL")
+        except BaseException:
+            self.stop()
+            raise
+
+    def give(self, path: Path) -> None:
+        """Make `path` the server's user's (under root)."""
+        if self.owner is not None:
+            os.chown(path, *self.owner)
+
+    def settings(self, database: str = "postgres", user: str = ADMIN) -> config.PostgresSettings:
+        return config.PostgresSettings("127.0.0.1", self.port, database, user)
+
+    def connect(self, database: str = "postgres", user: str = ADMIN) -> Any:
+        return pg8000.native.Connection(
+            user=user, host="127.0.0.1", port=self.port, database=database, timeout=10
+        )
+
+    def answers(self) -> bool:
+        if self.popen.poll() is not None:
+            raise AssertionError(f"postgres exited:\n{self.log.read_text(errors='replace')}")
+        try:
+            self.connect().close()
+        except (OSError, pg8000.native.InterfaceError, pg8000.native.DatabaseError):
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)  # fast shutdown: SIGTERM waits for sessions
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -22,34 +22,56 @@ ADMIN = "postgres"
 RUN_AS_USER = "pgserver"
 
 
+def server_ids() -> tuple[int, int] | None:
+    """The uid and gid the server runs as: the user pgserver under root, else this process's."""
+    if os.geteuid() != 0:
+        return None
+    entry = pwd.getpwnam(RUN_AS_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
 def binaries() -> Path:
     import pgserver  # noqa: PLC0415 - only the tests that start a server need it
 
     return Path(pgserver.__file__).parent / "pginstall" / "bin"
 
 
+def system_binaries() -> Path | None:
+    """The machine's own PostgreSQL (the one of the shared test server), whose build has TLS,
+    which pgserver's lacks; None when there is none."""
+    found = shutil.which("postgres")
+    if found is None:
+        return None
+    folder = Path(found).resolve().parent
+    return folder if (folder / "initdb").exists() else None
+
+
 class PrivatePostgres:
     """initdb, pg_hba.conf from `hba` (the superuser `postgres` always gets in without a
     password first), postgres with `options` (-c name=value); stop() removes everything."""
 
-    def __init__(self, hba: list[str] | None = None, options: dict[str, str] | None = None):
+    def __init__(
+        self,
+        hba: list[str] | None = None,
+        options: dict[str, str] | None = None,
+        bin_dir: Path | None = None,
+    ):
         from conftest import free_port  # noqa: PLC0415 - the run's helper
 
         # Not under pytest's tmp_path: that is private to root, the server's user must reach it.
         self.root = Path(tempfile.mkdtemp(prefix="ew-test-pg-"))
         self.root.chmod(0o711)
         self.data = self.root / "data"
+        self.owner = server_ids()
         self.run_as: dict[str, Any] = {}
-        self.owner: tuple[int, int] | None = None
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam(RUN_AS_USER)
-            self.owner = (entry.pw_uid, entry.pw_gid)
-            self.run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        if self.owner is not None:
+            self.run_as = {"user": self.owner[0], "group": self.owner[1], "extra_groups": []}
         self.data.mkdir(mode=0o700)
         self.give(self.data)
         self.log = self.root / "postgres.log"
+        self.bin = bin_dir or binaries()
         subprocess.run(
-            [str(binaries() / "initdb"), "-D", str(self.data), "--auth=trust",
+            [str(self.bin / "initdb"), "-D", str(self.data), "--auth=trust",
              f"--username={ADMIN}", "--encoding=UTF8", "--locale=C"],
             check=True, capture_output=True, **self.run_as,
         )  # fmt: skip
@@ -66,7 +88,7 @@ class PrivatePostgres:
         }
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
-                [str(binaries() / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
                  *(arg for name, value in settings.items() for arg in ("-c", f"{name}={value}"))],
                 stdout=out, stderr=subprocess.STDOUT, **self.run_as,
             )  # fmt: skip

@@ -142,6 +142,9 @@ def test_compose_file_parses_and_keeps_its_promises():
     assert env["POSTGRES_HOST"] == "postgres-db" and env["REDIS_HOST"] == "redis-db"
     # the entrypoint's settings reach it
     assert env["POSTGRES_WAIT_SECONDS"] == "600" and env["REDIS_WAIT_SECONDS"] == "600"
+    # the programs connect as an owner role the set-up makes, not as the administrator
+    assert env["POSTGRES_OWNER"] == "energy_worker" != env["POSTGRES_USER"]
+    assert env["POSTGRES_TLS"] == "false"  # postgres-db is on this host's compose network
     for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
         assert env[name] == services["postgres-db"]["environment"][name]
     # Home Assistant over MQTT: off as shipped (no MQTT_HOST, no broker service), every

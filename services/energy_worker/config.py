@@ -176,10 +176,13 @@ def postgres_settings(path: str | os.PathLike[str] | None = None) -> PostgresSet
     if tls not in ("true", "false"):
         raise ConfigError(f"{ini} [postgresql] tls (POSTGRES_TLS) must be true or false")
     ca_file = section.get("ca_file") or None
-    if ca_file is not None and tls != "true":
-        raise ConfigError(
-            f"{ini} [postgresql] ca_file (POSTGRES_CA_FILE) is set but tls is not true"
-        )
+    if ca_file is not None:
+        if tls != "true":
+            raise ConfigError(f"{ini} [postgresql] ca_file (POSTGRES_CA_FILE) is set, tls is not")
+        try:
+            Path(ca_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read POSTGRES_CA_FILE {ca_file}: {exc.strerror}") from None
     return PostgresSettings(
         host=section["host"],
         port=port,

@@ -6,8 +6,8 @@
 #   REDIS_WEBHOOK_PASSWORD  the webhook's user
 #   REDIS_ACL_DIR           where the rendered ACL goes (default /run/redis, a tmpfs)
 #
-# Only each password's SHA-256 is written (the ACL's #<hash> form), and the passwords leave the
-# environment before redis-server starts. A missing or placeholder password stops the start
+# Only each password's SHA-256 is written (the ACL's #<hash> form), and the passwords (and
+# REDISCLI_AUTH, for redis-cli in the container) leave the environment before redis-server starts. A missing or placeholder password stops the start
 # with one line naming it (exit 2).
 set -eu
 
@@ -41,5 +41,5 @@ sed -e '/^#/d' -e '/^[[:space:]]*$/d' \
 	-e "s/@ENERGY_WORKER_HASH@/#$(sha256 "$REDIS_PASSWORD")/" \
 	-e "s/@WEBHOOK_HASH@/#$(sha256 "$REDIS_WEBHOOK_PASSWORD")/" \
 	"$here/users.acl" >"$dir/users.acl"
-unset REDIS_PASSWORD REDIS_WEBHOOK_PASSWORD value
+unset REDIS_PASSWORD REDIS_WEBHOOK_PASSWORD REDISCLI_AUTH value
 exec redis-server "$@" --aclfile "$dir/users.acl"

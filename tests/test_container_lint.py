@@ -235,8 +235,10 @@ def test_redis_requires_passwords_and_runs_the_shipped_acl():
     assert re.search(r"^user default off\b", acl, re.M)
     assert re.search(r"^user energy-worker on @ENERGY_WORKER_HASH@ ", acl, re.M)
     assert re.search(r"^user webhook on @WEBHOOK_HASH@ ", acl, re.M)
-    # the healthcheck needs no password
-    assert "NOAUTH" in " ".join(redis_db["healthcheck"]["test"])
+    # redis-cli in the container (the healthcheck, docs/GUIDE.md) logs in as the webhook
+    env = redis_db["environment"]
+    assert env["REDISCLI_AUTH"] == env["REDIS_WEBHOOK_PASSWORD"]
+    assert "--user webhook ping" in " ".join(redis_db["healthcheck"]["test"])
 
 
 def test_grafana_refuses_the_placeholder_password(tmp_path: Path):

@@ -75,6 +75,7 @@ def start_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "REDIS_ACL_DIR": str(tmp_path / "acl"),
         "REDIS_PASSWORD": WORKER_PW,
         "REDIS_WEBHOOK_PASSWORD": WEBHOOK_PW,
+        "REDISCLI_AUTH": WEBHOOK_PW,
         **extra,
     }
 
@@ -148,6 +149,26 @@ def test_the_rendered_acl_holds_hashes_not_passwords(server: AclServer):
     assert hashlib.sha256(WORKER_PW.encode()).hexdigest() in text
     assert hashlib.sha256(WEBHOOK_PW.encode()).hexdigest() in text
     assert server.acl_file.stat().st_mode & 0o077 == 0
+    # nor does redis-server keep them in its environment (start.sh execs it without)
+    environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes()
+    assert WORKER_PW.encode() not in environ and WEBHOOK_PW.encode() not in environ
+    assert b"redis-server" in Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
+
+
+def test_redis_cli_logs_in_as_the_webhook_with_the_containers_variable(server: AclServer):
+    """What the healthcheck and docs/GUIDE.md run inside redis-db."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("redis-cli is not installed")
+    env = {"PATH": os.environ["PATH"], "REDISCLI_AUTH": WEBHOOK_PW}
+    base = [cli, "-p", str(server.port), "--no-auth-warning", "--user", "webhook"]
+
+    def cli_run(*args: str) -> str:
+        done = subprocess.run([*base, *args], env=env, capture_output=True, text=True, check=False)
+        return done.stdout + done.stderr
+
+    assert cli_run("ping").strip() == "PONG"
+    assert "NOPERM" in cli_run("FLUSHALL")
 
 
 @pytest.mark.parametrize("key", CONTRACT_KEYS)

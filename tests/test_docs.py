@@ -10,7 +10,7 @@ import pytest
 
 from helpers import REPO
 
-FOLDERS = ("docs", "services", "tests", "bench", "etc", "grafana", "sql", "mosquitto")
+FOLDERS = ("docs", "services", "tests", "bench", "etc", "grafana", "sql", "mosquitto", "redis-db")
 PATH = re.compile(
     r"(?<![\w/.-])((?:" + "|".join(FOLDERS) + r")/[\w./-]*\w)"  # a path inside the repository
 )

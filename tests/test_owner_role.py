@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,8 +37,8 @@ def server() -> Iterator[PrivatePostgres]:
 
 
 @pytest.fixture
-def database(server: PrivatePostgres, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"energy_{abs(hash(request.node.name)) % 10**8}"
+def database(server: PrivatePostgres) -> Iterator[str]:
+    name = f"energy_{uuid.uuid4().hex[:12]}"
     admin = server.connect()
     admin.run(f"CREATE DATABASE {name}")
     admin.close()

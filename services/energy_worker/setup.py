@@ -21,6 +21,7 @@ import os
 import redis
 
 from . import config, db, keyspace, owner_role, program, readonly_role, schema
+from .domain import Meter
 from .outage import describe_error
 from .queue import Queues
 from .redisconn import connect_redis
@@ -42,35 +43,14 @@ def main(_termination: program.Termination) -> int:
     if foreign.count:
         log.error("%s", foreign.refusal(redis_settings))
         return program.EXIT_CONFIG
-    owner_name = os.environ.get("POSTGRES_OWNER", "").strip()
-    admin = con = None
     try:
-        admin = db.connect(settings, "energy-worker setup")
-        programs = owner_login(admin, settings, owner_name) if owner_name else settings
-        con = db.connect(programs, "energy-worker setup") if programs is not settings else admin
-        version = schema.apply(con, meters)
-        reader = grafana_role(admin, programs.user)
-        if programs is not settings:
-            closed = owner_role.close_other_databases(
-                admin, [programs.user, *([reader] if reader else [])]
-            )
-            if closed:
-                log.info("database(s) %s closed to %s", ", ".join(closed), programs.user)
-        redis_sequence(Queues(r), processor_store.load_done(con))
-        if programs is not settings:
-            config.write_postgres_ini(
-                programs, os.environ.get("POSTGRES_INI") or config.DEFAULT_POSTGRES_INI
-            )
+        programs, version = set_up_postgres(settings, meters, Queues(r))
     except ValueError as exc:
         log.error("cannot set up PostgreSQL at %s: %s", settings.describe(), exc)
         return program.EXIT_CONFIG
     except db.ERRORS as exc:
         log.error("cannot set up PostgreSQL at %s: %s", settings.describe(), describe_error(exc))
         return program.EXIT_FAILED
-    finally:
-        if con is not admin:
-            db.close_quietly(con)
-        db.close_quietly(admin)
     log.info(
         "PostgreSQL %s ready: schema version %s, meters %s",
         programs.describe(),
@@ -78,6 +58,37 @@ def main(_termination: program.Termination) -> int:
         ", ".join(str(n) for n in meters),
     )
     return 0
+
+
+def set_up_postgres(
+    settings: config.PostgresSettings, meters: dict[int, Meter], queues: Queues
+) -> tuple[config.PostgresSettings, int]:
+    """The schema, the meters and the roles, logged in as `settings` (the administrator); returns
+    the programs' login (written over postgres.ini when it is the owner's) and the schema's
+    version."""
+    owner = os.environ.get("POSTGRES_OWNER", "").strip()
+    admin = con = None
+    try:
+        admin = db.connect(settings, "energy-worker setup")
+        programs = owner_login(admin, settings, owner) if owner else settings
+        own = programs is not settings
+        # What the programs use is created by their own login, so it is theirs.
+        con = db.connect(programs, "energy-worker setup") if own else admin
+        version = schema.apply(con, meters)
+        reader = grafana_role(admin, programs.user)
+        if own:  # the server is the stack's: its other databases are nobody's of ours
+            roles = [programs.user, *([reader] if reader else [])]
+            closed = owner_role.close_other_databases(admin, roles)
+            log.info("database(s) %s closed to %s", ", ".join(closed), ", ".join(roles))
+        redis_sequence(queues, processor_store.load_done(con))
+        if own:
+            ini = os.environ.get("POSTGRES_INI") or config.DEFAULT_POSTGRES_INI
+            config.write_postgres_ini(programs, ini)
+        return programs, version
+    finally:
+        if con is not admin:
+            db.close_quietly(con)
+        db.close_quietly(admin)
 
 
 def redis_sequence(queues: Queues, done: dict[str, int]) -> None:

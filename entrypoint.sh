@@ -102,7 +102,10 @@ ew_check_required() {
 		list="$(printf ', %s' "${missing[@]}")"
 		ew_error "missing required environment variables: ${list:2}; set them in .env (see .env.example) or the environment"
 	fi
-	for var in POSTGRES_PASSWORD REDIS_PASSWORD GRAFANA_DB_PASSWORD MQTT_PASSWORD; do
+	local checked=(POSTGRES_PASSWORD REDIS_PASSWORD GRAFANA_DB_PASSWORD)
+	# MQTT's only where it is used: .env.example's stays harmless while MQTT_HOST is empty
+	[ -z "${MQTT_HOST//[[:space:]]/}" ] || checked+=(MQTT_PASSWORD)
+	for var in "${checked[@]}"; do
 		[[ ${!var:-} != "$EW_PLACEHOLDER"* ]] || placeholders+=("$var")
 	done
 	if [ "${#placeholders[@]}" -gt 0 ]; then

@@ -16,6 +16,7 @@ from typing import Any
 import pg8000.native
 
 from energy_worker import config
+from energy_worker.devrun import package_dir
 from helpers import wait_until
 
 ADMIN = "postgres"
@@ -31,9 +32,8 @@ def server_ids() -> tuple[int, int] | None:
 
 
 def binaries() -> Path:
-    import pgserver  # noqa: PLC0415 - only the tests that start a server need it
-
-    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+    """pgserver's, found as `make run` finds them (importing the package would set up more)."""
+    return package_dir("pgserver") / "pginstall" / "bin"
 
 
 def system_binaries() -> Path | None:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pg8000.native
 import pytest
 from private_pg import ADMIN, PrivatePostgres
+from redis import Redis
 
 from energy_worker import config, schema
 from energy_worker.readonly_role import scram_verifier
-from energy_worker.redisclient import Redis
 from helpers import REPO, enqueue, wait_until, write_ini
 
 OWNER, READER = "energy_worker", "grafana_reader"

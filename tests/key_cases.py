@@ -39,6 +39,7 @@ def left(kind: Kind) -> Outcome:
 UNKNOWN = rejected("unknown key")
 NOT_WHOLE = rejected("value is not a whole number")
 NOT_TRUE = rejected("value is not 'true'")
+LEADING_ZERO = rejected("meter number with a leading zero")
 
 # (key, value, outcome). Keys and values are bytes, as Redis holds them.
 CASES: list[tuple[bytes, bytes, Outcome]] = [
@@ -69,11 +70,17 @@ CASES: list[tuple[bytes, bytes, Outcome]] = [
     # digits that are not ASCII digits, leading zeros, meters not configured
     ("channel:٧:timestamp".encode(), b"1", UNKNOWN),  # Arabic-Indic seven
     ("channel:１:timestamp".encode(), b"1", UNKNOWN),  # fullwidth one
-    (b"channel:07:timestamp", b"1", UNKNOWN),
+    (b"channel:07:timestamp", b"1", LEADING_ZERO),
+    (b"channel:01:timestamp", b"1", LEADING_ZERO),
+    (b"Chanel:007:MeterCount", b"1", LEADING_ZERO),
+    (b"channel:00:timestamp", b"1", LEADING_ZERO),
+    (b"channel:010:timestamp", b"1", LEADING_ZERO),
+    (b"channel:01:timestamps", b"1", UNKNOWN),  # not a channel word: unknown, whatever the n
     (b"channel:0:timestamp", b"1", UNKNOWN),
     (b"channel:9:timestamp", b"100", rejected("meter 9 is not configured")),
     (b"channel:99:metercount", b"100", rejected("meter 99 is not configured")),
     (b"channel:100:timestamp", b"1", UNKNOWN),
+    (b"channel:" + b"9" * 5000 + b":timestamp", b"1", UNKNOWN),
     (b"channel::timestamp", b"1", UNKNOWN),
     (b"channel:1:timestamps", b"1", UNKNOWN),
     (b"channel:1:", b"1", UNKNOWN),

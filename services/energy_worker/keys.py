@@ -9,7 +9,8 @@
 | foo                           | FOO        | the webhook's self-test, left alone   |
 | energy-worker:...             | OWN        | our own lists and counters            |
 Older documents spell the channel `Chanel`; both are accepted. <n> is a configured meter number
-written without leading zeros. Anything else is ILLEGAL.
+written without leading zeros (`channel:01:timestamp` is rejected as such, by that reason).
+Anything else is ILLEGAL.
 
 Names and values are bytes, as Redis holds them, and are read the way the router's Lua script
 reads them (queue.py): a name is the contract's only when it is ASCII and matches the contract's
@@ -59,7 +60,8 @@ FLAG_NAMES = {
     b"foo": Kind.FOO,
 }
 CHANNEL_KINDS = {b"timestamp": Kind.TIMESTAMP, b"metercount": Kind.METERCOUNT}
-_CHANNEL = re.compile(rb"chann?el:([1-9][0-9]?):([a-z]+)")
+_CHANNEL = re.compile(rb"chann?el:([0-9]+):([a-z]+)")
+LEADING_ZERO = "meter number with a leading zero"
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,12 @@ def classify(name: bytes | str, meters: frozenset[int] | set[int]) -> Classified
     kind = CHANNEL_KINDS.get(match.group(2)) if match else None
     if match is None or kind is None:
         return Classified(Kind.ILLEGAL, reason="unknown key")
-    meter = int(match.group(1))
+    digits = match.group(1)
+    if len(digits) > 1 and digits.startswith(b"0"):
+        return Classified(Kind.ILLEGAL, reason=LEADING_ZERO)
+    if digits == b"0" or len(digits) > 2:  # meters are numbered 1 to 99
+        return Classified(Kind.ILLEGAL, reason="unknown key")
+    meter = int(digits)
     if meter not in meters:
         return Classified(Kind.ILLEGAL, meter, reason=f"meter {meter} is not configured")
     return Classified(kind, meter)

@@ -63,9 +63,13 @@ local function classify(name)
   if string.find(name, '[\128-\255]') then return 'illegal', nil, 'unknown key' end
   local lower = string.lower(name)
   if flags[lower] then return flags[lower] end
-  local n, word = string.match(lower, '^chann?el:([1-9]%d?):(%l+)$')
+  local n, word = string.match(lower, '^chann?el:(%d+):(%l+)$')
   local kind = word and channels[word]
   if not kind then return 'illegal', nil, 'unknown key' end
+  if #n > 1 and string.sub(n, 1, 1) == '0' then
+    return 'illegal', nil, 'meter number with a leading zero'
+  end
+  if n == '0' or #n > 2 then return 'illegal', nil, 'unknown key' end
   if not string.find(meters, ',' .. n .. ',', 1, true) then
     return 'illegal', n, 'meter ' .. n .. ' is not configured'
   end

@@ -18,8 +18,9 @@ import redis
 
 from cli_support import SCRIPT, cli, cli_process
 from energy_worker import config, makerun
-from energy_worker.cli import health, parser, show, simulate
+from energy_worker.cli import health, parser, push, show, simulate
 from energy_worker.cli.deadletters import Entry
+from energy_worker.cli.session import Session
 from energy_worker.domain import at_time
 from energy_worker.processor import Processor
 from energy_worker.store import reports
@@ -158,6 +159,28 @@ def test_an_unreachable_postgres_is_one_line_and_exit_2(
     assert missing.code == 2 and "cannot read" in missing.err
 
 
+def test_the_command_reads_postgres_from_the_environment_as_the_service_does(
+    pg: config.PostgresSettings, redis_db: config.RedisSettings, tmp_path: Path
+):
+    """POSTGRES_HOST and the others, as entrypoint.sh reads them, with no ini anywhere."""
+    secret = tmp_path / "postgres_password"
+    secret.write_text(f"{pg.password or 'unused-by-trust'}\n")
+    env = {
+        "METERS_CONFIG": METERS,
+        "POSTGRES_HOST": pg.host,
+        "POSTGRES_PORT": str(pg.port),
+        "POSTGRES_DB": pg.database,
+        "POSTGRES_USER": pg.user,
+        "POSTGRES_PASSWORD_FILE": str(secret),
+        "REDIS_HOST": redis_db.host,
+        "REDIS_PORT": str(redis_db.port),
+        "REDIS_DB": str(redis_db.db),
+    }
+    result = cli(env, "status", "--json")
+    assert result.code in (0, 1), result  # it looked (whatever it found)
+    assert "cannot read" not in result.err
+
+
 # --- finding `make run`'s servers -------------------------------------------------------------
 
 
@@ -177,8 +200,12 @@ def test_the_settings_of_make_run_are_adopted_when_nothing_names_a_server(tmp_pa
     shell = {"ENERGY_WORKER_VAR": str(tmp_path), "REDIS_DB": "3"}
     assert makerun.adopt(shell) == written
     assert shell["REDIS_PORT"] == "40001" and shell["REDIS_DB"] == "3"  # its own setting wins
+    # a server named in the environment is that one; the other is still make run's
     named = {"ENERGY_WORKER_VAR": str(tmp_path), "REDIS_HOST": "redis-db"}
-    assert makerun.adopt(named) is None and "REDIS_PORT" not in named
+    assert makerun.adopt(named) == written and "REDIS_PORT" not in named
+    assert named["POSTGRES_INI"] == data["POSTGRES_INI"]
+    both = {"ENERGY_WORKER_VAR": str(tmp_path), "REDIS_PORT": "1", "POSTGRES_HOST": "db"}
+    assert makerun.adopt(both) is None and "POSTGRES_INI" not in both
     assert makerun.adopt({"ENERGY_WORKER_VAR": str(tmp_path / "nothing")}) is None
 
 
@@ -315,3 +342,11 @@ def test_a_full_buffer_loses_pulses_and_the_report_says_so(r: redis.Redis, capsy
     r.delete("channel:1:timestamp")  # the service took it
     arduino.look_at_flights()
     assert put.sent == 1 and len(arduino.clear_ms) == 1
+
+
+def test_the_push_hint_names_what_works_where_the_command_runs(tmp_path: Path):
+    makerun.write(tmp_path, {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": "40001"})
+    under_make_run = push.ignored(Session({"ENERGY_WORKER_VAR": str(tmp_path)}))
+    assert "set it in .env, then stop `make run` and start it again" in under_make_run
+    in_the_container = push.ignored(Session({"REDIS_HOST": "redis-db"}))
+    assert "set it in .env, then docker compose up -d" in in_the_container

@@ -1,5 +1,7 @@
-"""Every port and the Redis database number are checked where they are read: one table of cases
-for the three places a port comes from (the socket layer would take 70000 as port 4464)."""
+"""Settings as the service reads them. Every port and the Redis database number are checked
+where they are read: one table of cases for the three places a port comes from (the socket layer
+would take 70000 as port 4464). The meter config refuses what it does not know; the command
+reads PostgreSQL's settings from the environment as the entrypoint does."""
 
 from __future__ import annotations
 
@@ -54,3 +56,73 @@ def test_an_unset_port_is_the_default(tmp_path: Path):
 def test_a_redis_database_number_that_is_none_is_refused(text: str):
     with pytest.raises(config.ConfigError, match="REDIS_DB must be a database number"):
         config.redis_settings({"REDIS_DB": text})
+
+
+METER = """
+[[meter]]
+number = 1
+pulses_per_kwh = 1000
+max_power_w = 17250
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "meters.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("pulses_per_kWh = 2000", "unknown key 'pulses_per_kWh' (did you mean pulses_per_kwh?)"),
+        ('colour = "red"', "unknown key 'colour' (known: number, name, pulses_per_kwh"),
+        ("max_power = 1", "unknown key 'max_power' (did you mean max_power_w?)"),
+    ],
+)
+def test_an_unknown_key_of_a_meter_is_refused_with_the_near_name(
+    tmp_path: Path, extra: str, message: str
+):
+    with pytest.raises(config.ConfigError) as refused:
+        config.load_meters(write(tmp_path, METER + extra + "\n"))
+    assert "[[meter]] #1: " + message in str(refused.value)
+
+
+def test_an_unknown_table_is_refused_too(tmp_path: Path):
+    with pytest.raises(config.ConfigError) as refused:
+        config.load_meters(write(tmp_path, METER.replace("[[meter]]", "[[meters]]")))
+    assert "unknown key 'meters' (did you mean meter?)" in str(refused.value)
+
+
+def test_the_shipped_config_has_no_unknown_key():
+    assert len(config.load_meters(config.REPO_ROOT / "etc" / "meters.toml")) == 7
+
+
+def test_postgres_from_the_environment_as_the_entrypoint_reads_it(tmp_path: Path):
+    assert config.postgres_from_env({"POSTGRES_INI": "x"}) is None  # no POSTGRES_HOST: the ini
+    secret = tmp_path / "pw"
+    secret.write_text("p$ss w#rd\n")  # a docker secret, its line break dropped
+    env = {
+        "POSTGRES_HOST": "db",
+        "POSTGRES_DB": "energy",
+        "POSTGRES_USER": "energy",
+        "POSTGRES_PASSWORD_FILE": str(secret),
+    }
+    settings = config.postgres_from_env(env)
+    assert settings is not None and settings.describe() == "energy@db:5432/energy"
+    assert settings.password == "p$ss w#rd" and "p$ss" not in repr(settings)
+    with pytest.raises(config.ConfigError, match="both POSTGRES_PASSWORD and"):
+        config.postgres_from_env({**env, "POSTGRES_PASSWORD": "x"})
+    with pytest.raises(config.ConfigError, match=r"not POSTGRES_DB \(or POSTGRES_DB_FILE\)"):
+        config.postgres_from_env({**env, "POSTGRES_DB": ""})
+    with pytest.raises(config.ConfigError, match="POSTGRES_PORT must be a port number"):
+        config.postgres_from_env({**env, "POSTGRES_PORT": "54x"})
+
+
+def test_the_redis_password_from_a_file(tmp_path: Path):
+    secret = tmp_path / "redis"
+    secret.write_text("s3cret\n")
+    settings = config.redis_settings({"REDIS_PASSWORD_FILE": str(secret)})
+    assert settings.password == "s3cret"
+    with pytest.raises(config.ConfigError, match="REDIS_PASSWORD_FILE names"):
+        config.redis_settings({"REDIS_PASSWORD_FILE": str(tmp_path / "none")})

@@ -7,8 +7,11 @@ on another host. It is read by a small parser of our own
 because ConfigParser interpolates `%` and strips the edges of values: here a value is everything
 after `=` (one space after it is layout, not value), so any printable password survives.
 
-Redis: REDIS_HOST (default redis-db, the compose service), REDIS_PORT, REDIS_DB, REDIS_PASSWORD,
-and REDIS_USERNAME for a server with ACL users.
+Redis: REDIS_HOST (default redis-db, the compose service), REDIS_PORT, REDIS_DB, REDIS_PASSWORD
+(or REDIS_PASSWORD_FILE), and REDIS_USERNAME for a server with ACL users.
+
+The `energy-worker` command reads PostgreSQL's settings as the entrypoint does first
+(POSTGRES_HOST and the others, postgres_from_env), then the ini.
 
 Meters: a TOML file (METERS_CONFIG, else /etc/energy-worker/meters.toml, else the default for
 7 meters shipped in etc/meters.toml).
@@ -26,6 +29,7 @@ environment then holds no secret at all.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POSTGRES_INI = Path("/etc/postgres.ini")
 DEFAULT_METERS_PATHS = (Path("/etc/energy-worker/meters.toml"), REPO_ROOT / "etc" / "meters.toml")
 MAX_METERS = 8
+METER_KEYS = ("number", "name", "pulses_per_kwh", "max_power_w", "deviation_pct", "power_factor")
 
 
 class ConfigError(Exception):
@@ -62,23 +67,9 @@ def secret(value: str | None) -> Secret | None:
 
 
 def secret_from_env(env: Mapping[str, str], name: str) -> Secret | None:
-    """The secret `name` from the environment, else from the file <name>_FILE names (trailing
-    line breaks dropped, as entrypoint.sh and the official images do); None when neither."""
-    value = env.get(name)
-    if value:
-        return Secret(value)
-    path = env.get(f"{name}_FILE")
-    if not path:
-        return None
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"{name}_FILE names {path}, which cannot be read: {exc.strerror}"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{name}_FILE names {path}, which is not UTF-8") from None
-    return secret(text.rstrip("\n"))
+    """The secret `name` from the environment, else from the file <name>_FILE names, as
+    entrypoint.sh reads it (file_env); None when neither is set."""
+    return secret(file_env(env, name))
 
 
 @dataclass(frozen=True)
@@ -155,6 +146,45 @@ def parse_ini(text: str) -> dict[str, dict[str, str]]:
             raise ConfigError(f"line {lineno}: expected 'key = value' inside a [section]")
         current[key.strip().lower()] = value[1:] if value.startswith(" ") else value
     return sections
+
+
+def file_env(env: Mapping[str, str], name: str) -> str | None:
+    """A variable as entrypoint.sh's file_env reads it: NAME, or the content of the file that
+    NAME_FILE names (a docker secret; its trailing line breaks dropped). Never both."""
+    value, path = env.get(name), env.get(f"{name}_FILE")
+    if value and path:
+        raise ConfigError(f"both {name} and {name}_FILE are set (but are exclusive)")
+    if value or not path:
+        return value or None
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\n") or None
+    except OSError as exc:
+        raise ConfigError(
+            f"{name}_FILE names {path}, which cannot be read: {exc.strerror}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}_FILE names {path}, which is not UTF-8 text") from None
+
+
+def postgres_from_env(env: Mapping[str, str]) -> PostgresSettings | None:
+    """PostgreSQL from POSTGRES_HOST, _PORT, _DB, _USER, _PASSWORD (each also as *_FILE), as
+    the entrypoint reads them; None when POSTGRES_HOST is unset (the ini then)."""
+    host = file_env(env, "POSTGRES_HOST")
+    if not host:
+        return None
+    values = {
+        name: file_env(env, name) for name in ("POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD")
+    }
+    missing = [f"{name} (or {name}_FILE)" for name, value in values.items() if not value]
+    if missing:
+        raise ConfigError(f"POSTGRES_HOST is set, but not {', '.join(missing)}")
+    return PostgresSettings(
+        host=host,
+        port=port_number(file_env(env, "POSTGRES_PORT"), 5432, "POSTGRES_PORT"),
+        database=values["POSTGRES_DB"] or "",
+        user=values["POSTGRES_USER"] or "",
+        password=Secret(values["POSTGRES_PASSWORD"] or ""),
+    )
 
 
 def postgres_settings(path: str | os.PathLike[str] | None = None) -> PostgresSettings:
@@ -246,9 +276,14 @@ def load_meters(path: str | os.PathLike[str] | None = None) -> dict[int, Meter]:
         raise ConfigError(f"cannot read meter config {source}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"meter config {source}: {exc}") from None
+    unknown_keys(data, ("meter",), f"meter config {source}")
+    entries = data.get("meter", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"meter config {source}: meters must be [[meter]] tables")
     meters: dict[int, Meter] = {}
-    for i, entry in enumerate(data.get("meter", []), start=1):
+    for i, entry in enumerate(entries, start=1):
         where = f"meter config {source}, [[meter]] #{i}"
+        unknown_keys(entry, METER_KEYS, where)
         try:
             meter = Meter(
                 number=_whole(entry["number"], 1, 99, "number"),
@@ -270,6 +305,16 @@ def load_meters(path: str | os.PathLike[str] | None = None) -> dict[int, Meter]:
     if len(meters) > MAX_METERS:
         raise ConfigError(f"meter config {source} configures {len(meters)} meters; at most 8")
     return dict(sorted(meters.items()))
+
+
+def unknown_keys(table: dict[str, object], known: tuple[str, ...], where: str) -> None:
+    """A key the service does not read is a typo until proven otherwise (`pulses_per_kWh`
+    would leave the meter at a default without a word): refused, naming the near one."""
+    for key in table:
+        if key not in known:
+            near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]}?)" if near else f" (known: {', '.join(known)})"
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
 def _whole(value: object, low: int, high: int, name: str) -> int:
@@ -330,6 +375,13 @@ def push_settings(env: Mapping[str, str] | None = None) -> PushSettings:
         timeout=seconds(env, "PUSH_TIMEOUT", 20.0, 1.0, 300.0),
         history_wait=timedelta(seconds=seconds(env, "PUSH_HISTORY_WAIT", 7200, 0, 86400)),
     )
+
+
+def meter_silent_after(env: Mapping[str, str] | None = None) -> int:
+    """METER_SILENT_AFTER: seconds a meter must be quiet (and 100 times what its last power
+    implies) before status and Grafana call it silent; an hour by default."""
+    env = os.environ if env is None else env
+    return int(seconds(env, "METER_SILENT_AFTER", 3600, 60, 7 * 86400))
 
 
 def seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:

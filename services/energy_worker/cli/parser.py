@@ -16,11 +16,13 @@ MAX_READING = Decimal("99999.99")  # the metercount key's range: 0 to 9999999 hu
 
 DESCRIPTION = """\
 energy-worker's everyday commands. Each reads the same settings as the service: PostgreSQL from
-the ini that POSTGRES_INI names (default /etc/postgres.ini), Redis from REDIS_HOST, REDIS_PORT,
-REDIS_DB, REDIS_PASSWORD, the meters from METERS_CONFIG (default
-/etc/energy-worker/meters.toml, else etc/meters.toml). Under `make run` it finds the run's
-servers by itself (var/make-run.json) when none of POSTGRES_INI, REDIS_HOST, REDIS_PORT is
-set."""
+POSTGRES_HOST, POSTGRES_PORT, POSTGRES_DB, POSTGRES_USER, POSTGRES_PASSWORD (each also as
+*_FILE) as the container's entrypoint does, else from the ini that POSTGRES_INI names (default
+/etc/postgres.ini); Redis from REDIS_HOST, REDIS_PORT, REDIS_DB, REDIS_PASSWORD (or
+REDIS_PASSWORD_FILE); the meters from METERS_CONFIG (default /etc/energy-worker/meters.toml,
+else etc/meters.toml). Under `make run` it finds the run's servers and their passwords by
+itself (var/make-run.json), each one the environment does not name (PostgreSQL: neither
+POSTGRES_HOST nor POSTGRES_INI is set; Redis: neither REDIS_HOST nor REDIS_PORT)."""
 
 EXIT_CODES = """\
 exit status: 0 done; 1 done, but the outcome needs attention (see each command); 2 could not
@@ -35,8 +37,9 @@ exit status (usable as a health check):
        checked when ENERGY_WORKER_RUN_DIR names supervisord's folder, as in the container
        and under `make run`), or supervisord does not answer there
      - the backlog is not being worked off: its oldest pulse has waited over 60 s
-     - a meter has been silent for over an hour and over 100 times as long as its
-       last power implies (a 2000 W reading at 1000 pulses/kWh implies a pulse every 1.8 s)
+     - a meter has been silent for METER_SILENT_AFTER (an hour unless set for the
+       service) and 100 times as long as its last power implies (a 2000 W reading at
+       1000 pulses/kWh implies a pulse every 1.8 s); Grafana's rule is the same
      - input was rejected in the last hour (see `energy-worker deadletters`)
      - a push to the Google Sheet has been failing for more than a day
      - a configured meter is missing in PostgreSQL (the set-up has not run since)

@@ -62,9 +62,10 @@ def handled(r: redis.Redis) -> bool:
 
 def ignored(session: Session) -> str:
     seen = "" if session.env.get("GOOGLE_WEBHOOK_URL") else ", nor in this command's environment"
+    restart = "stop `make run` and start it again" if session.found else "docker compose up -d"
     return (
         "the service ignored the request: GOOGLE_WEBHOOK_URL is not set for it"
-        f"{seen} (set it in .env, then docker compose up -d; see docs/GUIDE.md)"
+        f"{seen} (set it in .env, then {restart}; see docs/GUIDE.md)"
     )
 
 

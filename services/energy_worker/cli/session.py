@@ -120,7 +120,9 @@ class Session:
             from .. import db  # noqa: PLC0415 - only the subcommands that need it pay for it
 
             try:
-                settings = config.postgres_settings(self.env.get("POSTGRES_INI") or None)
+                settings = config.postgres_from_env(self.env) or config.postgres_settings(
+                    self.env.get("POSTGRES_INI") or None
+                )
             except ConfigError as exc:
                 raise CliError(f"{exc}{self.ini_hint()}") from None
             self._pg_where = settings.describe()
@@ -131,9 +133,12 @@ class Session:
         return self._pg
 
     def ini_hint(self) -> str:
-        if self.env.get("POSTGRES_INI"):
+        if self.env.get("POSTGRES_INI") or self.env.get("POSTGRES_HOST"):
             return ""
-        return " (set POSTGRES_INI, or start `make run` in this checkout)"
+        return (
+            " (set POSTGRES_HOST, POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB as for the "
+            "service, or POSTGRES_INI; or start `make run` in this checkout)"
+        )
 
     def unreachable(self, server: str, where: str, exc: BaseException) -> CliError:
         from ..outage import describe_error  # noqa: PLC0415 - light, but only needed here

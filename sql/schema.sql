@@ -540,18 +540,30 @@ LEFT JOIN LATERAL (
 ) p ON true
 WHERE c.typed_in;
 
+-- Settings of the service that the database's own views need (version 7). meter_silent_after_s:
+-- how long a meter must be quiet before it counts as silent, the one threshold of
+-- `energy-worker status` and Grafana alike; the set-up writes it from METER_SILENT_AFTER.
+CREATE TABLE IF NOT EXISTS worker_settings (
+    name    text    PRIMARY KEY,
+    value   numeric NOT NULL
+);
+INSERT INTO worker_settings (name, value) VALUES ('meter_silent_after_s', 3600)
+    ON CONFLICT (name) DO NOTHING;
+
 -- How long each meter has been silent, against what its last power implies: at P W a meter of
 -- k pulses per kWh pulses every 3_600_000 / (P * k) s (expected_s). silence_ratio is the
--- silence in such periods; suspicious: silent for at least 100 of them and at least 15 minutes
--- (a load that was switched off is silent too, so this is a question, not a verdict). NULL
--- where the last pulse carried no power reading, or there was none.
+-- silence in such periods; suspicious: silent for at least 100 of them and at least
+-- meter_silent_after_s (worker_settings; an hour unless METER_SILENT_AFTER says otherwise: a
+-- load that was switched off is silent too, so this is a question, not a verdict). NULL where
+-- the last pulse carried no power reading, or there was none.
 CREATE OR REPLACE VIEW meter_silence AS
 SELECT l.meter_no, l.meter_name, l.last_pulse, l.last_watt,
        extract(epoch FROM now() - l.last_pulse) AS silent_s,
        3600000.0 / (nullif(l.last_watt, 0) * l.pulse_per_kwh) AS expected_s,
        extract(epoch FROM now() - l.last_pulse) * nullif(l.last_watt, 0) * l.pulse_per_kwh
            / 3600000.0 AS silence_ratio,
-       coalesce(extract(epoch FROM now() - l.last_pulse) >= 900
+       coalesce(extract(epoch FROM now() - l.last_pulse)
+                    >= (SELECT value FROM worker_settings WHERE name = 'meter_silent_after_s')
                 AND extract(epoch FROM now() - l.last_pulse) * l.last_watt * l.pulse_per_kwh
                     >= 100 * 3600000.0, false) AS suspicious
 FROM meter_last_pulse l;
@@ -602,3 +614,6 @@ INSERT INTO installation (id)
     ON CONFLICT DO NOTHING;
 
 INSERT INTO schema_version (version) VALUES (6) ON CONFLICT (version) DO NOTHING;
+
+-- Version 7: worker_settings (one threshold for a silent meter; see meter_silence).
+INSERT INTO schema_version (version) VALUES (7) ON CONFLICT (version) DO NOTHING;

@@ -152,7 +152,7 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
         e=local(2024, 6, 1, 11),
     )
 
-    assert schema.apply(con, config.load_meters()) == 6
+    assert schema.apply(con, config.load_meters()) == 7
     rows = con.run("SELECT meter_no, pulses FROM consumption ORDER BY index")
     assert rows == [[1, 1], [1, 11], [1, 16], [1, 16], [1, 18], [1, 26], [2, 1], [2, 1], [2, 2]]
     tallies = con.run("SELECT meter_no, pulses_counted FROM meter_status ORDER BY meter_no")

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from ..meter import WATT_MS_PER_KWH, power_bound_w
 
 BACKLOG_WAIT_S = 60.0  # the oldest waiting pulse; the processor commits thousands a second
-SILENCE_MIN_S = 3600.0  # a meter may be quiet for an hour whatever its last power
+SILENCE_MIN_S = 3600.0  # a meter may be quiet this long whatever its last power (the default
+# of METER_SILENT_AFTER, which the set-up writes where status and Grafana read it)
 SILENCE_FACTOR = 100  # ... and for 100 times the period its last power implies
 DEADLETTER_RECENT_S = 3600.0  # rejected input this recent needs a look
 PUSH_FAILING_S = 86_400.0  # a push failing for a day: the sheet misses days
@@ -26,13 +27,16 @@ def implied_period_ms(watt: int, pulses_per_kwh: int) -> float:
     return WATT_MS_PER_KWH / (watt * pulses_per_kwh)
 
 
-def meter_silent(last_watt: int | None, pulses_per_kwh: int, quiet_s: float) -> bool:
-    """Silent for much longer than its last power implies (a power of 0 or none implies
-    nothing: the first pulse after a powerup carries no power)."""
+def meter_silent(
+    last_watt: int | None, pulses_per_kwh: int, quiet_s: float, after_s: float = SILENCE_MIN_S
+) -> bool:
+    """Silent for at least after_s and 100 times what its last power implies (a power of 0 or
+    none implies nothing: the first pulse after a powerup carries no power). The same rule as
+    the view meter_silence (Grafana)."""
     if not last_watt or last_watt <= 0:
         return False
     implied_s = implied_period_ms(last_watt, pulses_per_kwh) / 1000
-    return quiet_s > max(SILENCE_MIN_S, SILENCE_FACTOR * implied_s)
+    return quiet_s >= max(after_s, SILENCE_FACTOR * implied_s)
 
 
 def backlog_stuck(oldest_wait_s: float | None) -> bool:

@@ -177,6 +177,7 @@ def meter_statuses(
     midnight = totals.day_start(totals.local_day(now, tz), tz)
     rows = {row.meter_no: row for row in reports.meters(con, list(configured))}
     today = reports.pulses_since(con, list(rows), midnight, with_function)
+    silent_after = reports.silent_after(con)
     meters = []
     for number, meter in configured.items():
         row = rows.get(number)
@@ -193,7 +194,7 @@ def meter_statuses(
             power = health.power_now(
                 row.last_watt, row.max_power_w, row.pulses_per_kwh, int(quiet_s * 1000)
             )
-            if health.meter_silent(row.last_watt, row.pulses_per_kwh, quiet_s):
+            if health.meter_silent(row.last_watt, row.pulses_per_kwh, quiet_s, silent_after):
                 attention.append(
                     f"meter {number} ({row.name}) has been silent for {show.age(quiet_s)}, "
                     f"after a pulse at {row.last_watt} W"

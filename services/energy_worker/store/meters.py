@@ -9,6 +9,18 @@ from ..db import Connection
 from ..domain import Meter
 
 
+def set_silent_after(con: Connection, seconds: int) -> None:
+    """The one threshold for a silent meter (worker_settings), read by the view meter_silence
+    (Grafana) and by `energy-worker status` (reports.silent_after)."""
+    con.run(
+        """
+        INSERT INTO worker_settings (name, value) VALUES ('meter_silent_after_s', :s)
+        ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value
+        """,
+        s=seconds,
+    )
+
+
 def upsert_meters(con: Connection, meters: Mapping[int, Meter]) -> None:
     """Apply the meter config: metadata follows the file; counts are never touched."""
     con.run(

@@ -72,6 +72,12 @@ def clock(con: Connection) -> datetime:
     return now
 
 
+def silent_after(con: Connection) -> float:
+    """Seconds a meter must be quiet to count as silent (METER_SILENT_AFTER, via the set-up)."""
+    rows = con.run("SELECT value FROM worker_settings WHERE name = 'meter_silent_after_s'")
+    return float(rows[0][0]) if rows else 3600.0
+
+
 def meters(con: Connection, numbers: list[int]) -> list[MeterRow]:
     """The given meters' state and latest pulse, in meter order (those PostgreSQL knows)."""
     rows = con.run(

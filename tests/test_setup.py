@@ -30,7 +30,13 @@ def test_the_refusal_is_one_line_with_the_count_examples_and_what_to_do(r: redis
     assert "\n" not in line
     assert "holds 8 key(s) that are neither the webhook's nor energy-worker's" in line
     assert "and 3 more" in line and "'app:" in line
-    assert "REDIS_DB" in line and "redis-cli -n 0 DEL" in line
+    assert "REDIS_DB" in line and "(docker compose exec redis-db redis-cli -n 0 DEL <key>)" in line
+    # each hint names what works where it is read
+    found = keyspace.foreign_keys(r)
+    make_run = found.refusal(RedisSettings("127.0.0.1", 40001, 0, "pw"), make_run=True)
+    assert "(make redis-cli ARGS='-n 0 DEL <key>')" in make_run
+    own = found.refusal(RedisSettings("10.0.0.2", 6380, 2, "pw"))
+    assert "(redis-cli -h 10.0.0.2 -p 6380 -n 2 DEL <key>, with REDISCLI_AUTH=" in own
 
 
 def test_setup_refuses_to_start_on_a_shared_database_and_deletes_nothing(spawn, r: redis.Redis):

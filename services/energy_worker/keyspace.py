@@ -22,7 +22,7 @@ class Foreign:
     count: int = 0
     examples: list[bytes] = field(default_factory=list)
 
-    def refusal(self, settings: RedisSettings) -> str:
+    def refusal(self, settings: RedisSettings, make_run: bool = False) -> str:
         shown = ", ".join(quoted(key, 40) for key in self.examples)
         more = (
             f" and {self.count - len(self.examples)} more"
@@ -34,9 +34,21 @@ class Foreign:
             f"key(s) that are neither the webhook's nor energy-worker's ({shown}{more}); "
             "energy-worker would delete them as illegal input, so it does not start. Give it a "
             "database of its own (REDIS_DB, shared with the webhook only), or remove those keys "
-            "if they are leftovers (redis-cli -n "
-            f"{settings.db} DEL <key>)"
+            f"if they are leftovers ({delete_hint(settings, make_run)})"
         )
+
+
+def delete_hint(settings: RedisSettings, make_run: bool) -> str:
+    """How to delete a key, where the person reading the line is: `make run`'s Redis is
+    stopped with it a moment later, and has a password (`make redis-cli` starts it and uses
+    it); compose's is the service redis-db."""
+    command = f"-n {settings.db} DEL <key>"
+    if make_run:
+        return f"make redis-cli ARGS='{command}'"
+    if settings.host == "redis-db":
+        return f"docker compose exec redis-db redis-cli {command}"
+    auth = ", with REDISCLI_AUTH=<its password>" if settings.password else ""
+    return f"redis-cli -h {settings.host} -p {settings.port} {command}{auth}"
 
 
 def is_ours(name: bytes) -> bool:

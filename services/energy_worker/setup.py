@@ -25,6 +25,7 @@ from .domain import Meter
 from .outage import describe_error
 from .queue import Queues
 from .redisconn import connect_redis
+from .store import meters as meter_store
 from .store import processor as processor_store
 
 log = logging.getLogger("energy_worker.setup")
@@ -41,7 +42,8 @@ def main(_termination: program.Termination) -> int:
         log.error("cannot look at Redis %s: %s", redis_settings.describe(), describe_error(exc))
         return program.EXIT_FAILED
     if foreign.count:
-        log.error("%s", foreign.refusal(redis_settings))
+        make_run = bool(os.environ.get("ENERGY_WORKER_MAKE_RUN"))  # set by devrun.py
+        log.error("%s", foreign.refusal(redis_settings, make_run))
         return program.EXIT_CONFIG
     try:
         programs, version = set_up_postgres(settings, meters, Queues(r))
@@ -75,6 +77,7 @@ def set_up_postgres(
         # What the programs use is created by their own login, so it is theirs.
         con = db.connect(programs, "energy-worker setup") if own else admin
         version = schema.apply(con, meters)
+        meter_store.set_silent_after(con, config.meter_silent_after())
         reader = grafana_role(admin, programs.user)
         if own:  # the server is the stack's: its other databases are nobody's of ours
             roles = [programs.user, *([reader] if reader else [])]

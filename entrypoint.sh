@@ -81,6 +81,9 @@ ew_setup_env() {
 	# For the programs' sections that supervisord includes from the run directory, where
 	# %(here)s is that directory (etc/supervisor/publisher.conf).
 	export ENERGY_WORKER_APP_DIR="$APP_DIR"
+	# supervisord.conf's user=: the user it runs as already (no privileges to drop)
+	ENERGY_WORKER_UID="$(id -u)"
+	export ENERGY_WORKER_UID
 	case ":${PYTHONPATH:-}:" in
 	*":$APP_DIR/services:"*) ;;
 	*) export PYTHONPATH="$APP_DIR/services${PYTHONPATH:+:$PYTHONPATH}" ;;
@@ -173,7 +176,11 @@ ew_interruptible() {
 }
 
 ew_wait_for_servers() {
-	ew_interruptible python -m energy_worker.wait || EW_EXIT=$? ew_error "PostgreSQL or Redis is not usable; see the lines above"
+	local status=0
+	ew_interruptible python -m energy_worker.wait || status=$?
+	# 2: a setting waiting cannot mend, which the wait said in one line: nothing to add
+	[ "$status" -ne 2 ] || exit 2
+	[ "$status" -eq 0 ] || EW_EXIT=$status ew_error "PostgreSQL or Redis is not usable; see the lines above"
 }
 
 ew_apply_schema() {

@@ -262,6 +262,7 @@ def test_a_database_that_does_not_exist_fails_at_once(tmp_path: Path, pg: config
     assert result.returncode == 2
     assert time.monotonic() - started < 15  # no 600 s wait for what waiting cannot mend
     assert "no such database" in result.stderr
+    assert result.stderr.count(" ERROR ") == 1, result.stderr  # one line says it all
 
 
 def test_other_commands_run_instead_of_the_service(tmp_path: Path):

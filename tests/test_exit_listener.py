@@ -39,8 +39,13 @@ class FakeRestarter:
 
 
 def exit_event(name: str, expected: bool, start: float = 100.0, stop: float = 130.0) -> Any:
-    process = SimpleNamespace(config=SimpleNamespace(name=name), laststart=start, laststop=stop)
-    return SimpleNamespace(process=process, expected=expected)
+    process = SimpleNamespace(
+        config=SimpleNamespace(name=name),
+        laststart=start,
+        laststop=stop,
+        exitstatus=0 if expected else 143,
+    )
+    return SimpleNamespace(process=process, expected=True)  # 0 and 143 are both expected
 
 
 @pytest.fixture
@@ -80,4 +85,8 @@ def test_supervisord_loads_it_as_a_plugin(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(events, "subscribe", lambda kind, callback: subscribed.append(kind))
     plugin = exit_listener.make_rpcinterface(SimpleNamespace())
     assert isinstance(plugin, ExitListener)
-    assert subscribed == [events.ProcessStateExitedEvent, events.ProcessStateFatalEvent]
+    assert subscribed == [
+        events.ProcessStateExitedEvent,
+        events.ProcessStateFatalEvent,
+        events.ProcessStateRunningEvent,
+    ]

@@ -143,6 +143,12 @@ def test_sigterm_ends_the_entrypoint_with_143_and_every_program_stopped(
                 os.kill(pid, 0)
         assert "supervisord ended on SIGTERM without a stop key; exit 143" in s.log()
         assert "Traceback" not in s.log(), s.log()[-4000:]
+        # one line says the service is ready; no alarm at start; a stop is a normal one
+        assert "exit_listener INFO ready: router, processor, pusher running" in s.log()
+        assert " CRIT " not in s.log() and " WARN " not in s.log(), s.log()
+        assert "INFO SIGTERM: stopping the programs" in s.log()
+        for program in PROGRAMS:
+            assert f"INFO stopped: {program} (exit status 143)" in s.log()
     finally:
         s.close()
 

@@ -3,7 +3,8 @@ delay that grows only in a crash loop, and ends supervisord once the processor h
 `stop` (the stop protocol, docs/CONTRACT.md).
 
 supervisord loads it at start as a plugin ([rpcinterface:exit_listener] in supervisord.conf,
-make_rpcinterface) and hands it every EXITED and FATAL state change of a program. Inside
+make_rpcinterface) and hands it every EXITED, FATAL and RUNNING state change of a program. Once
+every program is RUNNING it logs one line, `ready: router, processor, pusher running`. Inside
 supervisord rather than as an event listener program: on a Raspberry Pi a Python process of its
 own would cost ten megabytes for a few lines of logic. It never blocks supervisord: a restart is
 asked for later, from a timer thread, through supervisord's own XML-RPC socket.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import xmlrpc.client
@@ -134,6 +136,7 @@ class ExitListener:
         self.supervisord = supervisord
         self.log = log
         self.restarter = restarter
+        self.said_ready = False
 
     def exited(self, event: Any) -> None:
         """A program left RUNNING (or STARTING): expected (exit 0) or a crash."""
@@ -149,10 +152,31 @@ class ExitListener:
         except Exception:
             self.log.exception("could not act on %s", type(event).__name__)
 
+    def running(self, _event: Any) -> None:
+        """A program entered RUNNING: once all of them are, the service is ready (said once)."""
+        self.guarded(lambda _e: self._running(), _event)
+
+    def _running(self) -> None:
+        if self.said_ready:
+            return
+        from supervisor.states import ProcessStates  # noqa: PLC0415 - only inside supervisord
+
+        processes = [
+            p for g in self.supervisord.process_groups.values() for p in g.processes.values()
+        ]
+        if processes and all(p.get_state() == ProcessStates.RUNNING for p in processes):
+            self.said_ready = True
+            names = ", ".join(
+                p.config.name for p in sorted(processes, key=lambda p: p.config.priority)
+            )
+            self.log.info("ready: %s running", names)
+
     def _exited(self, event: Any) -> None:
         process = event.process
         name = process.config.name
-        if event.expected:
+        # supervisord counts 143 (SIGTERM) as expected too, so that a stop it makes is logged as
+        # a normal one; an exit it did not ask for is a crash unless it is the stop's 0.
+        if process.exitstatus == 0:
             if name == FINISHER:
                 self.log.info("processor finished the stop request; shutting supervisord down")
                 mark_stop_requested(self.log)
@@ -179,7 +203,39 @@ def make_rpcinterface(supervisord: Any, **_config: str) -> ExitListener:
     listener = ExitListener(supervisord, log, Restarter(log, policy_from_env()))
     events.subscribe(events.ProcessStateExitedEvent, listener.exited)
     events.subscribe(events.ProcessStateFatalEvent, listener.fatal)
+    events.subscribe(events.ProcessStateRunningEvent, listener.running)
+    calm_normal_events(supervisord)
     return listener
+
+
+# Two of supervisord's lines that alarm at a normal event, said at INFO as what they are: the
+# control socket without a password, logged right after the plugins are made (ours is a unix
+# socket of mode 0700, supervisord.conf: only its owner can connect, which is what a password
+# would ensure); and the signal that asks for the normal stop (Ctrl-C, `docker stop`).
+SOCKET_ALARM = "Server 'unix_http_server' running without any HTTP authentication checking"
+STOP_SIGNAL = re.compile(r"received (SIGINT|SIGTERM) indicating exit request")
+
+
+def calm_normal_events(supervisord: Any) -> None:
+    logger = getattr(getattr(supervisord, "options", None), "logger", None)
+    if logger is None:
+        return
+    critical, warn = logger.critical, logger.warn
+
+    def calm_critical(msg: str, **kw: Any) -> None:
+        if msg == SOCKET_ALARM:
+            logger.info("control socket: a unix socket of mode 0700, for its owner only")
+        else:
+            critical(msg, **kw)
+
+    def calm_warn(msg: str, **kw: Any) -> None:
+        stop = STOP_SIGNAL.fullmatch(msg) if isinstance(msg, str) else None
+        if stop:
+            logger.info(f"{stop.group(1)}: stopping the programs")
+        else:
+            warn(msg, **kw)
+
+    logger.critical, logger.warn = calm_critical, calm_warn
 
 
 def plugin_logger() -> logging.Logger:

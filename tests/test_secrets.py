@@ -17,8 +17,10 @@ def test_a_secret_comes_from_its_file_when_the_variable_is_unset(tmp_path: Path)
     settings = config.redis_settings(env)
     assert settings.password == "p$ss w\u00f6rd '\" %s"  # the trailing line break dropped
     assert "w\u00f6rd" not in repr(settings)
-    # the variable wins; an empty file is no password
-    assert config.redis_settings({**env, "REDIS_PASSWORD": "direct"}).password == "direct"
+    # both at once are refused, as entrypoint.sh's file_env refuses them; an empty file is no
+    # password
+    with pytest.raises(config.ConfigError, match="both REDIS_PASSWORD and REDIS_PASSWORD_FILE"):
+        config.redis_settings({**env, "REDIS_PASSWORD": "direct"})
     secret.write_text("")
     assert config.redis_settings(env).password is None
 

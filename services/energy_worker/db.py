@@ -41,6 +41,12 @@ ERRORS = (pg8000.native.InterfaceError, OSError, pg8000.native.DatabaseError)
 # exception, 57 operator intervention (shutdown, restart, our own lock takeover), 53
 # insufficient resources.
 OUTAGE_CLASSES = ("08", "57", "53")
+# SQLSTATE classes of a statement refused for what it carries, which waiting will not change:
+# 21 cardinality, 22 data exception, 23 integrity constraint, 42 syntax or access rule, 54 a
+# program limit (an index row too large). Not the data's: a missing privilege or a missing
+# table, column or function (a database restored without our schema: the set-up's to mend).
+DATA_CLASSES = ("21", "22", "23", "42", "54")
+NOT_DATA_STATES = ("42501", "42P01", "42703", "42883", "42704")
 TIMEOUT = 10.0  # seconds a statement (or a connection attempt) may go unanswered
 LEASE = 30.0  # seconds: a holder silent for this long is taken for dead
 HEARTBEATS_PER_LEASE = 3  # a holder runs a statement at least this often per lease
@@ -125,6 +131,17 @@ def is_outage(exc: BaseException) -> bool:
     if not isinstance(exc, pg8000.native.DatabaseError):
         return True
     return sqlstate(exc).startswith(OUTAGE_CLASSES)
+
+
+def refused_for_data(exc: BaseException) -> bool:
+    """A statement refused for the data it carries: it will be refused again, so its cause is
+    to be isolated (the processor splits its batch), not waited out."""
+    state = sqlstate(exc)
+    return (
+        isinstance(exc, pg8000.native.DatabaseError)
+        and state.startswith(DATA_CLASSES)
+        and state not in NOT_DATA_STATES
+    )
 
 
 def failed(exc: BaseException, outage: Outage) -> None:

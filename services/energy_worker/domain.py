@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -102,6 +103,15 @@ class Row:
     typed_in: bool = False  # written for a typed-in meter reading, not a pulse
 
 
+# What a work item may hold (the router's Lua script writes every item; anything else on the
+# lists is forged or damaged, and becomes a dead letter instead of reaching a decision).
+MAX_EPOCH_CHARS = 64  # queue.new_epoch makes 22
+MAX_SEQ = 2**63 - 1  # bigint
+MAX_AT_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
+MAX_TEXT_CHARS = 1 << 20  # a field longer than this is not the router's
+_EPOCH = re.compile(r"[0-9A-Za-z._:-]+")
+
+
 @dataclass(frozen=True)
 class Item:
     """One unit of work: a webhook key as the router took it (JSON on the Redis lists; the
@@ -112,24 +122,38 @@ class Item:
     kind: Kind
     meter: int | None
     value: str
-    at_ms: int  # when the router took the key: when the pulse happened, to the millisecond
+    at_ms: int  # when the router took the key (wall clock): for the history only
     key: str
     reason: str = ""  # Kind.REJECTED: why the router rejected the key (value: its preview)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Item:
-        """Raises ValueError, KeyError or TypeError for anything that is not an item."""
-        data: dict[str, Any] = json.loads(raw)
-        return cls(
-            epoch=str(data["e"]),
-            seq=int(data["s"]),
-            kind=Kind(data["k"]),
-            meter=int(data["m"]) if data.get("m") is not None else None,
-            value=str(data["v"]),
-            at_ms=int(data["at"]),
-            key=str(data["key"]),
-            reason=str(data.get("reason", "")),
-        )
+        """Raises ValueError, with the reason, for anything that is not an item as the router
+        writes it: whatever the bytes, nothing else escapes (a number too large for a float,
+        JSON nested too deep, text that is not UTF-8)."""
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise ValueError("JSON nested too deep") from None
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError among them
+            raise ValueError(f"not JSON ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        try:
+            return cls(
+                epoch=_epoch(data["e"]),
+                seq=_whole(data["s"], 1, MAX_SEQ, "s"),
+                kind=Kind(data["k"]),
+                meter=None if data.get("m") is None else _whole(data["m"], 0, 99, "m"),
+                value=_text(data["v"], "v"),
+                at_ms=_whole(data["at"], 0, MAX_AT_MS, "at"),
+                key=_text(data["key"], "key"),
+                reason=_text(data.get("reason", ""), "reason"),
+            )
+        except KeyError as exc:
+            raise ValueError(f"no field {exc.args[0]!r}") from None
+        except TypeError as exc:  # Kind() of an unhashable value
+            raise ValueError(f"a field of the wrong type ({exc})") from None
 
     def encode(self) -> str:
         data: dict[str, Any] = {
@@ -156,3 +180,45 @@ class DeadLetter:
     key: str  # printable
     value: str  # printable, truncated (the router's preview)
     reason: str
+
+    def __post_init__(self) -> None:
+        # Whatever an item carried, PostgreSQL gets printable text of a bounded length: no NUL
+        # byte or lone surrogate can make it refuse the batch (the router's are so already).
+        for name in ("key", "value", "reason"):
+            object.__setattr__(self, name, printable(getattr(self, name)))
+
+
+def _whole(value: object, low: int, high: int, name: str) -> int:
+    # bool is an int to Python, and 1e17 arrives as a float: neither is the router's number
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{name} is not a whole number from {low} to {high}")
+    return value
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"{name} is not a text of at most {MAX_TEXT_CHARS} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800")
+        raise ValueError(f"{name} is not valid Unicode") from None
+    return value
+
+
+def _epoch(value: object) -> str:
+    if not isinstance(value, str) or len(value) > MAX_EPOCH_CHARS or not _EPOCH.fullmatch(value):
+        raise ValueError("e is not an epoch")
+    return value
+
+
+def printable(text: str, limit: int = 4 * 200) -> str:
+    """Foreign text as the router keeps it in a dead letter (queue.py, printable()): its first
+    `limit` characters, every character but printable ASCII as \\xNN of its UTF-8 bytes. Text
+    the router made printable stays as it is."""
+    out = []
+    for c in text[:limit]:
+        if " " <= c <= "~":
+            out.append(c)
+        else:
+            out.extend(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogatepass"))
+    return "".join(out)

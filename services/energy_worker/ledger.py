@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from . import history, meter
 from .domain import DeadLetter, Item, Meter, MeterRecord, Row, Run, at_time
-from .keys import Kind
+from .keys import Kind, value_problem
 
 log = logging.getLogger("energy_worker.ledger")
 
@@ -108,7 +108,12 @@ class _Batch:
         self.plan.records[no] = replace(rec, run=run)
 
     def meter_of(self, item: Item) -> int | None:
-        """The item's meter, if both the config and PostgreSQL know it; else it is unusable."""
+        """The item's meter, if both the config and PostgreSQL know it and its value is legal
+        for its kind (as the router checked it); else it is unusable."""
+        problem = value_problem(item.kind, item.value)
+        if problem is not None:
+            self.plan.reject(item, problem)
+            return None
         no = item.meter
         if no is None or no not in self.meters or no not in self.committed:
             self.plan.reject(item, f"meter {no} is not configured in PostgreSQL")
@@ -247,7 +252,13 @@ def plan_batch(
         if handler is None:
             plan.reject(item, f"the processor does not handle kind {item.kind.name}")
             continue
-        handler(batch, item)
+        try:
+            handler(batch, item)
+        except Exception as exc:  # no item may stop the processor
+            # Handlers change the plan only once they have computed everything, so a failure
+            # leaves nothing of the item behind: it becomes a dead letter, the batch goes on.
+            plan.reject(item, f"cannot be applied ({type(exc).__name__}: {exc})")
+            continue
         if plan.stop:
             break
     return plan

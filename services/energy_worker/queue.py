@@ -243,6 +243,20 @@ class Queues:
         """Items to process: what the processing list holds, topped up from the work list."""
         return list(self._take(keys=[WORK, PROCESSING], args=[limit]))
 
+    def routed_mark(self) -> tuple[str | None, int]:
+        """The epoch and the sequence number of the latest item routed: every item on the lists
+        now is numbered at or below it (or in an older epoch). The processor notes when it read
+        this, on a clock that cannot step, to know how long those items have been in Redis."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(EPOCH)
+        pipe.get(SEQ)
+        raw_epoch, raw_seq = pipe.execute()
+        try:
+            seq = int(raw_seq or 0)
+        except ValueError:  # not ours: nothing is taken as covered
+            seq = 0
+        return (None if raw_epoch is None else raw_epoch.decode("utf-8", "replace")), seq
+
     def ack(self, count: int) -> None:
         """The first `count` processing items are committed: drop them."""
         self.r.ltrim(PROCESSING, count, -1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -169,8 +170,9 @@ def close_public_writes(con: pg8000.native.Connection, owner: str, database: str
         "pg_get_function_identity_arguments(p.oid)), p.proname, "
         "pg_has_role(p.proowner, 'USAGE') "
         "FROM pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace "
-        "AND (p.proname = ANY(CAST(:names AS text[])) OR p.proname ~ :locks) ORDER BY 1",
-        names=list(WRITING_FUNCTIONS),
+        "AND (p.proname IN (SELECT json_array_elements_text(CAST(:names AS json))) "
+        "OR p.proname ~ :locks) ORDER BY 1",
+        names=json.dumps(list(WRITING_FUNCTIONS)),
         locks=ADVISORY_LOCKS,
     )
     skipped: set[str] = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -27,19 +28,29 @@ def upsert_meters(con: Connection, meters: Mapping[int, Meter]) -> None:
         """
         INSERT INTO meter_metadata
             (meter_no, meter_name, pulse_per_kWh, max_energy, deviation_pct, power_factor)
-        SELECT * FROM unnest(CAST(:no AS int[]), CAST(:name AS text[]), CAST(:ppk AS int[]),
-                             CAST(:max AS int[]), CAST(:dev AS numeric[]), CAST(:pf AS numeric[]))
+        SELECT m.no, m.name, m.ppk, m.max, m.dev, m.pf
+        FROM json_to_recordset(CAST(:meters AS json))
+             AS m(no int, name text, ppk int, max int, dev numeric, pf numeric)
         ON CONFLICT (meter_no) DO UPDATE SET
             meter_name = EXCLUDED.meter_name, pulse_per_kWh = EXCLUDED.pulse_per_kWh,
             max_energy = EXCLUDED.max_energy, deviation_pct = EXCLUDED.deviation_pct,
             power_factor = EXCLUDED.power_factor
         """,
-        no=[m.number for m in meters.values()],
-        name=[m.name for m in meters.values()],
-        ppk=[m.pulses_per_kwh for m in meters.values()],
-        max=[m.max_power_w for m in meters.values()],
-        dev=[m.deviation_pct for m in meters.values()],
-        pf=[m.power_factor for m in meters.values()],
+        # Text as JSON, never in a driver-built array literal (store/processor.py says why);
+        # the decimals as JSON strings, which PostgreSQL reads exactly.
+        meters=json.dumps(
+            [
+                {
+                    "no": m.number,
+                    "name": m.name,
+                    "ppk": m.pulses_per_kwh,
+                    "max": m.max_power_w,
+                    "dev": str(m.deviation_pct),
+                    "pf": str(m.power_factor),
+                }
+                for m in meters.values()
+            ]
+        ),
     )
     con.run(
         """

@@ -1,8 +1,13 @@
 """The processor's SQL: the consumption history, each meter's state (meter_status), the
-exactly-once bookkeeping (worker_epochs, worker_progress) and the dead letters."""
+exactly-once bookkeeping (worker_epochs, worker_progress) and the dead letters.
+
+Text never travels in an array literal built by the driver: pg8000 leaves an element spelled
+`null` unquoted, so PostgreSQL would read it as NULL. It travels as JSON that PostgreSQL
+unpacks (numbers and times may go as arrays: the driver formats those itself)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
@@ -40,11 +45,10 @@ def save_done(con: Connection, done: Mapping[str, int]) -> None:
     con.run(
         """
         INSERT INTO worker_epochs (epoch, last_seq)
-        SELECT * FROM unnest(CAST(:epochs AS text[]), CAST(:seqs AS bigint[]))
+        SELECT key, CAST(value AS bigint) FROM json_each_text(CAST(:done AS json))
         ON CONFLICT (epoch) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()
         """,
-        epochs=list(done),
-        seqs=list(done.values()),
+        done=json.dumps(done),
     )
 
 
@@ -161,13 +165,16 @@ def insert_dead_letters(con: Connection, letters: Sequence[DeadLetter]) -> None:
     con.run(
         """
         INSERT INTO dead_letters (at, key, value, reason)
-        SELECT * FROM unnest(CAST(:at AS timestamptz[]), CAST(:key AS text[]),
-                             CAST(:value AS text[]), CAST(:reason AS text[]))
+        SELECT d.at, d.key, d.value, d.reason
+        FROM json_to_recordset(CAST(:letters AS json))
+             AS d(at timestamptz, key text, value text, reason text)
         """,
-        at=[d.at for d in letters],
-        key=[d.key for d in letters],
-        value=[d.value for d in letters],
-        reason=[d.reason for d in letters],
+        letters=json.dumps(
+            [
+                {"at": d.at.isoformat(), "key": d.key, "value": d.value, "reason": d.reason}
+                for d in letters
+            ]
+        ),
     )
 
 
@@ -184,6 +191,16 @@ def save_progress(con: Connection, epoch: str, seq: int, backlog: int) -> None:
 def save_backlog(con: Connection, backlog: int) -> None:
     con.run(
         "UPDATE worker_progress SET backlog = :backlog, updated_at = now() "
+        "WHERE id = 1 AND backlog IS DISTINCT FROM :backlog",
+        backlog=backlog,
+    )
+
+
+def save_waiting(con: Connection, backlog: int) -> None:
+    """Work waits that could not be committed: the backlog, leaving updated_at at the last
+    commit, so that pipeline_lag (Grafana) shows a processor that is not committing."""
+    con.run(
+        "UPDATE worker_progress SET backlog = :backlog "
         "WHERE id = 1 AND backlog IS DISTINCT FROM :backlog",
         backlog=backlog,
     )

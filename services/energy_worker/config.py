@@ -46,6 +46,7 @@ DEFAULT_POSTGRES_INI = Path("/etc/postgres.ini")
 DEFAULT_METERS_PATHS = (Path("/etc/energy-worker/meters.toml"), REPO_ROOT / "etc" / "meters.toml")
 MAX_METERS = 8
 METER_KEYS = ("number", "name", "pulses_per_kwh", "max_power_w", "deviation_pct", "power_factor")
+MAX_NAME_CHARS = 200  # of a meter name
 
 
 class ConfigError(Exception):
@@ -276,6 +277,8 @@ def load_meters(path: str | os.PathLike[str] | None = None) -> dict[int, Meter]:
         raise ConfigError(f"cannot read meter config {source}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"meter config {source}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"meter config {source} is not UTF-8 (byte {exc.start})") from None
     unknown_keys(data, ("meter",), f"meter config {source}")
     entries = data.get("meter", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -287,7 +290,7 @@ def load_meters(path: str | os.PathLike[str] | None = None) -> dict[int, Meter]:
         try:
             meter = Meter(
                 number=_whole(entry["number"], 1, 99, "number"),
-                name=str(entry.get("name") or f"Meter {entry['number']}"),
+                name=_name(entry.get("name") or f"Meter {entry['number']}"),
                 pulses_per_kwh=_whole(entry["pulses_per_kwh"], 1, 1_000_000, "pulses_per_kwh"),
                 max_power_w=_whole(entry["max_power_w"], 1, 10_000_000, "max_power_w"),
                 deviation_pct=_decimal(entry.get("deviation_pct", 5), "deviation_pct"),
@@ -315,6 +318,14 @@ def unknown_keys(table: dict[str, object], known: tuple[str, ...], where: str) -
             near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
             hint = f" (did you mean {near[0]}?)" if near else f" (known: {', '.join(known)})"
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _name(value: object) -> str:
+    """A meter's name, stored as written: PostgreSQL holds no NUL byte, and a name is a label."""
+    name = str(value)
+    if "\x00" in name or len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"name must be at most {MAX_NAME_CHARS} characters without a NUL byte")
+    return name
 
 
 def _whole(value: object, low: int, high: int, name: str) -> int:

@@ -133,6 +133,7 @@ class Processor:
         self.readiness: Readiness | None = None  # once durable_after is known
         self.schema_version: int | None = None  # applied once per process, not per connection
         self.stopped = False  # the last batch ended with a stop
+        self.waited = False  # for the batch in hand to be on Redis's disk
         self.done_last: int | None = None  # the last committed sequence number, for the log
         self.unreadable: dict[int, str] = {}  # the batch's entries that are no item: why
         self.sequence_checked = False
@@ -180,9 +181,13 @@ class Processor:
             return False
         items, positions = self.decode(raw)
         ready = self.readiness.ready(items)
-        if ready == 0:  # all of it too fresh: wait until the oldest is on disk
-            self.termination.sleep(self.readiness.wait(items[0]))
+        if ready < len(items) and not self.waited:
+            # Some of it too fresh: wait until all of it is on disk (at most durable_after),
+            # then commit it together; once only, so a steady flow cannot hold a commit back.
+            self.waited = True
+            self.termination.sleep(self.readiness.wait(items[-1]))
             return False
+        self.waited = False
         with self.termination.busy():
             covered = self.process(raw, items[:ready], positions, backlog)
         if covered is None:  # an outage: its backoff was the wait
@@ -200,6 +205,13 @@ class Processor:
         self.stopped = False
         committed = 0  # of `items`
         covered = 0  # entries of `raw`
+        if not items:  # unreadable entries at the head: dead letters, nothing to commit
+            covered = self.entries_through(raw, positions, 0, False)
+            try:
+                self.report(ledger.Plan(), raw, positions, 0, covered)
+            except RedisError as exc:
+                self.redis_outage.failed(exc)
+                return None
         while committed < len(items) and not self.stopped:
             try:
                 plan, end = self.commit_isolating(raw, items, positions, committed, backlog)
@@ -470,8 +482,8 @@ class Processor:
                 return False
             items, positions = self.decode(raw)
             ready = self.readiness.ready(items) if self.readiness is not None else len(items)
-            if ready == 0:
-                time.sleep(self.readiness.wait(items[0]) if self.readiness else 0.01)
+            if ready == 0 and items and self.readiness is not None:
+                time.sleep(self.readiness.wait(items[0]))
                 continue
             with self.termination.busy():
                 covered = self.process(raw, items[:ready], positions, backlog)

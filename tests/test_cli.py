@@ -256,6 +256,12 @@ def test_the_other_rules():
     assert not health.backlog_stuck(None) and not health.backlog_stuck(59)
     assert health.backlog_stuck(61)
     assert not health.push_failing(3600) and health.push_failing(86_401)
+    # not committing: work waits, and the last commit is older than three intervals (>= 5 s)
+    assert health.not_committing(10, 16, 16, 5) and health.not_committing(1, None, None, 5)
+    assert not health.not_committing(0, 3600, None, 5)  # idle: nothing waits
+    assert not health.not_committing(10, 14, 16, 5)  # committed within three intervals
+    assert not health.not_committing(1, 3600, 2, 5)  # one pulse after an idle hour: just now
+    assert health.not_committing(1, 6, 6, 0.2) and not health.not_committing(1, 4, 6, 0.2)
     states = {"router": "RUNNING", "processor": "STOPPED", "a": "FATAL", "b": "STARTING"}
     assert health.not_running(states) == [
         ("a", "FATAL"),
@@ -350,3 +356,37 @@ def test_the_push_hint_names_what_works_where_the_command_runs(tmp_path: Path):
     assert "set it in .env, then stop `make run` and start it again" in under_make_run
     in_the_container = push.ignored(Session({"REDIS_HOST": "redis-db"}))
     assert "set it in .env, then docker compose up -d" in in_the_container
+
+
+def test_status_says_not_committing_while_work_waits_and_no_commit_comes(
+    fresh_pg: config.PostgresSettings, redis_db: config.RedisSettings, tmp_path: Path
+):
+    """A pulse has waited 30 s and the last commit is a minute old, with a commit due every
+    5 s: the processor is not committing, and status exits 1. A commit just now: all well."""
+    from energy_worker import db  # noqa: PLC0415
+    from energy_worker.queue import now_ms  # noqa: PLC0415
+
+    r = Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
+    r.execute_command("FLUSHDB")
+    con = db.connect(fresh_pg, "energy-worker tests")
+    try:
+        enqueue(r, "channel:1:timestamp", "1000", now_ms() - 30_000)
+        con.run("UPDATE worker_progress SET updated_at = now() - interval '1 minute'")
+        env = {
+            "METERS_CONFIG": METERS,
+            "POSTGRES_INI": str(write_ini(fresh_pg, tmp_path / "postgres.ini")),
+            "REDIS_HOST": redis_db.host,
+            "REDIS_PORT": str(redis_db.port),
+            "REDIS_DB": str(redis_db.db),
+            "COMMIT_INTERVAL": "5",
+        }
+        stuck = cli(env, "status")
+        assert stuck.code == 1, stuck
+        assert "; not committing" in stuck.out
+        assert "  - the processor is not committing: 1 item(s) wait" in stuck.out
+        assert json.loads(cli(env, "status", "--json").out)["pipeline"]["committing"] is False
+        con.run("UPDATE worker_progress SET updated_at = now()")
+        assert "not committing" not in cli(env, "status").out
+    finally:
+        con.close()
+        r.close()

@@ -144,6 +144,28 @@ def test_pipeline_lag(pg_module, owner, reader, operator):
         owner.run("UPDATE worker_progress SET backlog = 5000")
 
 
+def test_processor_not_committing(pg_module, owner, reader, operator):
+    """Work waits and the last commit is 20 minutes old: not committing. Nothing waiting, or a
+    commit just now: committing."""
+    res = run_panel(pg_module, reader, "Processor", *window(operator))
+    ((state, waiting, age),) = res.rows
+    assert (state, waiting) == ("not committing", 5000) and age > 15
+    try:
+        owner.run("UPDATE worker_progress SET backlog = 0")
+        assert run_panel(pg_module, reader, "Processor", *window(operator)).rows[0][0] == (
+            "committing"
+        )
+        owner.run("UPDATE worker_progress SET backlog = 3, updated_at = now() - interval '10 s'")
+        assert run_panel(pg_module, reader, "Processor", *window(operator)).rows[0][0] == (
+            "committing"
+        )
+    finally:
+        owner.run(
+            "UPDATE worker_progress SET backlog = 5000, updated_at = :at",
+            at=operator.now - timedelta(minutes=20),
+        )
+
+
 def test_dead_letters(pg_module, reader, operator):
     now = operator.now
     res = run_panel(pg_module, reader, "Dead letters in range", *window(operator))

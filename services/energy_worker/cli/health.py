@@ -13,6 +13,8 @@ SILENCE_MIN_S = 3600.0  # a meter may be quiet this long whatever its last power
 SILENCE_FACTOR = 100  # ... and for 100 times the period its last power implies
 DEADLETTER_RECENT_S = 3600.0  # rejected input this recent needs a look
 PUSH_FAILING_S = 86_400.0  # a push failing for a day: the sheet misses days
+NOT_COMMITTING_INTERVALS = 3  # commit intervals without a commit while work waits
+NOT_COMMITTING_MIN_S = 5.0  # ... and at least this (durable_after alone is 2 s)
 
 
 def power_now(last_watt: int | None, max_power_w: int, pulses_per_kwh: int, quiet_ms: int) -> int:
@@ -41,6 +43,18 @@ def meter_silent(
 
 def backlog_stuck(oldest_wait_s: float | None) -> bool:
     return oldest_wait_s is not None and oldest_wait_s > BACKLOG_WAIT_S
+
+
+def not_committing(
+    backlog: int, commit_age_s: float | None, oldest_wait_s: float | None, interval_s: float
+) -> bool:
+    """Work waits, and has waited, while the processor's last commit (worker_progress) is older
+    than three commit intervals (at least NOT_COMMITTING_MIN_S: a commit waits for Redis's disk
+    too). An unknown wait (an unreadable item at the head) counts as waiting."""
+    limit = max(NOT_COMMITTING_INTERVALS * interval_s, NOT_COMMITTING_MIN_S)
+    if backlog <= 0 or (commit_age_s is not None and commit_age_s <= limit):
+        return False
+    return oldest_wait_s is None or oldest_wait_s > limit
 
 
 def push_failing(failing_for_s: float | None) -> bool:

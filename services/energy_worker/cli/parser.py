@@ -36,6 +36,8 @@ exit status (usable as a health check):
      - a program of the service is neither RUNNING nor STARTING (supervisord's view;
        checked when ENERGY_WORKER_RUN_DIR names supervisord's folder, as in the container
        and under `make run`), or supervisord does not answer there
+     - the processor is not committing: work has waited while its last commit is older
+       than three commit intervals (COMMIT_INTERVAL, 5 s: 15 s)
      - the backlog is not being worked off: its oldest pulse has waited over 60 s
      - a meter has been silent for METER_SILENT_AFTER (an hour unless set for the
        service) and 100 times as long as its last power implies (a 2000 W reading at

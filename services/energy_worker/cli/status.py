@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import redis
-
-from .. import totals
+from .. import config, totals
 from ..db import Connection
 from ..domain import Meter
+from ..processor import COMMIT_INTERVAL
 from ..queue import DEADLETTER, Queues
 from ..store import reports
 from . import health, show
@@ -61,6 +60,7 @@ class Report:
     oldest_wait_s: float | None
     last_commit: datetime | None
     last_commit_age_s: float | None
+    committing: bool
     programs: dict[str, str] | None
     programs_note: str
     deadletters: int
@@ -128,6 +128,14 @@ def gather(session: Session) -> Report:
     progress = reports.progress(con)
     last_commit = progress.updated_at if progress else None
     commit_age = None if last_commit is None else (now - last_commit).total_seconds()
+    interval = commit_interval(session.env)
+    committing = not health.not_committing(backlog, commit_age, oldest_wait_s, interval)
+    if not committing:
+        attention.append(
+            f"the processor is not committing: {backlog} item(s) wait and its last commit was "
+            f"{'never' if commit_age is None else show.age(commit_age) + ' ago'} (a commit is "
+            f"due every {interval:g} s; see its log: energy-worker's processor)"
+        )
 
     programs: dict[str, str] | None = None
     run_dir = session.run_dir()
@@ -161,7 +169,7 @@ def gather(session: Session) -> Report:
     source = "meter_pulses_at" if with_function else "history counts"
     return Report(
         now, tz, meters, source, backlog, change, oldest_wait_s, last_commit, commit_age,
-        programs, note, count, recent, latest, pushes, failing_s, attention,
+        committing, programs, note, count, recent, latest, pushes, failing_s, attention,
     )  # fmt: skip
 
 
@@ -208,7 +216,15 @@ def meter_statuses(
     return meters
 
 
-def recent_entries(r: redis.Redis, latest: list[Entry], count: int) -> int:
+def commit_interval(env: Mapping[str, str]) -> float:
+    """The processor's COMMIT_INTERVAL, from the same environment as the service."""
+    try:
+        return config.seconds(env, "COMMIT_INTERVAL", COMMIT_INTERVAL, 0, 60)
+    except config.ConfigError:
+        return COMMIT_INTERVAL
+
+
+def recent_entries(r: Redis, latest: list[Entry], count: int) -> int:
     """Dead letters of the last hour (the list is newest first: read on while they are)."""
     since_ms = time.time() * 1000 - health.DEADLETTER_RECENT_S * 1000
     entries = latest
@@ -253,7 +269,8 @@ def as_text(report: Report) -> str:
         backlog += f", oldest waiting {show.age(report.oldest_wait_s)})"
     commit_age = report.last_commit_age_s
     commit = "never" if commit_age is None else f"{show.age(commit_age)} ago"
-    lines.append(f"pipeline      {backlog}; last commit {commit}")
+    state = "" if report.committing else "; not committing"
+    lines.append(f"pipeline      {backlog}; last commit {commit}{state}")
     if report.programs is None:
         lines.append(f"programs      {report.programs_note}")
     else:
@@ -328,6 +345,7 @@ def as_json(report: Report) -> str:
             "oldest_wait_s": rounded(report.oldest_wait_s),
             "last_commit": show.iso(report.last_commit),
             "last_commit_age_s": rounded(report.last_commit_age_s),
+            "committing": report.committing,
             "programs": report.programs,
             "programs_note": report.programs_note or None,
         },

@@ -14,18 +14,22 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from energy_worker import config, db, ledger, queue, schema
+from energy_worker import config, db, ha_discovery, ledger, queue, schema, totals
 from energy_worker.domain import DeadLetter, Item, printable
 from energy_worker.processor import Processor
+from energy_worker.pusher import Pusher, outbox
 from energy_worker.redisclient import Redis
 from energy_worker.store import meters as meter_store
+from energy_worker.store import pusher as pusher_store
 from helpers import METERS, REPO, T0, enqueue, pulses, status, wait_until
+from sheet_server import sheet_server
 
 METERS_FILE = REPO / "etc" / "meters.toml"
 
@@ -411,3 +415,66 @@ def test_arbitrary_keys_and_values_never_stop_the_counting(pg, r, redis_db, host
             p.session.close()
     finally:
         con.close()
+
+
+# --- the pusher's writes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=HOSTILE_IDS)
+def test_hostile_text_on_the_push_list(pg, r, sql, text):
+    """Forged push requests, the text in each field and as the raw item: each is recorded
+    as meant or kept as a dead letter; the request behind them is still sent."""
+    as_text = text.decode("utf-8", "surrogateescape").encode("utf-8", "backslashreplace").decode()
+    forged = [text]
+    for field in ("e", "v", "key"):
+        data = {"e": "1700000000000-abcd", "s": 1, "k": "g", "v": "true", "at": 1, "key": "x"}
+        data[field] = as_text
+        forged.append(json.dumps(data).encode())
+    legit = {"e": "1700000000000-abcd", "s": 99, "k": "g", "v": "true", "at": 1, "key": "x"}
+    with sheet_server() as server:
+        settings = config.PushSettings(
+            webhook_url=config.secret(server.base + "/exec"), tz=totals.zone("Europe/Copenhagen")
+        )
+        pusher = Pusher(db.LockedSession(lambda n: db.connect(pg, n), "pusher"), r, settings)
+        try:
+            r.rpush(queue.PUSH, *forged, json.dumps(legit).encode())
+            for _ in range(len(forged) + 2):
+                pusher.step(block=False)
+        finally:
+            pusher.close()
+    assert r.llen(queue.PUSH) == 0 and r.llen(queue.PUSH_PROCESSING) == 0
+    keys = [row[0] for row in sql.run("SELECT dedup_key FROM push_outbox ORDER BY id")]
+    assert keys[-1] == "request:1700000000000-abcd:99"
+    rejected = r.llen(queue.DEADLETTER)
+    assert len(keys) + rejected >= len(forged)  # each recorded, or a dead letter
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=HOSTILE_IDS)
+def test_a_failed_push_keeps_any_answer_as_printable_text(sql, text):
+    """Whatever the sheet's server answers, push_outbox.last_error holds it as printable text
+    (pusher/outbox.py), never a statement error."""
+    answer = text.decode("utf-8", "surrogateescape")
+    now = datetime.now(UTC)
+    assert pusher_store.record_push(sql, "day:2024-06-01", now, "1.00", now)
+    (pending,) = [pusher_store.next_pending(sql)]
+    assert pending is not None
+    error = printable(answer, outbox.ERROR_CHARS)
+    pusher_store.mark_failed(sql, pending.id, 500, error, now)
+    assert sql.run("SELECT last_error FROM push_outbox") == [[error]]
+    assert "\x00" not in error and len(error) <= 4 * outbox.ERROR_CHARS
+
+
+# --- the publisher's decoder ---------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64) | st.from_regex(rb"[0-9]{1,20}(\.[0-9]{0,20})?", fullmatch=True))
+def test_a_retained_energy_state_is_a_bounded_reading_or_nothing(payload: bytes):
+    value = ha_discovery.parse_published(payload)
+    if value is not None:
+        assert value.is_finite() and 0 <= value < 10**13
+
+
+@pytest.mark.parametrize("payload", [b"1E+100", b"-1", b"NaN", b"Infinity", b"9" * 1_000_000])
+def test_a_retained_energy_state_from_anyone_else_is_ignored(payload: bytes):
+    assert ha_discovery.parse_published(payload) is None

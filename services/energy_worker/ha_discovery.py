@@ -60,6 +60,10 @@ class MeterSnapshot:
         return kwh(self.pulses_counted, self.pulses_per_kwh)
 
 
+MAX_PUBLISHED_BYTES = 32  # an energy state as format_kwh writes it: up to 10^12 kWh, 3 decimals
+_PUBLISHED = re.compile(rb"[0-9]{1,13}(\.[0-9]{1,12})?")
+
+
 def valid_prefix(prefix: str) -> bool:
     """A topic prefix of one or more levels: no wildcard, no empty level, no NUL."""
     return (
@@ -237,12 +241,12 @@ def below_published(value: Decimal, published: Decimal | None) -> bool:
 
 
 def parse_published(payload: bytes | bytearray) -> Decimal | None:
-    """A retained energy state read back from the broker, or None if it is not a number."""
-    try:
-        value = Decimal(payload.decode("ascii"))
-    except (UnicodeDecodeError, ArithmeticError, ValueError):
+    """A retained energy state read back from the broker, or None if it is not one as
+    format_kwh writes it (anyone on the broker may have written it: `1E+100` would hold the
+    energy sensor back for ever, a megabyte of digits would cost the parse)."""
+    if len(payload) > MAX_PUBLISHED_BYTES or not _PUBLISHED.fullmatch(bytes(payload)):
         return None
-    return value if value.is_finite() else None
+    return Decimal(payload.decode("ascii"))
 
 
 def stale(retained: Iterable[str], wanted: Iterable[str]) -> list[str]:

@@ -166,6 +166,7 @@ class Publisher:
         except db.ERRORS as exc:
             self.lost_database(exc)
             return False
+        self.pg_outage.succeeded()  # a refusal kept the session: it ends here
         if self.broker is not None:
             self.broker.availability(online=True)
         return True
@@ -187,8 +188,12 @@ class Publisher:
 
     def lost_database(self, exc: BaseException) -> None:
         """The sensors go `offline` (what they show could be stale), then the one rule says
-        what happened and waits, keeping the broker connection alive meanwhile."""
-        self.session.close()
+        what happened and waits, keeping the broker connection alive meanwhile. Only an outage
+        closes the session: a refused statement would be refused again on a new one, and a
+        reconnection would end the backoff (db.refused_for_data: nothing of the publisher's
+        own is to isolate, it only reads)."""
+        if db.is_outage(exc):
+            self.session.close()
         if self.broker is not None:
             self.broker.availability(online=False)
         db.failed(exc, self.pg_outage)

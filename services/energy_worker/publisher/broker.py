@@ -194,15 +194,19 @@ class Broker:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         layout = self.layout
-        if msg.topic == layout.sync_topic:
+        try:
+            topic = msg.topic  # paho decodes it as UTF-8: a broker may pass on anything
+        except UnicodeDecodeError:
+            return  # not one of our topics
+        if topic == layout.sync_topic:
             if msg.payload == self._sync_token.encode() and not self.synced:
                 self._finish_sync()
             return
         if self.synced or not msg.payload:
             return
-        self._retained.add(msg.topic)
+        self._retained.add(topic)
         for no in self.configured:
-            if msg.topic == layout.state_topic(no, "energy"):
+            if topic == layout.state_topic(no, "energy"):
                 seen = parse_published(msg.payload)
                 if seen is not None:
                     self.seen_energy[no] = max(seen, self.seen_energy.get(no, seen))

@@ -17,15 +17,16 @@ thing is due, at most MAX_BLOCK seconds. Time comes from an injectable clock, so
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import redis
 
 from .. import db, logs, totals
 from ..config import PushSettings
-from ..outage import Outage
+from ..outage import Outage, describe_error
 from ..queue import Queues
 from ..store import pusher as store
 from ..webhook import Webhook
@@ -35,6 +36,7 @@ from .requests import PushRequests
 from .schedule import Schedule
 from .totals_pass import TotalsPass
 
+REFUSED_RETRY = timedelta(hours=1)  # a daily push refused for its data: looked at again then
 MAX_BLOCK = 10.0  # seconds in one BLMOVE at most: a dead connection or lock holder is noticed
 
 Clock = Callable[[], datetime]
@@ -68,6 +70,7 @@ class Pusher:
         self.postgres_outage = Outage("PostgreSQL", log)
         self.redis_outage = Outage("Redis", log)
         self.prepared = False
+        self.refusals: dict[str, str] = {}  # part -> the refusal last logged
 
     def run(self) -> None:
         """Forever: one pass at a time, outages waited out with backoff."""
@@ -83,7 +86,8 @@ class Pusher:
                 db.failed(exc, self.postgres_outage)  # the connection stays for the next try
             except db.ERRORS as exc:
                 self.prepared = False
-                self.session.close()
+                if db.is_outage(exc):  # a refused statement keeps the session (and the backoff)
+                    self.session.close()
                 db.failed(exc, self.postgres_outage)
 
     def step(self, block: bool = True) -> None:
@@ -95,18 +99,39 @@ class Pusher:
             self.prepare()
         self.schedule.run_pending()
         if self.schedule.totals_due:
-            self.totals.run()
-            # Hourly too: the dead letters the processor records, newest first, capped.
-            pruned = store.prune_dead_letters(self.session.connection())
-            if pruned:
-                log.debug("%d old dead letter(s) deleted", pruned)
+            with self.isolated("the hourly totals"):  # tried again at the next hour
+                self.totals.run()
+                # Hourly too: the dead letters the processor records, newest first, capped.
+                pruned = store.prune_dead_letters(self.session.connection())
+                if pruned:
+                    log.debug("%d old dead letter(s) deleted", pruned)
             self.schedule.totals_done()
         if self.schedule.pushes_due:
-            self.schedule.pushes_checked(self.daily.record_due())
+            look_again_at = self.clock() + REFUSED_RETRY
+            with self.isolated("the daily push"):
+                look_again_at = self.daily.record_due()
+            self.schedule.pushes_checked(look_again_at)
         self.outbox.send_due()
         self.postgres_outage.succeeded()  # said before the wait, not after it
         self.requests.take(self.wake_in() if block else 0.0)
         self.redis_outage.succeeded()
+
+    @contextlib.contextmanager
+    def isolated(self, part: str) -> Iterator[None]:
+        """A statement of this part refused for the data it carries is refused again on every
+        try: say so (once per distinct refusal) and let the other parts go on; the part is
+        tried again at its next turn, not waited out as an outage."""
+        try:
+            yield
+        except db.ERRORS as exc:
+            if not db.refused_for_data(exc):
+                raise
+            text = describe_error(exc)
+            if self.refusals.get(part) != text:
+                self.refusals[part] = text
+                log.error("PostgreSQL refused %s (%s); tried again at its next turn", part, text)
+            return
+        self.refusals.pop(part, None)
 
     def prepare(self) -> None:
         """At start: adopt the zone (a new one recomputes every total) and record requests a

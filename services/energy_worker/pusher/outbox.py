@@ -18,10 +18,12 @@ from zoneinfo import ZoneInfo
 
 from .. import db
 from ..config import PushSettings
+from ..domain import printable
 from ..store import pusher as store
 from ..webhook import Webhook
 
 log = logging.getLogger("energy_worker.pusher")
+ERROR_CHARS = 300  # of a failed push's answer, kept in push_outbox.last_error
 
 
 class Outbox:
@@ -76,7 +78,9 @@ class Outbox:
                 self.settings.retry_first * 2 ** min(pending.attempts, 30), self.settings.retry_max
             )
             retry_at = done + timedelta(seconds=delay)
-            store.mark_failed(con, pending.id, answer.status, answer.describe(), retry_at)
+            # The answer is the server's text: printable and bounded before it is stored.
+            error = printable(answer.describe(), ERROR_CHARS)
+            store.mark_failed(con, pending.id, answer.status, error, retry_at)
             self.failing = True
             log.warning(
                 "push of %s to %s failed (%s, attempt %d); next attempt in %.0f s",

@@ -13,12 +13,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 from .. import db, logs
-
-# redis-py's hints ask for str where the server takes bytes as well (LREM of an item as read).
-from ..domain import Item
+from ..domain import Item, printable
 from ..keys import Kind
-from ..queue import PUSH, PUSH_PROCESSING, Queues
-from ..redisconn import as_bytes
+from ..outage import describe_error
+from ..queue import PREVIEW_BYTES, PUSH, PUSH_PROCESSING, Queues
 from ..sheet import data_string
 from ..store import pusher as store
 
@@ -60,8 +58,8 @@ class PushRequests:
         """Record one item of push-processing, then remove it from there."""
         try:
             item = Item.decode(raw)
-        except (ValueError, TypeError, KeyError):
-            self.reject(raw, "unreadable push item")
+        except ValueError as exc:  # whatever the bytes (Item.decode)
+            self.reject(raw, f"unreadable push item: {exc}")
             return
         if item.kind is not Kind.PUSH:
             self.reject(raw, f"a {item.kind.name} item on the push list")
@@ -73,11 +71,22 @@ class PushRequests:
             con = self.session.connection()
             readings = [kwh for _no, kwh in store.current_readings(con)]
             key = f"request:{item.epoch}:{item.seq}"
-            if store.record_push(con, key, now, data_string(readings), now):
+            try:
+                recorded = store.record_push(con, key, now, data_string(readings), now)
+            except db.ERRORS as exc:
+                if not db.refused_for_data(exc):
+                    raise
+                # Refused for what it carries: again on every try. Isolated, not waited out.
+                self.reject(raw, f"PostgreSQL refused it ({describe_error(exc)})")
+                return
+            if recorded:
                 log.info("pushtogoogle: current readings queued for the Google Sheet")
         self.r.lrem(PUSH_PROCESSING, 1, raw)  # type: ignore[arg-type]
 
     def reject(self, raw: bytes, reason: str) -> None:
-        log.warning("%s %s; kept in the dead-letter list", reason, logs.quoted(raw))
-        self.queues.dead_letter(PUSH_PROCESSING, repr(raw)[:200], reason)
-        self.r.lrem(PUSH_PROCESSING, 1, raw)  # type: ignore[arg-type]
+        log.warning(
+            "%s %s; kept in the dead-letter list", logs.quoted(reason, 200), logs.quoted(raw)
+        )
+        value = printable(raw.decode("utf-8", "replace"), PREVIEW_BYTES)
+        self.queues.dead_letter(PUSH_PROCESSING, value, printable(reason))
+        self.r.lrem(PUSH_PROCESSING, 1, raw)

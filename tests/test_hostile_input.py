@@ -178,7 +178,7 @@ def test_hostile_text_in_every_field_of_a_forged_item(make_processor, r, sql, te
 
 
 @pytest.mark.parametrize("text", HOSTILE, ids=HOSTILE_IDS)
-def test_hostile_meter_names_are_stored_exactly_or_refused(fresh_pg, tmp_path: Path, text):
+def test_hostile_meter_names_are_stored_exactly_or_refused(sql, tmp_path: Path, text):
     """The meter config: a name is stored byte for byte, or the config is refused with one
     line (a NUL byte, which PostgreSQL cannot hold; text that is not UTF-8)."""
     source = METERS_FILE.read_text(encoding="utf-8")
@@ -195,12 +195,8 @@ def test_hostile_meter_names_are_stored_exactly_or_refused(fresh_pg, tmp_path: P
         refusable = "\x00" in name or len(name) > config.MAX_NAME_CHARS
         assert refusable or any("\udc80" <= c <= "\udcff" for c in name), exc
         return
-    con = db.connect(fresh_pg, "tests")
-    try:
-        meter_store.upsert_meters(con, meters)
-        ((stored,),) = con.run("SELECT meter_name FROM meter_metadata WHERE meter_no = 1")
-    finally:
-        con.close()
+    meter_store.upsert_meters(sql, meters)
+    ((stored,),) = sql.run("SELECT meter_name FROM meter_metadata WHERE meter_no = 1")
     assert stored == (name or "Meter 1")
 
 
@@ -363,7 +359,7 @@ def test_an_item_decodes_or_says_why_whatever_the_bytes(raw: bytes):
 
 # --- the property: arbitrary keys and values, legit pulses between them --------------------
 
-INTERVAL = 1.0  # the commit interval of the property's processor
+INTERVAL = 0.5  # the commit interval of the property's processor
 
 
 @settings(

@@ -134,6 +134,7 @@ class Processor:
         self.schema_version: int | None = None  # applied once per process, not per connection
         self.stopped = False  # the last batch ended with a stop
         self.waited = False  # for the batch in hand to be on Redis's disk
+        self.cycle_start = 0.0  # monotonic: the take that began the wait
         self.done_last: int | None = None  # the last committed sequence number, for the log
         self.unreadable: dict[int, str] = {}  # the batch's entries that are no item: why
         self.sequence_checked = False
@@ -185,15 +186,19 @@ class Processor:
             # Some of it too fresh: wait until all of it is on disk (at most durable_after),
             # then commit it together; once only, so a steady flow cannot hold a commit back.
             self.waited = True
+            self.cycle_start = time.monotonic()
             self.termination.sleep(self.readiness.wait(items[-1]))
             return False
+        started = self.cycle_start if self.waited else time.monotonic()
         self.waited = False
         with self.termination.busy():
             covered = self.process(raw, items[:ready], positions, backlog)
         if covered is None:  # an outage: its backoff was the wait
             return False
         if not self.stopped and len(raw) < BATCH and not self.termination.requested:
-            self.termination.sleep(self.commit_interval)  # gather the next interval's pulses
+            # Gather the next interval's pulses: a take every COMMIT_INTERVAL, the wait for
+            # Redis's disk included, so the history lags by COMMIT_INTERVAL + durable_after.
+            self.termination.sleep(self.commit_interval - (time.monotonic() - started))
         return self.stopped
 
     def process(

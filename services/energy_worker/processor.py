@@ -132,6 +132,7 @@ class Processor:
         self.saved_backlog: int | None = None
         self.readiness: Readiness | None = None  # once durable_after is known
         self.schema_version: int | None = None  # applied once per process, not per connection
+        self.loaded = False  # the committed state, from this session
         self.stopped = False  # the last batch ended with a stop
         self.waited = False  # for the batch in hand to be on Redis's disk
         self.cycle_start = 0.0  # monotonic: the take that began the wait
@@ -410,8 +411,9 @@ class Processor:
 
     def connected(self) -> bool:
         """Connect, take the processor lock, bring the schema up to date and load the state."""
-        if self.session.is_open:
+        if self.session.is_open and self.loaded:
             return True
+        self.loaded = False  # a refused load keeps the session, and is tried again
         try:
             con = self.session.connection()
             if self.schema_version is None:  # a reconnection only loads the state again
@@ -419,6 +421,7 @@ class Processor:
             self.meters = meter_store.load_meters(con)
             self.records = store.load_status(con)
             self.done = store.load_done(con)
+            self.loaded = True
         except db.LockHeld as exc:
             db.failed(exc, self.pg_outage)  # the connection stays for the next try
             return False

@@ -1,5 +1,6 @@
 """Hostile input through every write path: nothing wedges the processor, nothing crashes a
-program, and no text reaches PostgreSQL in a way that changes it (issue: a key named `null`).
+program, and no text reaches PostgreSQL in a way that changes it (a key named `null` once
+stopped all counting).
 
 One table of hostile strings (HOSTILE) runs through the router and the processor into
 PostgreSQL (as key names, as values of every kind, as every field of a forged work item), into
@@ -394,7 +395,7 @@ def test_arbitrary_keys_and_values_never_stop_the_counting(pg, r, redis_db, host
         try:
             for key, value in hostile:
                 if key.startswith(b"energy-worker:"):
-                    continue  # our own lists: not the webhook's to write (issue 18)
+                    continue  # our own lists: not the webhook's to write
                 r.set(key, value)
                 queues.route(key)
                 millis += 1800

@@ -18,13 +18,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from energy_worker import config, db, ha_discovery, ledger, queue, schema, totals
+from energy_worker import config, db, ha_discovery, ledger, program, queue, schema, totals
 from energy_worker.domain import DeadLetter, Item, printable
 from energy_worker.processor import Processor
+from energy_worker.publisher.broker import Broker
 from energy_worker.pusher import Pusher, outbox
 from energy_worker.redisclient import Redis
 from energy_worker.store import meters as meter_store
@@ -510,3 +512,55 @@ def test_a_push_request_of_any_bytes_is_recorded_or_a_dead_letter(pg, r, raw: by
     finally:
         pusher.close()
     assert r.llen(queue.PUSH_PROCESSING) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=80) | st.sampled_from([b"energy-worker/0123abcd4567ef89/meter/1/energy"]),
+    st.binary(max_size=80) | st.sampled_from([b"1E+100", b"NaN", b"-1", b"5.5"]),
+)
+def test_a_message_from_the_broker_of_any_bytes_is_read_or_ignored(topic: bytes, payload: bytes):
+    """What the broker passes on (any client of it may publish to our topics): a retained
+    energy state is remembered only when it is one we could have written."""
+    broker = Broker(
+        config.MqttSettings("127.0.0.1"),
+        ha_discovery.Layout("homeassistant", "energy-worker", "0123abcd4567ef89"),
+        [1],
+        program.Termination(),
+    )
+    message = mqtt.MQTTMessage(topic=topic)
+    message.payload = payload
+    broker._on_message(broker.client, None, message)
+    seen = broker.seen_energy.get(1)
+    assert seen is None or (seen.is_finite() and 0 <= seen < 10**13)
+
+
+def test_a_push_request_postgresql_refuses_is_a_dead_letter_and_the_next_is_recorded(fresh_pg, r):
+    """The pusher's own write refused for what it carries: the request is kept as a dead letter
+    with the error, and the next request is recorded (not waited out as an outage)."""
+    con = db.connect(fresh_pg, "tests")
+    con.run(
+        "ALTER TABLE push_outbox ADD CONSTRAINT refuse_13 "
+        "CHECK (dedup_key <> 'request:1700000000000-abcd:13')"
+    )
+    with sheet_server() as server:
+        settings_ = config.PushSettings(
+            webhook_url=config.secret(server.base + "/exec"), tz=totals.zone("Europe/Copenhagen")
+        )
+        pusher = Pusher(db.LockedSession(lambda n: db.connect(fresh_pg, n), "pusher"), r, settings_)
+        try:
+            for seq in (13, 14):
+                item = {"e": "1700000000000-abcd", "s": seq, "k": "g", "v": "true", "at": 1,
+                        "key": "pushtogoogle"}  # fmt: skip
+                r.rpush(queue.PUSH, json.dumps(item))
+            for _ in range(3):
+                pusher.step(block=False)
+        finally:
+            pusher.close()
+    assert [row[0] for row in con.run("SELECT dedup_key FROM push_outbox")] == [
+        "request:1700000000000-abcd:14"
+    ]
+    (letter,) = [json.loads(e) for e in r.lrange(queue.DEADLETTER, 0, -1)]
+    assert "23514" in letter["reason"]
+    assert r.llen(queue.PUSH) == 0 and r.llen(queue.PUSH_PROCESSING) == 0
+    con.close()

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -28,7 +29,6 @@ from energy_worker.domain import DeadLetter, Item, printable
 from energy_worker.processor import Processor
 from energy_worker.publisher.broker import Broker
 from energy_worker.pusher import Pusher, outbox
-from energy_worker.redisclient import Redis
 from energy_worker.router import Router
 from energy_worker.store import meters as meter_store
 from energy_worker.store import pusher as pusher_store
@@ -86,7 +86,7 @@ def run_to_stop(p: Processor, timeout: float = 30.0) -> None:
     wait_until(p.run_once, timeout, interval=0, what="the processor to commit the stop")
 
 
-def route(r: Redis, key: bytes, value: bytes, at_ms: int = T0) -> queue.Routed:
+def route(r: Any, key: bytes, value: bytes, at_ms: int = T0) -> queue.Routed:
     r.set(key, value)
     return queue.Queues(r, METERS).route(key, at_ms=at_ms)
 
@@ -97,7 +97,7 @@ def dead_letters(sql) -> list[tuple[str, str, str]]:
     ]
 
 
-def redis_dead_letters(r: Redis) -> list[tuple[str, str, str]]:
+def redis_dead_letters(r: Any) -> list[tuple[str, str, str]]:
     """The router's own copies, oldest first: what PostgreSQL must hold too."""
     entries = [json.loads(e) for e in reversed(r.lrange(queue.DEADLETTER, 0, -1))]
     return [(e["key"], e["value"], e["reason"]) for e in entries]

@@ -133,8 +133,8 @@ def gather(session: Session) -> Report:
     if not committing:
         attention.append(
             f"the processor is not committing: {backlog} item(s) wait and its last commit was "
-            f"{'never' if commit_age is None else show.age(commit_age) + ' ago'} (a commit is "
-            f"due every {interval:g} s; see its log: energy-worker's processor)"
+            f"{'never' if commit_age is None else show.age(commit_age) + ' ago'}, with one due "
+            f"every {interval:g} s (the processor's log says why)"
         )
 
     programs: dict[str, str] | None = None

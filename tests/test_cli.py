@@ -366,7 +366,7 @@ def test_status_says_not_committing_while_work_waits_and_no_commit_comes(
     from energy_worker import db  # noqa: PLC0415
     from energy_worker.queue import now_ms  # noqa: PLC0415
 
-    r = Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
+    r = redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
     r.execute_command("FLUSHDB")
     con = db.connect(fresh_pg, "energy-worker tests")
     try:

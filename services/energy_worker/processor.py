@@ -38,7 +38,6 @@ from . import config, db, ledger, logs, program, schema
 from .domain import Item, Meter, MeterRecord, printable
 from .outage import Outage, describe_error
 from .queue import PREVIEW_BYTES, PROCESSING, Queues
-from .redisclient import Redis, RedisError
 from .redisconn import connect_redis, durable_after
 from .store import meters as meter_store
 from .store import processor as store
@@ -215,7 +214,7 @@ class Processor:
             covered = self.entries_through(raw, positions, 0, False)
             try:
                 self.report(ledger.Plan(), raw, positions, 0, covered)
-            except RedisError as exc:
+            except redis.RedisError as exc:
                 self.redis_outage.failed(exc)
                 return None
         while committed < len(items) and not self.stopped:
@@ -231,7 +230,7 @@ class Processor:
             self.stopped = plan.stop
             try:
                 self.report(plan, raw, positions, covered, end)
-            except RedisError as exc:  # not acknowledged: it comes back, skipped as done
+            except redis.RedisError as exc:  # not acknowledged: it comes back, skipped as done
                 self.redis_outage.failed(exc)
                 return None
             committed = min(self.items_through(positions, end), len(items))
@@ -369,7 +368,7 @@ class Processor:
             if count:
                 self.queues.ack(count)
             self.redis_outage.succeeded()
-        except RedisError as exc:
+        except redis.RedisError as exc:
             self.redis_outage.failed(exc)
             return False
         return True
@@ -476,7 +475,7 @@ class Processor:
         deadline = time.monotonic() + (self.durable_after or 0.0) + FINISH_GRACE
         try:
             mine = self.queues.backlog()
-        except RedisError:
+        except redis.RedisError:
             return False
         while mine > 0 and self.session.is_open and time.monotonic() < deadline:
             try:

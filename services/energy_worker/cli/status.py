@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import redis
+
 from .. import config, totals
 from ..db import Connection
 from ..domain import Meter
@@ -224,7 +226,7 @@ def commit_interval(env: Mapping[str, str]) -> float:
         return COMMIT_INTERVAL
 
 
-def recent_entries(r: Redis, latest: list[Entry], count: int) -> int:
+def recent_entries(r: redis.Redis, latest: list[Entry], count: int) -> int:
     """Dead letters of the last hour (the list is newest first: read on while they are)."""
     since_ms = time.time() * 1000 - health.DEADLETTER_RECENT_S * 1000
     entries = latest

@@ -13,10 +13,13 @@ from collections.abc import Callable
 from datetime import datetime
 
 from .. import db, logs
+
+# redis-py's hints ask for str where the server takes bytes as well (LREM of an item as read).
 from ..domain import Item, printable
 from ..keys import Kind
 from ..outage import describe_error
 from ..queue import PREVIEW_BYTES, PUSH, PUSH_PROCESSING, Queues
+from ..redisconn import as_bytes
 from ..sheet import data_string
 from ..store import pusher as store
 
@@ -84,9 +87,7 @@ class PushRequests:
         self.r.lrem(PUSH_PROCESSING, 1, raw)  # type: ignore[arg-type]
 
     def reject(self, raw: bytes, reason: str) -> None:
-        log.warning(
-            "%s %s; kept in the dead-letter list", logs.quoted(reason, 200), logs.quoted(raw)
-        )
+        log.warning("%s %s; kept in the dead-letter list", reason, logs.quoted(raw))
         value = printable(raw.decode("utf-8", "replace"), PREVIEW_BYTES)
         self.queues.dead_letter(PUSH_PROCESSING, value, printable(reason))
-        self.r.lrem(PUSH_PROCESSING, 1, raw)
+        self.r.lrem(PUSH_PROCESSING, 1, raw)  # type: ignore[arg-type]

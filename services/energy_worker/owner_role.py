@@ -19,6 +19,7 @@ large objects and temporary tables, which PostgreSQL grants every role).
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 
@@ -129,8 +130,9 @@ def close_other_databases(con: pg8000.native.Connection, roles: list[str]) -> li
         name
         for (name,) in con.run(
             "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' "
-            "AND rolname <> ALL(CAST(:roles AS text[])) AND NOT rolsuper ORDER BY 1",
-            roles=roles,
+            "AND rolname NOT IN (SELECT json_array_elements_text(CAST(:roles AS json))) "
+            "AND NOT rolsuper ORDER BY 1",
+            roles=json.dumps(list(roles)),  # text as JSON: the driver's array leaves `null` bare
         )
     ]
     with db.transaction(con):

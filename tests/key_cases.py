@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from energy_worker.keys import Kind, classify, value_problem
+from energy_worker.keys import Kind, classify, too_long, value_problem
 
 METERS = frozenset(range(1, 8))
 
@@ -91,8 +91,15 @@ CASES: list[tuple[bytes, bytes, Outcome]] = [
     (b"channel:1:timestamp\n", b"1", UNKNOWN),
     (b"stop\n", b"true", UNKNOWN),
     (b"stop\x00", b"true", UNKNOWN),
-    (b"channel:1:" + b"timestamp" * 1000, b"1", UNKNOWN),
-    (b"x" * 10_000, b"1", UNKNOWN),
+    (b"channel:1:" + b"timestamp" * 1000, b"1", rejected(too_long("name", 9010, 21))),
+    (b"x" * 10_000, b"1", rejected(too_long("name", 10_000, 21))),
+    # the longest legal name, and one byte more, however it ends
+    (b"CHANNEL:99:METERCOUNT", b"1", rejected("meter 99 is not configured")),
+    (b"channel:1:metercount ", b"1", UNKNOWN),
+    (b"channel:99:metercount:", b"1", rejected(too_long("name", 22, 21))),
+    (b"channel:99:metercount\xff", b"1", rejected(too_long("name", 22, 21))),
+    ("channel:1:metercountæ".encode(), b"1", rejected(too_long("name", 22, 21))),
+    (b"energy-worker:" + b"x" * 100, b"1", left(Kind.OWN)),  # our namespace: never touched
     (b"\xff\xfe", b"1", UNKNOWN),
     (b"hello", b"world", UNKNOWN),
     (b"", b"1", UNKNOWN),
@@ -101,8 +108,14 @@ CASES: list[tuple[bytes, bytes, Outcome]] = [
     (b"channel:1:timestamp", b"4294967295", routed(Kind.TIMESTAMP, 1)),
     (b"channel:1:timestamp", b"0004294967295", routed(Kind.TIMESTAMP, 1)),
     (b"channel:1:timestamp", b"4294967296", rejected("value is above 4294967295")),
-    (b"channel:1:timestamp", b"9" * 400, rejected("value is above 4294967295")),
-    (b"channel:1:timestamp", b"0" * 400 + b"1", routed(Kind.TIMESTAMP, 1)),
+    (b"channel:1:timestamp", b"9" * 11, rejected("value is above 4294967295")),
+    (b"channel:1:timestamp", b"0" * 19 + b"1", routed(Kind.TIMESTAMP, 1)),
+    # a value longer than any legal one, whatever it holds
+    (b"channel:1:timestamp", b"0" * 20 + b"1", rejected(too_long("value", 21, 20))),
+    (b"channel:1:timestamp", b"9" * 400, rejected(too_long("value", 400, 20))),
+    (b"stop", b"true" + b" " * 17, rejected(too_long("value", 21, 20))),
+    (b"debug", b"\x01" * 5000, rejected(too_long("value", 5000, 20))),
+    (b"foo", b"x" * 5000, left(Kind.FOO)),
     (b"channel:1:timestamp", b"-5", NOT_WHOLE),
     (b"channel:1:timestamp", b"+5", NOT_WHOLE),
     (b"channel:1:timestamp", b"12.5", NOT_WHOLE),

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from cli_support import SCRIPT, cli, cli_process
-from energy_worker import config, makerun
+from energy_worker import config, makerun, queue
 from energy_worker.cli import health, parser, push, show, simulate
 from energy_worker.cli.deadletters import Entry
 from energy_worker.cli.session import Session
@@ -390,3 +390,21 @@ def test_status_says_not_committing_while_work_waits_and_no_commit_comes(
     finally:
         con.close()
         r.close()
+
+
+def test_dead_letters_are_printed_escaped(r: redis.Redis, redis_db: config.RedisSettings):
+    """An entry is Redis-borne text: escape sequences and line breaks in it are shown escaped,
+    never sent to the terminal (it used to: `deadletters` printed raw ESC sequences)."""
+    forged = {"key": "k\x1b]0;owned\x07", "value": "v\x1b[2J\nfake line", "reason": "r\x1b[31m"}
+    r.lpush(queue.DEADLETTER, json.dumps({**forged, "at": T0}))
+    env = {
+        "REDIS_HOST": redis_db.host,
+        "REDIS_PORT": str(redis_db.port),
+        "REDIS_DB": str(redis_db.db),
+        "METERS_CONFIG": METERS,
+    }
+    listing = cli(env, "deadletters")
+    assert listing.code == 0, listing.err
+    assert "\x1b" not in listing.out and "\x07" not in listing.out
+    (line,) = [ln for ln in listing.out.splitlines() if " = " in ln]
+    assert line.endswith("k\\x1b]0;owned\\x07 = v\\x1b[2J\\nfake line: r\\x1b[31m")

@@ -122,7 +122,7 @@ def test_compose_file_parses_and_keeps_its_promises():
     # power-cut bound in docs/CONTRACT.md are written for
     assert command[command.index("--appendfsync") + 1] == "everysec"
     flags = command[command.index("--notify-keyspace-events") + 1]
-    assert {"E", "$", "n"} <= set(flags)  # what the router listens to
+    assert {"K", "$", "n"} <= set(flags)  # what the router listens to
     assert any(v["target"] == "/data" and v["type"] == "volume" for v in redis["volumes"])
     assert redis["healthcheck"]["test"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
@@ -49,7 +50,21 @@ def test_foreign_input_is_printable_quoted_and_truncated():
     assert logs.quoted("line\nbreak") == "'line\\nbreak'"
     assert logs.quoted("måler") == "'måler'"
     long = logs.quoted("9" * 500)
-    assert long.startswith("'" + "9" * 80) and "(+420 chars)" in long
+    assert long.startswith("'" + "9" * 80) and "(500 chars in all)" in long
+
+
+def test_a_huge_input_is_cut_before_it_is_decoded():
+    """A 10 MB name of control bytes: only its head is decoded and escaped (it used to: the whole
+    of it cost the router hundreds of MiB)."""
+    huge = b"\x01" * 10_000_000
+    tracemalloc.start()
+    try:
+        shown = logs.quoted(huge)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert shown == "'" + "\\x01" * 20 + "...(10000000 bytes in all)'"
+    assert peak < 64 * 1024
 
 
 @pytest.mark.processes

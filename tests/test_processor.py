@@ -224,6 +224,17 @@ def test_dead_letters_reach_postgresql_exactly_once(make_processor, r, sql):
     assert status(sql, 1)["meter_counts"] == 1
 
 
+def test_a_forged_item_cannot_write_a_log_line_of_its_own(make_processor, r, caplog):
+    """Its key is Redis-borne text, logged escaped (it used to: a forged item printed a fake
+    `router INFO stop: ...` line)."""
+    forged = "g\n2026-12-07T01:00:00+0000 router INFO stop: \x1b[2Jeverything stored"
+    r.rpush(queue.WORK, Item("e", 1, Kind.PUSH, None, "true", T0, forged).encode())
+    enqueue(r, "stop", "true")
+    make_processor().run()
+    (line,) = [rec.getMessage() for rec in caplog.records if "cannot use" in rec.getMessage()]
+    assert "\n" not in line and "\x1b" not in line and "\\x1b[2J" in line
+
+
 def test_a_lost_acknowledgement_after_commit_writes_nothing_twice(make_processor, r, sql, redis_db):
     """Redis goes away between the commit and the ack: the batch comes back, is skipped, and
     the stop in it still ends the processor."""

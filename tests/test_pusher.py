@@ -626,6 +626,39 @@ def test_pushtogoogle_sends_the_current_readings_at_once(sql, make_pusher, serve
     assert len(server.got()) == 1 and r.llen(PUSH_PROCESSING) == 0
 
 
+def test_200_requests_are_one_push(sql, make_pusher, server, r):
+    """`pushtogoogle` written 200 times while the pusher is busy: one outbox row, one request
+    to Google (it used to: 201 rows, and so 201 requests). And 200 more while the webhook fails:
+    still one row, sent with the newest readings when its backoff is over."""
+    add_row(sql, 6, "3362.789", local(2024, 6, 1, 9))
+    clock = Clock(local(2024, 6, 1, 10))
+    pusher = make_pusher(clock, server.base + PATH)
+    pusher.step(block=False)
+    queues = queue.Queues(r, frozenset(range(1, METERS + 1)))
+
+    def requests(count: int, step: bool) -> None:
+        for _ in range(count):
+            r.set("pushtogoogle", "true")
+            queues.route(b"pushtogoogle")
+            if step:
+                pusher.step(block=False)
+
+    requests(200, step=False)
+    pusher.step(block=False)  # takes and records it
+    pusher.step(block=False)  # sends it
+    assert server.got() == [sheet_line(data(m6="3362.79"))] and len(outbox(sql)) == 1
+    server.script = [500]
+    requests(1, step=True)
+    add_row(sql, 6, "3363.000", local(2024, 6, 1, 10))
+    requests(200, step=True)
+    assert len(server.got()) == 2
+    assert [row[1:4] for row in outbox(sql)[1:]] == [[data(m6="3363.00"), 1, 500]]
+    clock.advance(seconds=30)  # its backoff kept
+    pusher.step(block=False)
+    assert server.got()[2:] == [sheet_line(data(m6="3363.00"))]
+    assert len(outbox(sql)) == 2 and outbox(sql)[1][5] is True
+
+
 def test_a_request_waits_in_redis_while_postgres_is_unreachable(pg, r, server):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

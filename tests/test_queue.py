@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 import redis
+from conftest import RedisServer
 from hypothesis import HealthCheck, given, settings
 
 from energy_worker import ledger, queue
@@ -93,10 +94,55 @@ def test_keys_of_other_types_are_rejected_with_a_preview(r, queues):
     r.hset("stop", mapping={"a": "1"})
     assert queues.route(b"channel:1:timestamp").reason == "key holds a Redis list, not a string"
     result = queues.route(b"stop")
-    assert (result.reason, result.preview) == ("key holds a Redis hash, not a string", "hash: a, 1")
+    assert (result.reason, result.preview) == (
+        "key holds a Redis hash, not a string",
+        "hash of 1 item(s)",
+    )
     letters = [json.loads(raw) for raw in r.lrange(queue.DEADLETTER, 0, -1)]
-    assert [letter["value"] for letter in letters] == ["hash: a, 1", "list: 1, 2"]
+    assert [letter["value"] for letter in letters] == ["hash of 1 item(s)", "list of 2 item(s)"]
     assert r.get(queue.REJECTED) == b"2"
+
+
+def test_a_huge_value_is_rejected_without_being_read(tmp_path):
+    """Its length is checked first, and a preview reads a string's first bytes only and another
+    type's size (10 list items of 20 MB used to take Redis from 404 to 1,048 MB). On a server
+    of this test's own, whose peak memory is this test's."""
+    server = RedisServer(tmp_path)
+    client = redis.Redis(port=server.port)
+    try:
+        queues = Queues(client, METERS)
+        item = b"7" * (4 << 20)
+        for _ in range(4):
+            client.rpush("somelist", item)
+        client.set("channel:1:timestamp", b"1" * (16 << 20))
+        client.set("foo", b"x")
+        peak = used_memory_peak(client)
+        rejected = [queues.route(b"somelist"), queues.route(b"channel:1:timestamp")]
+        assert [(result.reason, result.preview[:20]) for result in rejected] == [
+            ("unknown key", "list of 4 item(s)"),
+            ("value is 16777216 bytes long (a legal one is at most 20)", "1" * 20),
+        ]
+        assert used_memory_peak(client) - peak < 2 << 20
+    finally:
+        client.close()
+        server.stop()
+
+
+def used_memory_peak(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory_peak"])
+
+
+def test_a_push_request_joins_one_that_waits(r, queues):
+    """200 `pushtogoogle` writes while the pusher is busy are one request (it used to: 201 rows
+    in the outbox, and so 201 requests to Google)."""
+    for _ in range(200):
+        r.set("pushtogoogle", "true")
+        assert queues.route(b"pushtogoogle").outcome in ("routed", "joined")
+    assert r.llen(queue.PUSH) == 1 and not r.exists("pushtogoogle")
+    r.lmove(queue.PUSH, queue.PUSH_PROCESSING, "LEFT", "RIGHT")  # taken, its readings read
+    r.set("pushtogoogle", "true")
+    assert queues.route(b"pushtogoogle").outcome == "routed"  # a new request after that
+    assert r.llen(queue.PUSH) == 1
 
 
 def test_a_key_gone_before_its_turn_is_no_error(queues):

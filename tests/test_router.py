@@ -7,9 +7,11 @@ import json
 import logging
 import signal
 import time
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis
@@ -96,12 +98,12 @@ def test_illegal_input_is_removed_logged_and_kept_with_its_reason(make_router, r
     until_routed(router, lambda: r.llen(queue.DEADLETTER) == 3)
     letters = {letter["key"]: letter for letter in dead_letters(r)}
     assert letters["channel:9:timestamp"]["reason"] == "meter 9 is not configured"
-    assert letters["somelist"]["value"] == "list: x, y"
+    assert letters["somelist"]["value"] == "list of 2 item(s)"
     assert len(letters["channel:1:timestamp"]["value"]) == queue.PREVIEW_BYTES
     assert not r.exists("channel:9:timestamp", "somelist", "channel:1:timestamp")
     # and each left a record for PostgreSQL on the work list (the processor's dead_letters)
     assert sorted((i["k"], i["key"], i["reason"]) for i in work(r)) == [
-        ("r", "channel:1:timestamp", "value is above 4294967295"),
+        ("r", "channel:1:timestamp", "value is 5000 bytes long (a legal one is at most 20)"),
         ("r", "channel:9:timestamp", "meter 9 is not configured"),
         ("r", "somelist", "unknown key"),
     ]
@@ -128,7 +130,7 @@ def test_stop_routes_everything_present_first(make_router, r, redis_db):
     r.set("pushtogoogle", "true")
     r.set("junk", "x")
     assert router.run_once(max_wait=0) is True
-    assert [i["k"] for i in work(r)] == ["r"] + ["t"] * 7 + ["x"]  # illegal input first
+    assert [i["k"] for i in work(r)] == ["t"] * 7 + ["r", "x"]  # legal keys first, stop last
     assert r.llen(queue.PUSH) == 1 and r.llen(queue.DEADLETTER) == 1
 
 
@@ -182,7 +184,7 @@ def test_notifications_switched_off_behind_its_back_are_switched_on_again(make_r
     router = make_router(sweep_interval=0.1)
     r.config_set("notify-keyspace-events", "")
     until_routed(router, lambda: "keyspace notifications were off" in caplog.text)
-    assert {"E", "$"} <= set(r.config_get("notify-keyspace-events")["notify-keyspace-events"])
+    assert {"K", "$"} <= set(r.config_get("notify-keyspace-events")["notify-keyspace-events"])
 
 
 def test_router_killed_at_any_instant_loses_no_pulse_and_duplicates_none(spawn, r):
@@ -204,6 +206,101 @@ def test_router_killed_at_any_instant_loses_no_pulse_and_duplicates_none(spawn, 
     wait_until(lambda: not r.exists("channel:1:timestamp"))
     assert [int(item["v"]) for item in work(r)] == sent
     assert [item["s"] for item in work(r)] == list(range(1, len(sent) + 1))
+
+
+def test_a_huge_name_is_rejected_by_its_length_and_costs_the_router_nothing(spawn, r):
+    """A 10 MB name: the router process never receives it (key events are heard only for
+    names as long as a legal one; the sweep rejects longer ones inside Redis), so its peak
+    memory grows by less than 16 MiB (it used to: +779 MB, and an out-of-memory kill on a Pi).
+    The dead letter keeps an excerpt, and the reason its length."""
+    proc = spawn("router")
+    proc.wait_for_log("listening")
+    r.set("channel:1:timestamp", "1")  # the router is routing: its memory is warm
+    wait_until(lambda: not r.exists("channel:1:timestamp"))
+    before = peak_rss(proc.pid)
+    name = b"channel:1:" + b"\x01" * 10_000_000
+    r.set(name, "1")
+    wait_until(lambda: r.llen(queue.DEADLETTER) == 1, 30, what="the name to be rejected")
+    assert peak_rss(proc.pid) - before < 16 << 20
+    (letter,) = dead_letters(r)
+    assert letter["key"] == "channel:1:" + "\\x01" * (queue.PREVIEW_BYTES - 10)
+    assert letter["reason"] == "name is 10000010 bytes long (a legal one is at most 21)"
+    assert not r.exists(name)
+    (line,) = [line for line in proc.log().splitlines() if "rejected" in line]
+    assert len(line) < 300 and "10000010 bytes" in line
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1]) << 10
+
+
+def test_a_sweep_routes_legal_keys_first_step_by_step_in_bounded_memory(make_router, r):
+    """A flood of junk with a few pulses in it: the sweep routes the pulses before any junk,
+    and holds no more than one SCAN step's names (it used to: 1M junk keys cost +123 MiB and
+    8.4 s before the first key was routed, illegal keys first)."""
+    router = make_router()
+    router.close()  # not listening: keys pile up, for the sweep
+    pipe = r.pipeline(transaction=False)
+    for n in range(10_000):
+        pipe.set(f"junk:{n}", "x")
+    pipe.execute()
+    for n in range(1, 8):
+        r.set(f"channel:{n}:timestamp", "1000")
+    r.set("powerup", "true")
+    tracemalloc.start()
+    try:
+        router.sweep()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    kinds = [item["k"] for item in work(r)]
+    assert kinds[:8] == ["p"] + ["t"] * 7 and kinds[8:] == ["r"] * 10_000
+    assert peak < 1 << 20
+    assert all(key.startswith(b"energy-worker:") for key in r.scan_iter())
+
+
+def test_a_sweep_routes_what_key_events_announce_between_its_steps(make_router, r):
+    """A pulse that comes while a sweep works through a flood is routed at once, not after
+    the flood."""
+    router = make_router()
+    pipe = r.pipeline(transaction=False)
+    for n in range(3000):
+        pipe.set(f"junk:{n}", "x")
+    pipe.execute()
+    while router.heard(0.2):  # the flood's key events, as if routed: the sweep is tested
+        pass
+    scan = router.queues.scan
+
+    def step(cursor: int, count: int, legal: bool) -> queue.Scanned:
+        if not legal and cursor == 0:  # the first step through the junk: a pulse comes
+            r.set("channel:1:timestamp", "1000")
+        return scan(cursor, count, legal)
+
+    router.queues.scan = step
+    router.sweep()
+    kinds = [item["k"] for item in work(r)]
+    assert kinds.index("t") < 2000 and kinds.count("r") == 3000  # not after all the junk
+
+
+def test_rejections_are_logged_at_a_bounded_rate(r, redis_db, caplog):
+    """The first ones in full, then one line a minute with the count (it used to: a line for each,
+    however many)."""
+    now = [0.0]
+    router = Router(r, redis_db.db, METERS, sweep_interval=NEVER, clock=lambda: now[0])
+    try:
+        router.run_once(max_wait=0)
+        for n in range(50):
+            r.set(f"junk{n}", "x")
+        until_routed(router, lambda: r.llen(queue.DEADLETTER) == 50)
+        lines = [ln for ln in caplog.text.splitlines() if "rejected" in ln or "more" in ln]
+        assert len(lines) == 10 and all("rejected 'junk" in line for line in lines)
+        now[0] += 60
+        router.run_once(max_wait=0)
+        assert "40 more rejections in the last 60 s" in caplog.text.splitlines()[-1]
+    finally:
+        router.close()
 
 
 def routed_once_heard(router: Router, r: redis.Redis, value: str, timeout: float) -> None:

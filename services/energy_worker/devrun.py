@@ -323,7 +323,7 @@ class EmbeddedRedis(Server):
         self.spawn(
             [str(self.binary), str(conf), "--port", str(self.port), "--bind", self.bind,
              "--dir", str(self.data), "--appendonly", "yes", "--save", "",
-             "--pidfile", str(pid_file), "--notify-keyspace-events", "E$"],
+             "--pidfile", str(pid_file), "--notify-keyspace-events", "K$"],
         )  # fmt: skip
         wait_for("Redis", self.ping)
         log.info(

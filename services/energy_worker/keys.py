@@ -62,6 +62,14 @@ FLAG_NAMES = {
 CHANNEL_KINDS = {b"timestamp": Kind.TIMESTAMP, b"metercount": Kind.METERCOUNT}
 _CHANNEL = re.compile(rb"chann?el:([0-9]+):([a-z]+)")
 LEADING_ZERO = "meter number with a leading zero"
+# Bounds checked before anything else is read: no legal name or value is longer, so a longer
+# one is rejected by its length alone (a name or value of megabytes costs no more than a short
+# one). Names: the longest contract spelling, `channel:99:metercount`. Values: a reading's or a
+# timestamp's digits, with up to ten leading zeros.
+MAX_NAME_LENGTH = max(
+    *(len(b"channel:99:" + word) for word in CHANNEL_KINDS), *(len(name) for name in FLAG_NAMES)
+)
+MAX_VALUE_LENGTH = 2 * len(str(max(LIMITS.values())))
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,8 @@ def classify(name: bytes | str, meters: frozenset[int] | set[int]) -> Classified
     key = _as_bytes(name)
     if key.startswith(OWN_PREFIX.encode()):
         return Classified(Kind.OWN)
+    if len(key) > MAX_NAME_LENGTH:
+        return Classified(Kind.ILLEGAL, reason=too_long("name", len(key), MAX_NAME_LENGTH))
     if not key.isascii():
         return Classified(Kind.ILLEGAL, reason="unknown key")
     lower = key.lower()  # bytes.lower() changes ASCII letters only, as Lua's string.lower
@@ -104,6 +114,12 @@ def classify(name: bytes | str, meters: frozenset[int] | set[int]) -> Classified
 def value_problem(kind: Kind, value: bytes | str) -> str | None:
     """Why a value is not legal for its kind, or None."""
     raw = _as_bytes(value)
+    if kind in (Kind.FOO, Kind.OWN):
+        return None
+    if kind not in ROUTED and kind is not Kind.DEBUG:
+        return "unknown key"  # ILLEGAL: no value makes it legal
+    if len(raw) > MAX_VALUE_LENGTH:
+        return too_long("value", len(raw), MAX_VALUE_LENGTH)
     limit = LIMITS.get(kind)
     if limit is not None:
         if not (raw.isascii() and raw.isdigit()):  # bytes.isdigit(): ASCII digits only
@@ -112,10 +128,10 @@ def value_problem(kind: Kind, value: bytes | str) -> str | None:
         if len(digits) > len(str(limit)) or int(digits or b"0") > limit:
             return f"value is above {limit}"
         return None
-    if kind in (Kind.POWERUP, Kind.STOP, Kind.PUSH):
-        return None if raw.lower() == b"true" else "value is not 'true'"
     if kind is Kind.DEBUG:
         return None if raw.lower() in (b"true", b"false") else "value is not 'true' or 'false'"
-    if kind in (Kind.FOO, Kind.OWN):
-        return None
-    return "unknown key"  # ILLEGAL: no value makes it legal
+    return None if raw.lower() == b"true" else "value is not 'true'"  # the flags
+
+
+def too_long(what: str, length: int, limit: int) -> str:
+    return f"{what} is {length} bytes long (a legal one is at most {limit})"

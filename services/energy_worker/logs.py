@@ -61,11 +61,71 @@ def setup(process: str) -> logging.Logger:
 
 def quoted(value: bytes | str, limit: int = MAX_SHOWN) -> str:
     """Foreign input made safe for one log line: printable, quoted, truncated."""
-    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+    return f"'{printable(value, limit)}'"
+
+
+def printable(value: bytes | str, limit: int = MAX_SHOWN) -> str:
+    """Foreign input made safe for one line of a log or a terminal: escape sequences, line
+    breaks and other control characters escaped, truncated. Only its first bytes are decoded
+    and escaped, so input of megabytes costs no more than a short one; the length shown is
+    the whole input's (bytes, or characters of a str)."""
+    size = len(value)
+    # A character is at most 4 bytes of UTF-8: enough of them for `limit` characters.
+    head = value[: limit * 4]
+    text = head.decode("utf-8", "backslashreplace") if isinstance(head, bytes) else head
     text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    if len(text) > limit:
-        text = text[:limit] + f"...(+{len(text) - limit} chars)"
-    return f"'{text}'"
+    if len(text) > limit or len(head) < size:
+        unit = "bytes" if isinstance(value, bytes) else "chars"
+        text = text[:limit] + f"...({size} {unit} in all)"
+    return text
+
+
+class Limited:
+    """Warnings of one sort at a bounded rate, so that a flood of bad input cannot flood the
+    log: the first `burst` of an interval in full, then, once the interval is over, one line
+    with the count of the others. flush() says that count when it is due (called whenever
+    the program wakes)."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        what: str,
+        burst: int = 10,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = log
+        self.what = what  # the sort, plural: "rejections"
+        self.burst = burst
+        self.interval = interval
+        self.clock = clock
+        self.started = float("-inf")
+        self.shown = 0
+        self.held = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        self.flush()
+        if self.shown < self.burst:
+            if not self.shown:
+                self.started = self.clock()
+            self.shown += 1
+            self.log.warning(message, *args)
+        else:
+            self.held += 1
+
+    def flush(self) -> None:
+        """At the end of an interval: the count of the lines not shown, if any."""
+        if self.clock() - self.started < self.interval:
+            return
+        if self.held:
+            self.log.warning(
+                "%d more %s in the last %.0f s, not shown one by one",
+                self.held,
+                self.what,
+                self.clock() - self.started,
+            )
+        self.shown = self.held = 0
+        self.started = float("-inf")
 
 
 class DebugSwitch:

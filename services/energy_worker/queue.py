@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import redis
 import redis.client
 
-from .keys import MAX_METERCOUNT, MAX_MILLIS, OWN_PREFIX, Kind
+from .keys import MAX_METERCOUNT, MAX_MILLIS, MAX_NAME_LENGTH, MAX_VALUE_LENGTH, OWN_PREFIX, Kind
 
 WORK = OWN_PREFIX + "work"
 PROCESSING = OWN_PREFIX + "processing"
@@ -34,22 +34,29 @@ EPOCH = OWN_PREFIX + "epoch"
 DEADLETTER_CAP = 1000
 PREVIEW_BYTES = 200
 
-# Routes one key: reads its name and value as keys.py does, and either moves it onto the list
-# for its kind as a numbered item, removes it with a copy and the reason in the dead-letter
-# list, or leaves it (the webhook's debug switch and self-test, our own keys). A rejected key
-# also leaves a numbered item of kind 'r' (value: the preview, with the reason and the printable
-# key) on the work list, so that the processor keeps it in PostgreSQL exactly once.
-# KEYS: key, work list, push list, seq, epoch, dead-letter list, rejected counter
-# ARGV: now_ms, epoch candidate, ',<meter>,<meter>,...,' (the configured meters),
-#       dead-letter cap, preview bytes, max millis, max metercount, our own prefix
-# Returns {'routed', kind, seq} | {'rejected', reason, preview} | {'left', kind[, value]} |
-#         {'gone'}: a debug key is left with its value, for the router to follow
-_ROUTE = r"""
-local key, now, meters = KEYS[1], tonumber(ARGV[1]), ARGV[3]
+# The router's reading of a key, shared by the scripts that route (_ROUTE, _SCAN): route(key)
+# reads its name and value as keys.py does, and either moves it onto the list for its kind as a
+# numbered item, removes it with a copy and the reason in the dead-letter list, or leaves it
+# (the webhook's debug switch and self-test, our own keys). A rejected key also leaves a
+# numbered item of kind 'r' (value: the preview, with the reason and the printable key) on the
+# work list, so that the processor keeps it in PostgreSQL exactly once. A name or a value longer
+# than any legal one is rejected by its length, read without reading the whole of it (STRLEN,
+# GETRANGE), and so is a key of another type (only its size is shown). A `pushtogoogle` while
+# a request waits on the push list joins it: the pusher reads the readings when it takes it.
+# The scripts set W, P, SEQ, EPOCH, DL, RJ (the work, push and dead-letter lists, the counters)
+# from their KEYS; ARGV[1..10]: now_ms, epoch candidate, ',<meter>,...,' (the configured
+# meters), dead-letter cap, preview bytes, max millis, max metercount, our own prefix, max name
+# length, max value length.
+# route() returns {'routed', kind, seq} | {'joined', 'g'} | {'rejected', reason, preview} |
+# {'left', kind[, value]} | {'gone'}: a debug key is left with its value, for the router.
+_ROUTE_LIB = r"""
+local now, meters = tonumber(ARGV[1]), ARGV[3]
 local cap, preview_bytes, own = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[8]
+local max_name, max_value = tonumber(ARGV[9]), tonumber(ARGV[10])
 local limits = {t = ARGV[6], c = ARGV[7]}
 local flags = {powerup = 'p', stop = 'x', pushtogoogle = 'g', debug = 'debug', foo = 'foo'}
 local channels = {timestamp = 't', metercount = 'c'}
+local sizes = {list = 'LLEN', set = 'SCARD', zset = 'ZCARD', hash = 'HLEN', stream = 'XLEN'}
 
 local function printable(s)
   s = string.sub(s, 1, preview_bytes)
@@ -57,9 +64,14 @@ local function printable(s)
     return string.format('\\x%02x', string.byte(c)) end))
 end
 
+local function too_long(what, length, limit)
+  return what .. ' is ' .. length .. ' bytes long (a legal one is at most ' .. limit .. ')'
+end
+
 -- keys.classify: kind, meter, reason
 local function classify(name)
   if string.sub(name, 1, #own) == own then return 'own' end
+  if #name > max_name then return 'illegal', nil, too_long('name', #name, max_name) end
   if string.find(name, '[\128-\255]') then return 'illegal', nil, 'unknown key' end
   local lower = string.lower(name)
   if flags[lower] then return flags[lower] end
@@ -76,7 +88,7 @@ local function classify(name)
   return kind, n
 end
 
--- keys.value_problem: nil when the value is legal for the kind
+-- keys.value_problem (after the length, checked before the value is read): nil when legal
 local function value_problem(kind, value)
   local limit = limits[kind]
   if limit then
@@ -96,63 +108,115 @@ local function value_problem(kind, value)
   return nil
 end
 
-local function preview_of(ktype)
-  if ktype == 'string' then return printable(redis.call('GET', key)) end
-  local sample
-  if ktype == 'list' then sample = redis.call('LRANGE', key, 0, 9)
-  elseif ktype == 'set' then sample = redis.call('SRANDMEMBER', key, 10)
-  elseif ktype == 'zset' then sample = redis.call('ZRANGE', key, 0, 9)
-  elseif ktype == 'hash' then sample = redis.call('HSCAN', key, 0, 'COUNT', 10)[2]
-  else return ktype end
-  return ktype .. ': ' .. printable(table.concat(sample, ', '))
+-- What a rejected key held, bounded: a string's first bytes, another type's size.
+local function preview_of(key, ktype)
+  if ktype == 'string' then
+    return printable(redis.call('GETRANGE', key, 0, preview_bytes - 1))
+  end
+  local size = sizes[ktype]
+  if size then return ktype .. ' of ' .. redis.call(size, key) .. ' item(s)' end
+  return ktype
 end
 
-local ktype = redis.call('TYPE', key).ok
-if ktype == 'none' then return {'gone'} end
-local kind, meter, reason = classify(key)
-if kind == 'own' or kind == 'foo' then return {'left', kind} end
-local value = nil
-if reason == nil then
-  if ktype ~= 'string' then
-    reason = 'key holds a Redis ' .. ktype .. ', not a string'
-  else
-    value = redis.call('GET', key)
-    reason = value_problem(kind, value)
-  end
-end
-if reason == nil and kind == 'debug' then return {'left', kind, value} end
 -- The next item's epoch and sequence number.
 local function numbered()
-  local epoch = redis.call('GET', KEYS[5])
+  local epoch = redis.call('GET', EPOCH)
   if not epoch then
     epoch = ARGV[2]
-    redis.call('SET', KEYS[5], epoch)
+    redis.call('SET', EPOCH, epoch)
   end
-  return epoch, redis.call('INCR', KEYS[4])
+  return epoch, redis.call('INCR', SEQ)
 end
 
-if reason ~= nil then
-  local preview = preview_of(ktype)
-  local shown = printable(key)
-  redis.call('DEL', key)
-  local entry = cjson.encode({key = shown, value = preview, reason = reason, at = now})
-  redis.call('LPUSH', KEYS[6], entry)
-  redis.call('LTRIM', KEYS[6], 0, cap - 1)
-  redis.call('INCR', KEYS[7])
+local function route(key)
+  local ktype = redis.call('TYPE', key).ok
+  if ktype == 'none' then return {'gone'} end
+  local kind, meter, reason = classify(key)
+  if kind == 'own' or kind == 'foo' then return {'left', kind} end
+  local value = nil
+  if reason == nil then
+    if ktype ~= 'string' then
+      reason = 'key holds a Redis ' .. ktype .. ', not a string'
+    else
+      local length = redis.call('STRLEN', key)
+      if length > max_value then
+        reason = too_long('value', length, max_value)
+      else
+        value = redis.call('GET', key)
+        reason = value_problem(kind, value)
+      end
+    end
+  end
+  if reason == nil and kind == 'debug' then return {'left', kind, value} end
+  if reason ~= nil then
+    local preview = preview_of(key, ktype)
+    local shown = printable(key)
+    redis.call('DEL', key)
+    local entry = cjson.encode({key = shown, value = preview, reason = reason, at = now})
+    redis.call('LPUSH', DL, entry)
+    redis.call('LTRIM', DL, 0, cap - 1)
+    redis.call('INCR', RJ)
+    local epoch, seq = numbered()
+    redis.call('RPUSH', W, cjson.encode(
+      {e = epoch, s = seq, k = 'r', v = preview, reason = reason, at = now, key = shown}))
+    return {'rejected', reason, preview}
+  end
+  if kind == 'g' and redis.call('LLEN', P) > 0 then
+    redis.call('DEL', key)
+    return {'joined', kind}
+  end
   local epoch, seq = numbered()
-  redis.call('RPUSH', KEYS[2], cjson.encode(
-    {e = epoch, s = seq, k = 'r', v = preview, reason = reason, at = now, key = shown}))
-  return {'rejected', reason, preview}
+  local item = {e = epoch, s = seq, k = kind, v = value, at = now, key = key}
+  if meter then item.m = tonumber(meter) end
+  local destination = W
+  if kind == 'g' then destination = P end
+  redis.call('RPUSH', destination, cjson.encode(item))
+  redis.call('DEL', key)
+  return {'routed', kind, seq}
 end
-local epoch, seq = numbered()
-local item = {e = epoch, s = seq, k = kind, v = value, at = now, key = key}
-if meter then item.m = tonumber(meter) end
-local destination = KEYS[2]
-if kind == 'g' then destination = KEYS[3] end
-redis.call('RPUSH', destination, cjson.encode(item))
-redis.call('DEL', key)
-return {'routed', kind, seq}
 """
+
+# Routes one key. KEYS: key, work list, push list, seq, epoch, dead-letter list, rejected counter
+_ROUTE = (
+    "local W, P, SEQ, EPOCH, DL, RJ = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]\n"
+    + _ROUTE_LIB
+    + "return route(KEYS[1])\n"
+)
+
+# One step of the router's sweep: SCAN from the cursor ARGV[11] (COUNT ARGV[12]), and the names
+# of one side, read as route() reads them: ARGV[13] 'legal' (what the router routes or follows:
+# not our own keys, not the webhook's self-test) or 'illegal'. A name longer than any legal one
+# is never returned, so that the router never receives it: the 'illegal' side routes (rejects)
+# it here. Filtered here, a flood of junk costs the router nothing while it looks for the legal
+# keys. KEYS: as _ROUTE's, without the key (the keys scanned are the database's: it is ours and
+# the webhook's alone). Returns {next cursor, names, {excerpt, length, reason} of each long name
+# rejected}.
+_SCAN = (
+    "local W, P, SEQ, EPOCH, DL, RJ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]\n"
+    + _ROUTE_LIB
+    + r"""
+local found = redis.call('SCAN', ARGV[11], 'COUNT', ARGV[12])
+local want_illegal = ARGV[13] == 'illegal'
+local names, long = {}, {}
+for _, name in ipairs(found[2]) do
+  if #name > max_name then
+    if want_illegal and string.sub(name, 1, #own) ~= own then
+      local result = route(name)
+      if result[1] == 'rejected' then
+        table.insert(long, {printable(name), #name, result[2]})
+      end
+    end
+  else
+    local kind = classify(name)
+    if (kind == 'illegal') == want_illegal and kind ~= 'own' and kind ~= 'foo' then
+      table.insert(names, name)
+    end
+  end
+end
+return {found[1], names, long}
+"""
+)
+
 
 # Moves up to ARGV[1] items, counting those already there, from the head of the work list to
 # the processing list, and returns the processing list's first ARGV[1] items.
@@ -181,11 +245,27 @@ return 0
 
 @dataclass(frozen=True)
 class Routed:
-    outcome: str  # 'routed', 'rejected', 'left' or 'gone'
+    outcome: str  # 'routed', 'joined' (a push request to one waiting), 'rejected', 'left', 'gone'
     kind: Kind | None = None  # routed or left: of what kind
     reason: str = ""  # rejected: why
     preview: str = ""  # rejected: the value, printable and truncated
     value: bytes | None = None  # left: the debug key's value
+
+
+@dataclass(frozen=True)
+class LongName:
+    """A name longer than any legal one, rejected by a sweep without being read whole."""
+
+    excerpt: str  # its first bytes, printable
+    length: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Scanned:
+    cursor: int  # where the sweep goes on (0: it is done)
+    names: list[bytes]
+    rejected: list[LongName]
 
 
 def new_epoch() -> str:
@@ -203,6 +283,7 @@ class Queues:
         self.r = r
         self.meters_arg = "," + ",".join(str(n) for n in sorted(meters)) + ","
         self._route = r.register_script(_ROUTE)
+        self._scan = r.register_script(_SCAN)
         self._take = r.register_script(_TAKE)
         self._new_epoch = r.register_script(_NEW_EPOCH)
 
@@ -210,7 +291,7 @@ class Queues:
         """Move a webhook key onto the list for its kind, reject it, or leave it."""
         result = self._route(keys=self._keys(key), args=self._args(at_ms))
         outcome = result[0].decode()
-        if outcome in ("routed", "left"):
+        if outcome in ("routed", "left", "joined"):
             value = result[2] if outcome == "left" and len(result) > 2 else None
             return Routed(outcome, Kind(result[1].decode()), value=value)
         if outcome == "rejected":
@@ -222,6 +303,19 @@ class Queues:
     def route_in(self, pipe: redis.client.Pipeline, key: bytes, at_ms: int | None = None) -> None:
         """route(), queued on a pipeline: for building a backlog fast (tests, benchmark)."""
         self._route(keys=self._keys(key), args=self._args(at_ms), client=pipe)
+
+    def scan(self, cursor: int, count: int, legal: bool) -> Scanned:
+        """One step of a sweep: from `cursor` on, the names of legal keys (what the router
+        routes or follows), or else of illegal input, and the cursor to go on from (0: done).
+        None is longer than a legal name: the illegal side rejects those on the spot."""
+        args = [*self._args(None), cursor, count, "legal" if legal else "illegal"]
+        found = self._scan(keys=self._keys(b"")[1:], args=args)
+        next_cursor, names, long = found
+        rejected = [
+            LongName(excerpt.decode("ascii", "replace"), int(length), reason.decode())
+            for excerpt, length, reason in long
+        ]
+        return Scanned(int(next_cursor), list(names), rejected)
 
     @staticmethod
     def _keys(key: bytes) -> list[bytes | str]:
@@ -237,6 +331,8 @@ class Queues:
             MAX_MILLIS,
             MAX_METERCOUNT,
             OWN_PREFIX,
+            MAX_NAME_LENGTH,
+            MAX_VALUE_LENGTH,
         ]
 
     def take(self, limit: int) -> list[bytes]:

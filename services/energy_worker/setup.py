@@ -1,7 +1,7 @@
 """Bring the servers up to date before the programs start (run by entrypoint.sh): the schema,
 the meter config and Grafana's read-only role in PostgreSQL; in Redis, a check that the
-database holds nothing of other applications', and that Redis did not lose the numbering of its
-work items.
+database holds no other application's keys (a few stray keys are named, and left to the router
+to remove), and that Redis did not lose the numbering of its work items.
 
 PostgreSQL's login in $POSTGRES_INI is the administrator's (POSTGRES_USER). With POSTGRES_OWNER
 set, the set-up makes that role (owner_role.py), applies the schema as it, and writes its login
@@ -41,10 +41,12 @@ def main(_termination: program.Termination) -> int:
     except redis.RedisError as exc:
         log.error("cannot look at Redis %s: %s", redis_settings.describe(), describe_error(exc))
         return program.EXIT_FAILED
-    if foreign.count:
+    if foreign.application() is not None:
         make_run = bool(os.environ.get("ENERGY_WORKER_MAKE_RUN"))  # set by devrun.py
         log.error("%s", foreign.refusal(redis_settings, make_run))
         return program.EXIT_CONFIG
+    if foreign.count:
+        log.warning("%s", foreign.strays(redis_settings))
     try:
         programs, version = set_up_postgres(settings, meters, Queues(r))
     except ValueError as exc:

@@ -20,6 +20,7 @@ import redis
 
 from .. import totals
 from ..keys import Kind, classify, value_problem
+from ..logs import printable
 from ..queue import DEADLETTER
 from ..redisconn import as_bytes
 from . import send, show
@@ -31,6 +32,7 @@ NOT_CONFIGURED = re.compile(r"meter ([1-9][0-9]?) is not configured")
 SEND_TIMEOUT = 30.0  # seconds the key may stay in Redis before we give up
 TAKE_TIMEOUT = 10.0  # seconds for the router to take the re-queued key
 LOOK_BACK = 100  # entries read after a re-queue, looking for its rejection
+SHOWN = 200  # characters of a field shown (the router keeps 200 bytes of a value)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,11 @@ class Entry:
         return show.from_ms(self.at_ms)
 
     def describe(self, tz: ZoneInfo) -> str:
-        return f"{show.local(self.at, tz)}  {self.key} = {self.value}: {self.reason}"
+        """One line for a terminal: every field is Redis-borne text, so escaped."""
+        key, value, reason = (
+            printable(text, SHOWN) for text in (self.key, self.value, self.reason)
+        )
+        return f"{show.local(self.at, tz)}  {key} = {value}: {reason}"
 
     def as_json(self) -> dict[str, str | None]:
         return {
@@ -143,7 +149,8 @@ def requeue(session: Session, number: int) -> int:
     match = NOT_CONFIGURED.fullmatch(entry.reason)
     if match is None:
         raise CliError(
-            f"entry {number} ({entry.key}) was rejected because {entry.reason or '?'}: only "
+            f"entry {number} ({printable(entry.key, SHOWN)}) was rejected because "
+            f"{printable(entry.reason, SHOWN) or '?'}: only "
             "keys rejected because their meter was not configured can be re-queued"
         )
     meter = int(match.group(1))
@@ -169,7 +176,7 @@ def requeue(session: Session, number: int) -> int:
             EXIT_ATTENTION,
         )
     r.lrem(DEADLETTER, 1, entry.raw)  # type: ignore[arg-type]  # redis-py's hint says str
-    print(f"Re-queued entry {number}: {entry.key} = {entry.value}")
+    print(f"Re-queued entry {number}: {entry.key} = {entry.value}")  # checked legal above
     if not send.taken(r, entry.key, entry.value, TAKE_TIMEOUT):
         print(f"The key waits in Redis: the service has not taken it within {TAKE_TIMEOUT:g} s.")
         return EXIT_ATTENTION
@@ -177,7 +184,7 @@ def requeue(session: Session, number: int) -> int:
         if again.raw == newest:
             break
         if again.key == entry.key and again.at_ms >= sent_ms - 1000:
-            print(f"Rejected again: {again.reason}")
+            print(f"Rejected again: {printable(again.reason, SHOWN)}")
             return EXIT_ATTENTION
     print("The service took it.")
     return EXIT_OK

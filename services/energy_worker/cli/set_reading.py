@@ -13,6 +13,7 @@ import argparse
 import time
 
 from .. import meter as arithmetic
+from ..logs import printable
 from ..queue import DEADLETTER
 from ..store import reports
 from . import send, show
@@ -85,4 +86,4 @@ def rejection(head: bytes | str | None, newest: bytes | str | None, key: str) ->
     if head is None or head == newest:
         return None
     entry = Entry.parse(head)
-    return entry.reason if entry.key == key else None
+    return printable(entry.reason) if entry.key == key else None

@@ -3,7 +3,9 @@
 Each request item is moved from energy-worker:push to energy-worker:push-processing (BLMOVE),
 recorded in the outbox with the current readings, and only then removed; a crash in between
 leaves it to be recorded at the next start (recover), and its key (epoch:seq) keeps it from
-being recorded twice.
+being recorded twice. Requests coalesce: one that comes while another waits on the push list
+joins it (the router's script), and one recorded while another is not sent yet replaces that
+one's readings (store.record_request): 200 requests during an outage are one push.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class PushRequests:
             readings = [kwh for _no, kwh in store.current_readings(con)]
             key = f"request:{item.epoch}:{item.seq}"
             try:
-                recorded = store.record_push(con, key, now, data_string(readings), now)
+                recorded = store.record_request(con, key, now, data_string(readings))
             except db.ERRORS as exc:
                 if not db.refused_for_data(exc):
                     raise

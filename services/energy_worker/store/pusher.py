@@ -230,6 +230,36 @@ def record_push(
     return bool(rows)
 
 
+def record_request(con: Connection, dedup_key: str, reading_at: datetime, data: str) -> bool:
+    """Put a `pushtogoogle` request in the outbox, or join it to a request not sent yet (the
+    webhook failing): pending requests are one push of the newest readings, keeping its
+    attempts and backoff, under this request's key and a new id (so that `energy-worker push`
+    finds it as one after its own). False if one with this key was recorded before."""
+    rows = con.run(
+        """WITH pending AS (
+               SELECT id FROM push_outbox
+               WHERE sent_at IS NULL AND dedup_key LIKE 'request:%'
+                 AND NOT EXISTS (SELECT 1 FROM push_outbox WHERE dedup_key = :key)
+               ORDER BY id DESC LIMIT 1
+           ), joined AS (
+               UPDATE push_outbox o
+               SET id = nextval(pg_get_serial_sequence('push_outbox', 'id')), dedup_key = :key,
+                   reading_at = :at, data_string = :data
+               FROM pending WHERE o.id = pending.id RETURNING o.id
+           ), added AS (
+               INSERT INTO push_outbox (dedup_key, reading_at, data_string, created_at,
+                                        next_attempt_at)
+               SELECT :key, :at, :data, :at, :at WHERE NOT EXISTS (SELECT 1 FROM pending)
+               ON CONFLICT (dedup_key) DO NOTHING RETURNING id
+           )
+           SELECT id FROM joined UNION ALL SELECT id FROM added""",
+        key=dedup_key,
+        at=reading_at,
+        data=data,
+    )
+    return bool(rows)
+
+
 def set_next_push_day(con: Connection, day: date) -> None:
     con.run(
         "UPDATE pusher_state SET next_push_day = :day, updated_at = now() WHERE id = 1", day=day

@@ -89,7 +89,7 @@ def start_acl_redis(work: Path) -> AclServer:
     port = free_port()
     proc = subprocess.Popen(
         ["sh", str(START), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work),
-         "--save", "", "--appendonly", "no", "--notify-keyspace-events", "E$n"],
+         "--save", "", "--appendonly", "no", "--notify-keyspace-events", "K$n"],
         env=start_env(work), stdout=subprocess.DEVNULL,
     )  # fmt: skip
     acl = AclServer(port, proc, work / "acl" / "users.acl")
@@ -253,6 +253,7 @@ def test_energy_worker_does_its_work_with_its_user(fresh: AclServer):
     router = Router(client, 0, frozenset(range(1, 8)), sweep_interval=3600.0)
     try:
         router.run_once(max_wait=0)
+        assert router.notifications.working  # compose's flags: no CONFIG SET needed
         webhook = fresh.webhook()
         webhook.set("channel:1:timestamp", "1000", nx=True)
         deadline = time.monotonic() + 10

@@ -200,7 +200,10 @@ def compose_redis_options(path: Path = COMPOSE_FILE) -> list[str]:
         return re.sub(r"\$(\$|\{[^}]*\}|\w+)", one, arg)
 
     argv = [unescape(a) for a in argv]
-    return argv[1:] if argv and not argv[0].startswith("-") else argv
+    # the program (redis-server, or `sh start.sh` that execs it) is not an option
+    while argv and not argv[0].startswith("-"):
+        argv.pop(0)
+    return argv
 
 
 def with_option(options: list[str], name: str, value: str) -> list[str]:

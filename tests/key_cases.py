@@ -80,7 +80,7 @@ CASES: list[tuple[bytes, bytes, Outcome]] = [
     (b"channel:9:timestamp", b"100", rejected("meter 9 is not configured")),
     (b"channel:99:metercount", b"100", rejected("meter 99 is not configured")),
     (b"channel:100:timestamp", b"1", UNKNOWN),
-    (b"channel:" + b"9" * 5000 + b":timestamp", b"1", UNKNOWN),
+    (b"channel:" + b"9" * 5000 + b":timestamp", b"1", rejected(too_long("name", 5018, 21))),
     (b"channel::timestamp", b"1", UNKNOWN),
     (b"channel:1:timestamps", b"1", UNKNOWN),
     (b"channel:1:", b"1", UNKNOWN),

@@ -59,6 +59,7 @@ from types import FrameType
 
 import psutil
 from arduino import ARDUINO_SLOTS, RETRY_S, LoadResult, drive
+from sdday import run_sd_day
 from servers import (
     REPO,
     PrivatePostgres,
@@ -741,7 +742,9 @@ def print_sd(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("plain", "sd"), help="one mode (default: both)")
+    parser.add_argument(
+        "--only", choices=("plain", "sd", "sd-day"), help="one mode (default: all three)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--meters", type=int, default=7)
     parser.add_argument(
@@ -780,6 +783,20 @@ def main() -> int:
     parser.add_argument(
         "--sd-warmup", type=float, default=5, help="sd: seconds of pulses before measuring"
     )
+    parser.add_argument(
+        "--day-duration",
+        type=float,
+        default=600,
+        help="sd-day: seconds of each run's window (default 600; it holds a checkpoint)",
+    )
+    parser.add_argument(
+        "--day-rates",
+        default="2,7",
+        help="sd-day: pulses/s of all meters together, comma-separated (default 2,7)",
+    )
+    parser.add_argument(
+        "--day-warmup", type=float, default=20, help="sd-day: seconds of pulses before the window"
+    )
     args = parser.parse_args()
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -801,6 +818,16 @@ def main() -> int:
         if args.only in (None, "sd"):
             (folder / "sd").mkdir()
             report["sd"] = run_sd(args, folder / "sd")
+        if args.only in (None, "sd-day"):
+            (folder / "sd-day").mkdir()
+            report["sd_day"] = run_sd_day(
+                folder / "sd-day",
+                args.sd_delay_ms,
+                args.day_duration,
+                args.day_warmup,
+                [float(x) for x in args.day_rates.split(",")],
+                args.meters,
+            )
         print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import importlib.util
+import itertools
 import os
 import pwd
 import re
@@ -206,6 +207,20 @@ def compose_redis_options(path: Path = COMPOSE_FILE) -> list[str]:
     return argv
 
 
+def compose_postgres_settings(path: Path = COMPOSE_FILE) -> dict[str, str]:
+    """The server settings (`-c name=value`) of the `postgres-db` service's command in
+    docker-compose.yaml: the benchmark's PostgreSQL runs with them, so the two cannot drift."""
+    service = yaml.safe_load(path.read_text(encoding="utf-8"))["services"]["postgres-db"]
+    command = service.get("command") or []
+    argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    settings: dict[str, str] = {}
+    for flag, value in itertools.pairwise(argv):
+        if flag == "-c":
+            name, _, setting = value.partition("=")
+            settings[name] = setting
+    return settings
+
+
 def with_option(options: list[str], name: str, value: str) -> list[str]:
     """`options` with `--name value` (replacing an earlier one)."""
     flag = f"--{name}"
@@ -318,7 +333,10 @@ class PrivatePostgres(Server):
         self.owner = (entry.pw_uid, entry.pw_gid)
         self.run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
-    def start(self, env: dict[str, str] | None = None) -> None:
+    def start(
+        self, env: dict[str, str] | None = None, settings: dict[str, str] | None = None
+    ) -> None:
+        """Start it; `settings` are server settings (`-c name=value`), e.g. compose's."""
         self.prepare_user()
         for folder in (self.data, self.sockets):
             folder.mkdir(mode=0o700)
@@ -334,7 +352,8 @@ class PrivatePostgres(Server):
         self.port = free_port()
         self.spawn(
             [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.sockets}"],
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.sockets}",
+             *(a for k, v in (settings or {}).items() for a in ("-c", f"{k}={v}"))],
             env or {},
             **self.run_as,
         )  # fmt: skip

@@ -5,6 +5,7 @@ the container's set-up that can be read off these files."""
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
 import os
 import re
@@ -438,3 +439,34 @@ def test_the_shipped_mosquitto_conf_requires_a_login_and_keeps_retained_messages
         assert seen("energy-worker", "energy-worker/#") == {state: b"230"}
     finally:
         stop(broker)
+
+
+def postgres_settings(command: list[str]) -> dict[str, str]:
+    """The `-c name=value` settings of a postgres command line."""
+    return dict(
+        value.partition("=")[::2] for flag, value in itertools.pairwise(command) if flag == "-c"
+    )
+
+
+def test_compose_tunes_postgresql_for_an_sd_card(sql):
+    """bench/README.md, "A day of SD-card writes": full-page images compressed and written a
+    checkpoint at a time, checkpoints by the clock (not by WAL volume), and never without
+    full-page writes (a torn page on a power cut could not be repaired). The names and values
+    are the server's: a misspelt one would stop the database."""
+    command = compose_config(REPO / ".env.example")["services"]["postgres-db"]["command"]
+    assert command[0] == "postgres"
+    settings = postgres_settings(command)
+    assert settings["wal_compression"] in ("on", "pglz", "lz4", "zstd")
+    units = {"s": 1, "min": 60, "h": 3600, "kB": 2**10, "MB": 2**20, "GB": 2**30}
+
+    def amount(name: str) -> int:
+        found = re.fullmatch(r"(\d+)([a-zA-Z]+)", settings[name])
+        assert found, settings[name]
+        return int(found[1]) * units[found[2]]
+
+    assert amount("checkpoint_timeout") >= 15 * 60
+    # 1 GB holds far more than a checkpoint interval's WAL at any rate the meters can send
+    assert amount("max_wal_size") >= 2**30
+    assert settings.get("full_page_writes", "on") == "on"
+    known = {name for (name,) in sql.run("SELECT name FROM pg_settings")}
+    assert set(settings) <= known

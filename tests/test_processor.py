@@ -376,7 +376,30 @@ def test_redis_losing_its_data_starts_a_new_epoch_and_nothing_is_skipped(make_pr
     r.set(queue.EPOCH, "0000000000000-00000000")  # an epoch that sorts before the old one
     pulses(r, 1, [6400, 8200], start_ms=T0 + 5400)
     run_until(processor, lambda: status(sql, 1)["meter_counts"] == 5)
-    assert sql.run("SELECT count(*) FROM worker_epochs")[0][0] == 2
+    # the earlier epoch's last item is kept; the current one's is worker_progress's
+    assert len(store.load_done(sql)) == 2
+    assert sql.run("SELECT count(*) FROM worker_epochs")[0][0] == 1
+
+
+def test_a_commit_writes_one_bookkeeping_row_and_locks_no_meter(make_processor, r, sql):
+    """The SD card's share of a commit (bench/README.md, "A day of SD-card writes"): within
+    one epoch only worker_progress says how far the work is done (worker_epochs keeps earlier
+    epochs), and inserting history locks no meter_metadata row (no foreign-key check, whose
+    lock is a WAL record and a page image after each checkpoint)."""
+    processor = make_processor()
+    assert processor.connected()  # the set-up writes meter_metadata: before the pulses
+    # a row lock leaves the locker's transaction id in the row's xmax
+    lockers = "SELECT meter_no, xmax::text FROM meter_metadata ORDER BY meter_no"
+    before = sql.run(lockers)
+    pulses(r, 1, [1000, 2800, 4600, 5500, 6400, 8200])  # 2000 W, 4000 W, 2000 W: new rows
+    run_until(processor, lambda: status(sql, 1)["meter_counts"] == 6)
+    pulses(r, 2, [1000, 2800], start_ms=T0 + 9000)
+    run_until(processor, lambda: status(sql, 2)["meter_counts"] == 2)
+    assert sql.run("SELECT count(*) FROM worker_epochs")[0][0] == 0
+    ((epoch, seq),) = sql.run("SELECT epoch, last_seq FROM worker_progress")
+    assert store.load_done(sql) == {epoch: seq} and seq == 8
+    assert sql.run(lockers) == before
+    assert sql.run("SELECT count(*) FROM consumption WHERE meter_no = 1")[0][0] >= 4
 
 
 def test_the_debug_key_switches_its_logging(make_processor, r, caplog):

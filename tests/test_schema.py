@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 
 from energy_worker import config, db, schema, totals
 from energy_worker.domain import Meter
@@ -152,7 +153,7 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
         e=local(2024, 6, 1, 11),
     )
 
-    assert schema.apply(con, config.load_meters()) == 7
+    assert schema.apply(con, config.load_meters()) == 8
     rows = con.run("SELECT meter_no, pulses FROM consumption ORDER BY index")
     assert rows == [[1, 1], [1, 11], [1, 16], [1, 16], [1, 18], [1, 26], [2, 1], [2, 1], [2, 2]]
     tallies = con.run("SELECT meter_no, pulses_counted FROM meter_status ORDER BY meter_no")
@@ -210,3 +211,50 @@ def test_the_installation_id_is_made_once(sql):
     assert re.fullmatch(r"[0-9a-f]{16}", first)
     assert schema.apply(sql, config.load_meters()) >= 5
     assert sql.run("SELECT id FROM installation") == [[first]]
+
+
+def test_a_version_7_database_is_brought_to_fewer_writes(fresh_pg, tmp_path: Path):
+    """Version 8 on a database that version 7 made and the processor has used: the history
+    and the totals lose their foreign keys, the history its primary key for a BRIN index,
+    the current epoch's progress is read from worker_progress, and nothing is lost."""
+    text = schema.SCHEMA_FILE.read_text(encoding="utf-8")
+    version_7 = tmp_path / "schema-7.sql"  # the file as version 7 shipped it
+    version_7.write_text(text[: text.index("-- Version 8")], encoding="utf-8")
+    con = db.connect(fresh_pg, "test")
+    con.execute_simple("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    meters = config.load_meters()
+    assert schema.apply(con, meters, schema=version_7) == 7
+    con.execute_simple(
+        "INSERT INTO consumption (meter_no, meter_counts, kWh, cor_time_stamp, pulses)"
+        "  VALUES (1, 5, 0.005, now(), 5);"
+        "UPDATE meter_status SET upper_index = 1, meter_counts = 5, pulses_counted = 5"
+        "  WHERE meter_no = 1;"
+        "UPDATE worker_progress SET epoch = 'e2', last_seq = 40;"
+        "INSERT INTO worker_epochs VALUES ('e1', 7), ('e2', 40);"
+    )
+
+    def keys() -> list[list[object]]:
+        return con.run(
+            "SELECT conrelid::regclass::text, contype FROM pg_constraint "
+            "WHERE contype IN ('f', 'p') AND conrelid::regclass::text IN "
+            "('consumption', 'meter_hourly_totals', 'meter_daily_totals') ORDER BY 1, 2"
+        )
+
+    assert keys() == [
+        ["consumption", "f"], ["consumption", "p"], ["meter_daily_totals", "f"],
+        ["meter_daily_totals", "p"], ["meter_hourly_totals", "f"], ["meter_hourly_totals", "p"],
+    ]  # fmt: skip
+    assert schema.apply(con, meters) == 8
+    assert schema.apply(con, meters) == 8  # and again: nothing left to do
+    assert keys() == [["meter_daily_totals", "p"], ["meter_hourly_totals", "p"]]
+    (method,) = con.run(
+        "SELECT am.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_am am ON am.oid = c.relam WHERE i.indrelid = 'consumption'::regclass "
+        "AND c.relname = 'consumption_index_range'"
+    )
+    assert method == ["brin"]
+    assert store.load_done(con) == {"e1": 7, "e2": 40}
+    records = store.load_status(con)
+    assert records[1].state.counts == 5 and records[1].counted == 5
+    assert con.run("SELECT index, meter_counts FROM consumption") == [[1, 5]]
+    con.close()

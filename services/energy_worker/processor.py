@@ -128,6 +128,7 @@ class Processor:
         self.meters: dict[int, Meter] = {}
         self.records: dict[int, MeterRecord] = {}
         self.done: dict[str, int] = {}  # last committed seq per epoch
+        self.progress_epoch = ""  # the epoch worker_progress holds
         self.saved_backlog: int | None = None
         self.readiness: Readiness | None = None  # once durable_after is known
         self.schema_version: int | None = None  # applied once per process, not per connection
@@ -389,24 +390,28 @@ class Processor:
     def commit(self, plan: ledger.Plan, backlog: int) -> None:
         con = self.session.connection()
         with db.transaction(con):
-            self.write(con, plan, backlog)
+            current = self.write(con, plan, backlog)
         self.session.touched()
+        self.progress_epoch = current
         self.saved_backlog = backlog
         self.pg_outage.succeeded()
 
-    def write(self, con: db.Connection, plan: ledger.Plan, backlog: int) -> None:
-        """The plan's statements, inside the caller's transaction."""
+    def write(self, con: db.Connection, plan: ledger.Plan, backlog: int) -> str:
+        """The plan's statements, inside the caller's transaction; the epoch worker_progress
+        holds after them."""
         temporary = sorted(plan.new_rows, reverse=True)  # -1, -2, ...: oldest row first
         plan.remap(dict(zip(temporary, store.allocate_indexes(con, len(temporary)), strict=True)))
         store.insert_rows(con, plan.new_rows)
         store.update_rows(con, plan.moved_rows)
         store.save_status(con, plan.records, plan.kwh(self.meters))
         store.insert_dead_letters(con, plan.dead_letters)
-        changed = {e: seq for e, seq in plan.done.items() if self.done.get(e) != seq}
-        if changed:
-            store.save_done(con, changed)
+        current = plan.last[0] if plan.last is not None else self.progress_epoch
+        finished = finished_epochs(self.done, plan.done, current, self.progress_epoch)
+        if finished:
+            store.save_done(con, finished)
         if plan.last is not None:
             store.save_progress(con, plan.last[0], plan.last[1], backlog)
+        return current
 
     def connected(self) -> bool:
         """Connect, take the processor lock, bring the schema up to date and load the state."""
@@ -420,6 +425,7 @@ class Processor:
             self.meters = meter_store.load_meters(con)
             self.records = store.load_status(con)
             self.done = store.load_done(con)
+            self.progress_epoch = store.load_progress_epoch(con)
             self.loaded = True
         except db.LockHeld as exc:
             db.failed(exc, self.pg_outage)  # the connection stays for the next try
@@ -500,6 +506,18 @@ class Processor:
                 return True
             mine -= covered
         return False
+
+
+def finished_epochs(
+    before: dict[str, int], after: dict[str, int], current: str, stored: str
+) -> dict[str, int]:
+    """What worker_epochs must be told by a commit: worker_progress holds the current epoch's
+    last item, so a commit writes one row, not two; worker_epochs gets an epoch's last item
+    once it is no longer current (a new epoch begins only when Redis lost its data) or when an
+    older epoch's items still come (they wait in Redis from before)."""
+    return {
+        e: seq for e, seq in after.items() if e != current and (before.get(e) != seq or e == stored)
+    }
 
 
 def main(termination: program.Termination) -> int:

@@ -1,5 +1,6 @@
 """The processor's SQL: the consumption history, each meter's state (meter_status), the
-exactly-once bookkeeping (worker_epochs, worker_progress) and the dead letters.
+exactly-once bookkeeping (worker_progress: the current epoch; worker_epochs: earlier ones) and
+the dead letters.
 
 Text never travels in an array literal built by the driver: pg8000 leaves an element spelled
 `null` unquoted, so PostgreSQL would read it as NULL. It travels as JSON that PostgreSQL
@@ -11,8 +12,9 @@ import json
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
+from .. import history
 from ..db import Connection
-from ..domain import DeadLetter, MeterRecord, MeterState, Row, Run, at_time
+from ..domain import DeadLetter, MeterRecord, MeterState, Row, Run, at_time, ms_since_1970
 
 
 def load_status(con: Connection) -> dict[int, MeterRecord]:
@@ -23,7 +25,12 @@ def load_status(con: Connection) -> dict[int, MeterRecord]:
                s.reference_watt_consumption, s.run_index, s.upper_index,
                (extract(epoch FROM u.cor_time_stamp) * 1000)::bigint,
                s.pulses_counted, s.pulses_repeated, s.pulses_rejected
-        FROM meter_status AS s LEFT JOIN consumption AS u ON u.index = s.upper_index
+        FROM meter_status AS s
+        LEFT JOIN LATERAL (  -- the latest row (the history has no index on `index` alone)
+            SELECT c.cor_time_stamp FROM consumption c
+            WHERE c.meter_no = s.meter_no AND c.index = s.upper_index
+            ORDER BY c.cor_time_stamp DESC LIMIT 1
+        ) AS u ON true
         """
     )
     records = {}
@@ -37,8 +44,23 @@ def load_status(con: Connection) -> dict[int, MeterRecord]:
 
 
 def load_done(con: Connection) -> dict[str, int]:
-    """The last committed sequence number of each epoch (exactly-once bookkeeping)."""
-    return dict(con.run("SELECT epoch, last_seq FROM worker_epochs"))
+    """The last committed sequence number of each epoch (exactly-once bookkeeping): the
+    current epoch's is worker_progress's, the earlier ones' are in worker_epochs."""
+    return dict(
+        con.run(
+            """SELECT epoch, max(last_seq) FROM (
+                   SELECT epoch, last_seq FROM worker_epochs
+                   UNION ALL
+                   SELECT epoch, last_seq FROM worker_progress WHERE id = 1 AND epoch <> '') e
+               GROUP BY epoch"""
+        )
+    )
+
+
+def load_progress_epoch(con: Connection) -> str:
+    """The epoch worker_progress holds ('' before the first commit)."""
+    rows = con.run("SELECT epoch FROM worker_progress WHERE id = 1")
+    return str(rows[0][0]) if rows else ""
 
 
 def save_done(con: Connection, done: Mapping[str, int]) -> None:
@@ -82,8 +104,12 @@ def insert_rows(con: Connection, rows: Mapping[int, Row]) -> None:
 
 
 def update_rows(con: Connection, rows: Mapping[int, Row]) -> None:
+    """Move rows to their latest pulse. A moved row never leaves its quarter hour
+    (history.place), so it is found through the (meter_no, cor_time_stamp) index, the only
+    B-tree index of the history."""
     if not rows:
         return
+    slots = [history.slot(ms_since_1970(r.at)) for r in rows.values()]
     con.run(
         """
         UPDATE consumption AS c SET
@@ -94,10 +120,15 @@ def update_rows(con: Connection, rows: Mapping[int, Row]) -> None:
                     CAST(:counts AS bigint[]), CAST(:kwh AS numeric[]),
                     CAST(:millis AS bigint[]), CAST(:period AS bigint[]),
                     CAST(:at AS timestamptz[]), CAST(:typed AS boolean[]),
-                    CAST(:pulses AS bigint[]))
-             AS u(idx, meter, watt, counts, kwh, millis, period, at, typed, pulses)
-        WHERE c.index = u.idx
+                    CAST(:pulses AS bigint[]), CAST(:after AS timestamptz[]),
+                    CAST(:until AS timestamptz[]))
+             AS u(idx, meter, watt, counts, kwh, millis, period, at, typed, pulses, after,
+                  until)
+        WHERE c.meter_no = u.meter AND c.cor_time_stamp > u.after
+          AND c.cor_time_stamp <= u.until AND c.index = u.idx
         """,
+        after=[at_time(slot * history.SLOT_MS) for slot in slots],
+        until=[at_time((slot + 1) * history.SLOT_MS) for slot in slots],
         **_columns(rows),
     )
 

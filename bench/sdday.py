@@ -5,17 +5,19 @@ Each run has servers of its own, both with bench/fsync_delay.c preloaded (each s
 is counted): energy-worker on docker-compose.yaml's Redis options and PostgreSQL settings (read
 from that file), the original on what its stack ran, Redis's and PostgreSQL's defaults
 (bench/original_worker.py). The runs go on at the same time, so a full run takes one window's
-length. Each: start, warm up, wait until every pulse is committed, VACUUM ANALYZE (what
-autovacuum does once after a set-up) and CHECKPOINT, then the window: its start
-LSN, a CHECKPOINT (as the timed one would come: the first change of every page after it
-writes the whole page to the WAL, which is what a day repeats), the load, the wait until every
-pulse of it is committed, its end LSN. Between the two LSNs pg_waldump says what wrote the WAL,
-by record type, and how many full-page images there were (the bench's servers keep the WAL
+length. Each: start, warm up, wait until every pulse is committed, ANALYZE and VACUUM of
+every database (what autovacuum does once after a new cluster and a set-up) and CHECKPOINT,
+then the window: its start LSN, a CHECKPOINT (as the timed one would come: the first change of
+every page after it writes the whole page to the WAL, which is what a day repeats), the load,
+the wait until every pulse of it is committed, a CHECKPOINT (the window's pages written and
+synced), its end LSN. Between the two LSNs pg_waldump says what wrote the WAL, by record type
+and by relation, and how many full-page images there were (the bench's servers keep the WAL
 for it with wal_keep_size, which changes nothing that is written).
 
-Per day is the window's figure times 86,400 / its length. With the window's checkpoint at its
-start and energy-worker's checkpoint_timeout longer than the window, that counts its full-page
-images more often than a day has them: the per-day figures are an upper bound for it.
+Per day is the window's figure times 86,400 / its length. With energy-worker's
+checkpoint_timeout longer than the window, that counts its full-page images more often than a
+day has them (an upper bound); "checkpoints as configured" counts them once per
+checkpoint_timeout, as a day has them, and is what the target compares.
 """
 
 from __future__ import annotations
@@ -299,11 +301,14 @@ def one_run(run: Run, folder: Path, delay: SyncDelay, duration: float, warmup: f
         asyncio.run(drive(rs.port, per_meter, warmup, run.meters))  # every code path once
         worker.wait_quiet()
 
-        # What autovacuum does once after a set-up (the new tables and the catalogs that
-        # creating them churned): a day after a start has no such thing in it. Then what the
-        # set-up and the warm-up dirtied is written out: not the window's either.
-        with contextlib.closing(pg.connect(DATABASE)) as con:
-            con.run("VACUUM ANALYZE")
+        # What autovacuum does once after a new cluster (every database's catalogs, template1's
+        # too) and a set-up (the new tables, the catalogs creating them churned): a day after a
+        # start has no such thing in it. ANALYZE first: its old statistics are dead rows that
+        # VACUUM then removes. And what the set-up and the warm-up dirtied is written out.
+        for database in ("template1", "postgres", DATABASE):
+            with contextlib.closing(pg.connect(database)) as con:
+                con.run("ANALYZE")
+                con.run("VACUUM")
         one(pg, "CHECKPOINT")
         run.checkpoint_timeout_s = int(
             str(one(pg, "SELECT setting FROM pg_settings WHERE name = 'checkpoint_timeout'"))
@@ -386,8 +391,9 @@ def targets(runs: list[Run]) -> dict[str, object]:
                 "met": figures["wal_bytes_per_pulse"] <= WAL_TARGET_7X1,
             }
         original = by.get((ORIGINAL, rate))
-        if original:
-            ratio = figures["wal_mb_per_day"] / max(original.figures()["wal_mb_per_day"], 1e-9)
+        if original:  # a day as each server's checkpoint_timeout makes it
+            day = "wal_mb_per_day_at_checkpoint_timeout"
+            ratio = figures[day] / max(original.figures()[day], 1e-9)
             result[f"wal_per_day_ratio_to_original_at_{rate:g}"] = {
                 "value": round(ratio, 3), "target": 0.5, "met": ratio <= 0.5,
             }  # fmt: skip

@@ -5,8 +5,8 @@ Each run has servers of its own, both with bench/fsync_delay.c preloaded (each s
 is counted): energy-worker on docker-compose.yaml's Redis options and PostgreSQL settings (read
 from that file), the original on what its stack ran, Redis's and PostgreSQL's defaults
 (bench/original_worker.py). The runs go on at the same time, so a full run takes one window's
-length. Each: start, warm up, wait until every pulse is committed, ANALYZE and VACUUM of
-every database (what autovacuum does once after a new cluster and a set-up) and CHECKPOINT,
+length. Each: start, warm up, wait until every pulse is committed, ANALYZE and VACUUM FREEZE
+of every database (what autovacuum does once after a new cluster and a set-up) and CHECKPOINT,
 then the window: its start LSN, a CHECKPOINT (as the timed one would come: the first change of
 every page after it writes the whole page to the WAL, which is what a day repeats), the load,
 the wait until every pulse of it is committed, a CHECKPOINT (the window's pages written and
@@ -302,13 +302,14 @@ def one_run(run: Run, folder: Path, delay: SyncDelay, duration: float, warmup: f
         worker.wait_quiet()
 
         # What autovacuum does once after a new cluster (every database's catalogs, template1's
-        # too) and a set-up (the new tables, the catalogs creating them churned): a day after a
-        # start has no such thing in it. ANALYZE first: its old statistics are dead rows that
-        # VACUUM then removes. And what the set-up and the warm-up dirtied is written out.
+        # too: analysed, then frozen) and a set-up (the new tables, the catalogs creating them
+        # churned): a day after a start has no such thing in it. ANALYZE first: its old
+        # statistics are dead rows that VACUUM then removes. And what the set-up and the
+        # warm-up dirtied is written out.
         for database in ("template1", "postgres", DATABASE):
             with contextlib.closing(pg.connect(database)) as con:
                 con.run("ANALYZE")
-                con.run("VACUUM")
+                con.run("VACUUM (FREEZE)")
         one(pg, "CHECKPOINT")
         run.checkpoint_timeout_s = int(
             str(one(pg, "SELECT setting FROM pg_settings WHERE name = 'checkpoint_timeout'"))

@@ -679,3 +679,28 @@ ALTER TABLE consumption SET (autovacuum_analyze_threshold = 20000);
 -- The processor's bookkeeping is one row: worker_progress holds the current epoch's last item
 -- (services/energy_worker/store/processor.py), worker_epochs only the epochs before it.
 INSERT INTO schema_version (version) VALUES (8) ON CONFLICT (version) DO NOTHING;
+
+-- Version 9: a push says which meter each of its values is and the local day it stands for, so
+-- the sheet's Apps Script (docs/google-apps-script/Code.gs) writes each meter into its own
+-- column and each push once (its id: the installation's id and dedup_key). Recorded with the
+-- readings: meter_nos in dataString's order, their names, and the day (a daily push's day, or
+-- the local day of a request). Pushes recorded before, still unsent, get the meters configured
+-- now where their number matches the values' (they were recorded in that order); the rest are
+-- sent without meters, which the new script refuses with an ERROR (shown by status).
+ALTER TABLE push_outbox ADD COLUMN IF NOT EXISTS day date;
+ALTER TABLE push_outbox ADD COLUMN IF NOT EXISTS meter_nos integer[];
+ALTER TABLE push_outbox ADD COLUMN IF NOT EXISTS meter_names text[];
+UPDATE push_outbox SET day = CASE
+        WHEN dedup_key LIKE 'day:%' THEN substr(dedup_key, 5)::date
+        ELSE (reading_at AT TIME ZONE coalesce((SELECT tz FROM pusher_state WHERE id = 1),
+                                               'UTC'))::date
+    END
+WHERE day IS NULL;
+UPDATE push_outbox AS o SET meter_nos = m.nos, meter_names = m.names
+FROM (SELECT array_agg(meter_no ORDER BY meter_no) AS nos,
+             array_agg(meter_name ORDER BY meter_no) AS names, count(*) AS n
+      FROM meter_metadata) m
+WHERE o.sent_at IS NULL AND o.meter_nos IS NULL
+  AND m.n = array_length(string_to_array(o.data_string, ','), 1);
+
+INSERT INTO schema_version (version) VALUES (9) ON CONFLICT (version) DO NOTHING;

@@ -4,24 +4,36 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pg8000.native
 import psutil
 import pytest
+import trustme
 
 from energy_worker import config, db, queue, sheet, totals
 from energy_worker.pusher import MAX_BLOCK, Pusher
 from energy_worker.queue import PUSH, PUSH_PROCESSING, WORK
 from energy_worker.store import pusher as store
 from helpers import wait_until, write_ini
-from sheet_server import HANG, Reply, SheetServer, request_line, sheet_server
+from sheet_server import (
+    HANG,
+    AppsScript,
+    Reply,
+    SheetServer,
+    request_line,
+    script_server,
+    sheet_server,
+)
 from tcpproxy import TcpProxy
 
 CPH = totals.zone("Europe/Copenhagen")
@@ -97,6 +109,22 @@ def data(**kwh: str) -> str:
 
 def sheet_line(dataset: str, query: str = "") -> str:
     return request_line(f"{PATH}?{query}function=updateSheet&dataString={dataset}")
+
+
+def without_fields(lines: list[str]) -> list[str]:
+    """Request lines without what follows dataString (sheet.fields: the push's id, day, ...)."""
+    return [re.sub(r"&id=\S*", "", line) for line in lines]
+
+
+def pushed(server: SheetServer) -> list[str]:
+    return without_fields(server.got())
+
+
+def fields(line: str) -> dict[str, str]:
+    """What a request line carries after dataString, decoded."""
+    query = line.split(" ")[1].split("?", 1)[1]
+    pairs = dict(parse_qsl(query, keep_blank_values=True))
+    return {k: v for k, v in pairs.items() if k not in ("function", "dataString", "token")}
 
 
 def reading_at(rows: list[tuple[datetime, Any]], at: datetime) -> Any:
@@ -183,10 +211,10 @@ def test_daily_push_sends_the_readings_at_midnight_once(sql, make_pusher, server
     add_row(sql, 1, "101.600", local(2024, 6, 2, 0, 0, 30))  # after midnight: not that day's
     clock.set(local(2024, 6, 2, 0, 1, 59))
     pusher.step(block=False)
-    assert server.got() == []
+    assert pushed(server) == []
     clock.set(local(2024, 6, 2, 0, 2))
     pusher.step(block=False)
-    assert server.got() == [sheet_line(data(m1="101.50", m2="7.13"))]
+    assert pushed(server) == [sheet_line(data(m1="101.50", m2="7.13"))]
     for _ in range(3):
         clock.advance(minutes=20)
         pusher.step(block=False)
@@ -239,7 +267,7 @@ def test_days_missed_while_the_pusher_was_down_are_filled_in_oldest_first(sql, m
     add_row(sql, 1, "4.000", local(2024, 6, 3, 18))
     clock.set(local(2024, 6, 4, 15, 17))
     make_pusher(clock, server.base + PATH).step(block=False)
-    assert server.got() == [
+    assert pushed(server) == [
         sheet_line(data(m1="2.00")),
         sheet_line(data(m1="3.00")),
         sheet_line(data(m1="4.00")),
@@ -280,7 +308,7 @@ def test_dst_change_days(sql, make_pusher, server, day, hours, midnight_utc):
     pusher.step(block=False)
     clock.set(midnight_utc + timedelta(minutes=2))
     pusher.step(block=False)
-    assert server.got() == [sheet_line(data(m5="999.00"))]
+    assert pushed(server) == [sheet_line(data(m5="999.00"))]
     rows = sql.run(
         "SELECT kWh_diff FROM meter_hourly_totals WHERE meter_no = 5 AND day = :d "
         "ORDER BY hour_start",
@@ -307,7 +335,7 @@ def test_a_typed_in_reading_is_no_energy_but_the_sheet_gets_the_reading(sql, mak
     pusher.step(block=False)
     clock.set(local(2024, 6, 2, 0, 2))
     pusher.step(block=False)
-    assert server.got() == [sheet_line(data(m1="280.17"))]  # the meter's reading
+    assert pushed(server) == [sheet_line(data(m1="280.17"))]  # the meter's reading
     [hour] = sql.run(
         "SELECT kWh_start, kWh, kWh_diff, kWh_set FROM meter_hourly_totals "
         "WHERE meter_no = 1 AND hour_start = :h",
@@ -503,7 +531,7 @@ def test_failures_are_retried_with_backoff_until_answered(sql, make_pusher, serv
     assert len(server.got()) == 2  # the backoff doubled to 60 s
     clock.advance(seconds=1)
     pusher.step(block=False)
-    assert server.got() == [sheet_line(data(m1="12.34"))] * 3
+    assert pushed(server) == [sheet_line(data(m1="12.34"))] * 3
     assert list(outbox(sql)[0][2:]) == [3, 200, None, True]
 
 
@@ -526,7 +554,7 @@ def test_a_webhook_down_for_days_gets_every_day_in_order_once(sql, make_pusher):
     with sheet_server(port) as server:
         clock.advance(hours=2)
         pusher.step(block=False)
-        assert server.got() == [sheet_line(data(m1=f"{d}.00"), "token=abc&") for d in range(1, 5)]
+        assert pushed(server) == [sheet_line(data(m1=f"{d}.00"), "token=abc&") for d in range(1, 5)]
         clock.advance(minutes=30)
         pusher.step(block=False)
         assert len(server.got()) == 4
@@ -543,14 +571,14 @@ def test_the_push_waits_for_the_processor_to_pass_midnight(sql, make_pusher, ser
     r.rpush(WORK, json.dumps(late))
     clock.set(local(2024, 6, 2, 0, 2))
     pusher.step(block=False)
-    assert server.got() == []
+    assert pushed(server) == []
     assert pusher.wake_in() <= 30
     # the processor commits it (a pulse at 23:59:59) and takes it off the list
     add_row(sql, 1, "1.001", local(2024, 6, 1, 23, 59, 59))
     r.delete(WORK)
     clock.advance(seconds=30)
     pusher.step(block=False)
-    assert server.got() == [sheet_line(data(m1="1.00"))]
+    assert pushed(server) == [sheet_line(data(m1="1.00"))]
     assert outbox(sql)[0][1] == data(m1="1.00")
 
 
@@ -562,10 +590,10 @@ def test_the_push_goes_anyway_when_the_processor_stays_behind(sql, make_pusher, 
     r.rpush(WORK, json.dumps(stuck))
     clock.set(local(2024, 6, 2, 0, 2))
     pusher.step(block=False)
-    assert server.got() == []
+    assert pushed(server) == []
     clock.set(local(2024, 6, 2, 0, 12))
     pusher.step(block=False)
-    assert server.got() == [sheet_line(data())]
+    assert pushed(server) == [sheet_line(data())]
 
 
 def feed_2000_w_across_midnight(r, spawn) -> None:
@@ -591,7 +619,7 @@ def test_totals_and_push_from_the_processors_own_history(spawn, sql, make_pusher
     pusher.step(block=False)
     clock.set(local(2024, 6, 2, 1, 0, 5))
     pusher.step(block=False)
-    assert server.got() == [sheet_line(data(m1=sheet.kwh_text(expected)))]
+    assert pushed(server) == [sheet_line(data(m1=sheet.kwh_text(expected)))]
     assert check_totals_against_history(sql) >= 7 * 2
 
 
@@ -617,7 +645,7 @@ def test_pushtogoogle_sends_the_current_readings_at_once(sql, make_pusher, serve
     r.rpush(PUSH, request_item(1))
     pusher.step(block=False)  # takes and records it
     pusher.step(block=False)  # sends it
-    assert server.got() == [sheet_line(data(m6="3362.79"))]
+    assert pushed(server) == [sheet_line(data(m6="3362.79"))]
     assert r.llen(PUSH) == 0 and r.llen(PUSH_PROCESSING) == 0
     # the same item again (a crash after recording, before removing it) is not sent twice
     pusher.close()
@@ -646,7 +674,7 @@ def test_200_requests_are_one_push(sql, make_pusher, server, r):
     requests(200, step=False)
     pusher.step(block=False)  # takes and records it
     pusher.step(block=False)  # sends it
-    assert server.got() == [sheet_line(data(m6="3362.79"))] and len(outbox(sql)) == 1
+    assert pushed(server) == [sheet_line(data(m6="3362.79"))] and len(outbox(sql)) == 1
     server.script = [500]
     requests(1, step=True)
     add_row(sql, 6, "3363.000", local(2024, 6, 1, 10))
@@ -655,7 +683,7 @@ def test_200_requests_are_one_push(sql, make_pusher, server, r):
     assert [row[1:4] for row in outbox(sql)[1:]] == [[data(m6="3363.00"), 1, 500]]
     clock.advance(seconds=30)  # its backoff kept
     pusher.step(block=False)
-    assert server.got()[2:] == [sheet_line(data(m6="3363.00"))]
+    assert pushed(server)[2:] == [sheet_line(data(m6="3363.00"))]
     assert len(outbox(sql)) == 2 and outbox(sql)[1][5] is True
 
 
@@ -714,12 +742,12 @@ def test_a_second_pusher_on_the_same_database_does_not_send(sql, make_pusher, se
         with pytest.raises(db.LockHeld):
             second.step(block=False)
         # it touched nothing: no request taken, no push recorded, nothing sent
-        assert server.got() == [] and outbox(sql) == [] and r.llen(PUSH) == 1
+        assert pushed(server) == [] and outbox(sql) == [] and r.llen(PUSH) == 1
     first.step(block=False)  # the day's push goes, and the request is recorded
     with pytest.raises(db.LockHeld):
         second.step(block=False)
     first.step(block=False)  # the request goes
-    assert server.got() == [sheet_line(data(m1="5.00"))] * 2
+    assert pushed(server) == [sheet_line(data(m1="5.00"))] * 2
     first.close()  # the first one is gone: the second one takes over, with nothing to resend
     clock.advance(hours=1)
     second.step(block=False)
@@ -750,7 +778,7 @@ def test_the_process_pushes_on_request_keeps_secrets_and_stops_cleanly(spawn, r,
     proc = spawn("pusher", GOOGLE_WEBHOOK_URL=url, TZ="Europe/Copenhagen")
     proc.wait_for_log("pushing to http://127.0.0.1:")
     r.rpush(PUSH, request_item(9))
-    lines = server.wait_for(1)
+    lines = without_fields(server.wait_for(1))
     assert lines == [
         request_line(
             "/macros/s/SECRETID/exec?token=s3cret&function=updateSheet&dataString=" + data()
@@ -790,10 +818,10 @@ def test_the_process_survives_a_database_outage_with_a_request_in_hand(
         proxy.cut()
         r.rpush(PUSH, request_item(3))
         proc.wait_for_log("PostgreSQL unavailable")
-        assert server.got() == []
+        assert pushed(server) == []
         assert r.llen(PUSH) + r.llen(PUSH_PROCESSING) == 1  # kept in Redis meanwhile
         proxy.restore()
-        assert server.wait_for(1, 30) == [sheet_line(data())]
+        assert without_fields(server.wait_for(1, 30)) == [sheet_line(data())]
         proc.wait_for_log("PostgreSQL is back")
         wait_until(lambda: r.llen(PUSH_PROCESSING) == 0, what="the request to be acknowledged")
     finally:
@@ -812,7 +840,7 @@ def test_the_process_waits_while_another_pusher_holds_the_database(spawn, r, ser
     first.kill(signal.SIGTERM)
     second.wait_for_log("PostgreSQL is back")  # the lock is free: it takes over
     r.rpush(PUSH, request_item(3))
-    assert server.wait_for(3) == [sheet_line(data())] * 3
+    assert without_fields(server.wait_for(3)) == [sheet_line(data())] * 3
     second.wait_for_log("pushed the readings requested at")
     log = second.log()
     assert log.count("another pusher is working on this database") == 1  # said once
@@ -847,3 +875,196 @@ def test_meter_totals_has_one_row_per_day_with_every_meters_reading(sql, make_pu
         (date(2024, 6, 1), Decimal("10.000"), None, None, None),
         (date(2024, 6, 2), Decimal("12.500"), Decimal("2.500"), Decimal("3.000"), None),
     ]
+
+
+# --- the sheet's Apps Script: each push once, each meter in its own column --------------------
+# A script-like endpoint (sheet_server.script_server) runs docs/google-apps-script/Code.gs itself
+# behind Google's redirect, over https.
+
+SCRIPT_PATH = "/macros/s/KEY/exec"
+
+
+@pytest.fixture
+def script(tmp_path, monkeypatch) -> Iterator[SheetServer]:
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))  # the client trusts the test's CA
+    with script_server(context) as server:
+        yield server
+
+
+def only_meters(sql: pg8000.native.Connection, names: dict[int, str]) -> None:
+    """Configure just these meters, with these names (as the set-up would from meters.toml)."""
+    for table in ("meter_status", "meter_metadata"):
+        sql.run(f"DELETE FROM {table} WHERE meter_no <> ALL(CAST(:k AS int[]))", k=list(names))
+    for number, name in names.items():
+        sql.run("UPDATE meter_metadata SET meter_name = :n WHERE meter_no = :m", n=name, m=number)
+
+
+def installation(sql: pg8000.native.Connection) -> str:
+    return str(sql.run("SELECT id FROM installation")[0][0])
+
+
+def script_calls(server: SheetServer) -> list[str]:
+    return [line for line in server.got() if "/exec?" in line]
+
+
+def test_each_push_names_its_meters_and_day_and_each_meter_keeps_its_column(
+    sql, make_pusher, script
+):
+    # meters 1, 3 and 5: the sheet's columns are theirs, by number, not by position
+    odd = 'Heat "pump" {1,null} \\'  # as a driver's array literal would break it
+    only_meters(sql, {1: "House", 3: "Boiler, upstairs & co", 5: odd})
+    add_row(sql, 1, "100.000", local(2024, 6, 1, 8))
+    add_row(sql, 3, "7.125", local(2024, 6, 1, 12))
+    add_row(sql, 5, "3.000", local(2024, 6, 1, 13))
+    clock = Clock(local(2024, 6, 1, 12, 30))
+    pusher = make_pusher(clock, script.base + SCRIPT_PATH)
+    pusher.step(block=False)
+    clock.set(local(2024, 6, 2, 0, 2))
+    pusher.step(block=False)
+    day_id = f"{installation(sql)}:day:2024-06-01"
+    call, follow = script.got()  # the script, then Google's redirect to its answer
+    assert call.startswith(f"GET {SCRIPT_PATH}?function=updateSheet&dataString=100.00,7.13,3.00&")
+    assert fields(call) == {
+        "id": day_id,
+        "day": "2024-06-01",
+        "at": "2024-06-02T00:00:00+02:00",  # the midnight that ended the day, in TZ
+        "meters": "1,3,5",
+        "name1": "House",
+        "name3": "Boiler, upstairs & co",
+        "name5": odd,
+    }
+    assert follow.startswith("GET /macros/echo?user_content_key=")
+    assert list(outbox(sql)[0][2:]) == [1, 200, None, True]
+    header, row = script.apps_script.cells()
+    assert header == ["Received", "Day", "Readings at", "Push id", "Meter 1: House",
+                      "Meter 3: Boiler, upstairs & co", f"Meter 5: {odd}"]  # fmt: skip
+    assert row[1:] == ["2024-06-01", "2024-06-01T22:00:00.000Z", day_id, 100, 7.13, 3]
+
+    # Meter 7 comes, meter 3 is renamed: a column for 7 at the right, 3 keeps its own
+    sql.run("INSERT INTO meter_metadata (meter_no, meter_name, pulse_per_kWh, max_energy) "
+            "VALUES (7, 'Garage', 1000, 17250)")  # fmt: skip
+    sql.run("INSERT INTO meter_status (meter_no) VALUES (7)")
+    sql.run("UPDATE meter_metadata SET meter_name = 'Hot water' WHERE meter_no = 3")
+    add_row(sql, 7, "1.500", local(2024, 6, 2, 9))
+    r = pusher.r
+    r.rpush(PUSH, request_item(4))
+    clock.set(local(2024, 6, 2, 10))
+    pusher.step(block=False)  # records the request
+    pusher.step(block=False)  # sends it
+    request = script_calls(script)[-1]
+    assert fields(request)["id"] == f"{installation(sql)}:request:1700000000000-abcd:4"
+    assert fields(request)["day"] == "2024-06-02" and fields(request)["meters"] == "1,3,5,7"
+    header, _first, second = script.apps_script.cells()
+    assert header[4:] == ["Meter 1: House", "Meter 3: Hot water", f"Meter 5: {odd}",
+                          "Meter 7: Garage"]  # fmt: skip
+    assert second[1] == "2024-06-02" and second[4:] == [100, 7.13, 3, 1.5]
+
+
+def test_a_retry_after_the_redirect_failed_writes_no_second_row(sql, make_pusher, script):
+    # Apps Script runs the script on the first request: when the follow of its redirect fails,
+    # the row is written but no answer came, and the retry asks again with the same id.
+    add_row(sql, 1, "12.340", local(2024, 6, 1, 20))
+    script.fail_follows = 1
+    clock = Clock(local(2024, 6, 1, 23))
+    pusher = make_pusher(clock, script.base + SCRIPT_PATH)
+    pusher.step(block=False)
+    clock.set(local(2024, 6, 2, 0, 2))
+    pusher.step(block=False)
+    assert len(script.apps_script.cells()) == 2  # the header and the row
+    [(_key, _data, attempts, _status, error, sent)] = outbox(sql)
+    assert (attempts, sent) == (1, False) and error  # failed: it is retried
+    clock.advance(seconds=30)
+    pusher.step(block=False)
+    assert list(outbox(sql)[0][2:]) == [2, 200, None, True]
+    assert len(script.apps_script.cells()) == 2  # still one row
+    first, again = script_calls(script)
+    assert first == again  # the same push, the same id
+    clock.set(local(2024, 6, 3, 0, 2))  # the next day is a row of its own
+    pusher.step(block=False)
+    assert [row[1] for row in script.apps_script.cells()] == ["Day", "2024-06-01", "2024-06-02"]
+
+
+def test_an_error_from_the_script_is_a_failure_and_retried(sql, make_pusher, script):
+    add_row(sql, 1, "12.340", local(2024, 6, 1, 20))
+    script.apps_script.lock_busy(True)  # the script answers "ERROR: the sheet is busy, ..."
+    clock = Clock(local(2024, 6, 1, 23))
+    pusher = make_pusher(clock, script.base + SCRIPT_PATH)
+    pusher.step(block=False)
+    clock.set(local(2024, 6, 2, 0, 2))
+    pusher.step(block=False)
+    [(_key, _data, attempts, _status, error, sent)] = outbox(sql)
+    assert (attempts, sent) == (1, False) and "ERROR: the sheet is busy" in (error or "")
+    script.apps_script.lock_busy(False)
+    clock.advance(seconds=30)
+    pusher.step(block=False)
+    assert list(outbox(sql)[0][2:]) == [2, 200, None, True]
+    assert len(script.apps_script.cells()) == 2
+
+
+def test_a_sign_in_page_is_a_failure_and_retried(sql, make_pusher, script):
+    # "Who has access" is not "Anyone": Google answers 200 with its sign-in page
+    add_row(sql, 1, "12.340", local(2024, 6, 1, 20))
+    script.sign_in = True
+    clock = Clock(local(2024, 6, 1, 23))
+    pusher = make_pusher(clock, script.base + SCRIPT_PATH)
+    pusher.step(block=False)
+    clock.set(local(2024, 6, 2, 0, 2))
+    pusher.step(block=False)
+    [(_key, _data, attempts, _status, error, sent)] = outbox(sql)
+    assert (attempts, sent) == (1, False) and "access for Anyone" in (error or "")
+    assert script.apps_script.cells() == []  # the script never ran
+    script.sign_in = False  # the owner fixes the deployment
+    clock.advance(seconds=30)
+    pusher.step(block=False)
+    assert list(outbox(sql)[0][2:]) == [2, 200, None, True]
+    assert len(script.apps_script.cells()) == 2
+
+
+GOOD = {
+    "function": "updateSheet", "dataString": "1.00,2.50", "id": "abc:day:2024-06-01",
+    "day": "2024-06-01", "at": "2024-06-02T00:00:00+02:00", "meters": "1,3",
+}  # fmt: skip
+NO_ID = "ERROR: id is missing or not an id (energy-worker older than this script?)"
+
+
+@pytest.mark.parametrize(
+    ("change", "answer"),
+    [
+        ({}, "OK"),
+        ({"function": "other"}, "ERROR: function must be updateSheet"),
+        ({"dataString": ""}, "ERROR: dataString is missing"),
+        ({"dataString": "1,2,3,4,5,6,7,8,9", "meters": "1,2,3,4,5,6,7,8,9"},
+         "ERROR: at most 8 values, got 9"),
+        ({"dataString": "1.00,=2"}, "ERROR: value 2 is not a number like 279.97"),
+        ({"id": None}, NO_ID),
+        ({"id": "a b"}, NO_ID),
+        ({"day": "1.6.2024"}, "ERROR: day is missing or not a day like 2024-06-01"),
+        ({"at": "tomorrow"}, "ERROR: at is missing or not a time like 2024-06-02T00:00:00+02:00"),
+        ({"meters": None}, "ERROR: meters must name the meter of each of the 2 values"),
+        ({"meters": "1"}, "ERROR: meters must name the meter of each of the 2 values"),
+        ({"meters": "1,0"}, "ERROR: meters must be meter numbers, 1 to 99"),
+        ({"meters": "1,01"}, "ERROR: meters must be meter numbers, 1 to 99"),
+        ({"meters": "3,3"}, "ERROR: meter 3 is named twice"),
+    ],
+)  # fmt: skip
+def test_the_script_writes_a_good_push_and_refuses_anything_else(change, answer):
+    script = AppsScript()
+    parameter = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    assert script.get(parameter) == answer
+    assert len(script.cells()) == (2 if answer == "OK" else 0)
+    if answer == "OK":
+        assert script.get(parameter) == "OK: push abc:day:2024-06-01 was written before"
+        assert len(script.cells()) == 2
+
+
+def test_a_meters_name_is_text_in_the_header():
+    script = AppsScript()
+    assert script.get({**GOOD, "name1": '=HYPERLINK("x")\x07' + "n" * 200}) == "OK"
+    header = script.cells()[0]
+    assert header[4] == 'Meter 1: =HYPERLINK("x")' + "n" * 85  # no control character, 100 long
+    assert header[5] == "Meter 3"  # no name given

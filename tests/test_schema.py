@@ -153,7 +153,7 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
         e=local(2024, 6, 1, 11),
     )
 
-    assert schema.apply(con, config.load_meters()) == 8
+    assert schema.apply(con, config.load_meters()) == 9
     rows = con.run("SELECT meter_no, pulses FROM consumption ORDER BY index")
     assert rows == [[1, 1], [1, 11], [1, 16], [1, 16], [1, 18], [1, 26], [2, 1], [2, 1], [2, 2]]
     tallies = con.run("SELECT meter_no, pulses_counted FROM meter_status ORDER BY meter_no")
@@ -244,8 +244,8 @@ def test_a_version_7_database_is_brought_to_fewer_writes(fresh_pg, tmp_path: Pat
         ["consumption", "f"], ["consumption", "p"], ["meter_daily_totals", "f"],
         ["meter_daily_totals", "p"], ["meter_hourly_totals", "f"], ["meter_hourly_totals", "p"],
     ]  # fmt: skip
-    assert schema.apply(con, meters) == 8
-    assert schema.apply(con, meters) == 8  # and again: nothing left to do
+    assert schema.apply(con, meters) == 9
+    assert schema.apply(con, meters) == 9  # and again: nothing left to do
     assert keys() == [["meter_daily_totals", "p"], ["meter_hourly_totals", "p"]]
     (method,) = con.run(
         "SELECT am.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -257,4 +257,41 @@ def test_a_version_7_database_is_brought_to_fewer_writes(fresh_pg, tmp_path: Pat
     records = store.load_status(con)
     assert records[1].state.counts == 5 and records[1].counted == 5
     assert con.run("SELECT index, meter_counts FROM consumption") == [[1, 5]]
+
+
+def test_pushes_waiting_from_before_version_9_get_their_day_and_meters(fresh_pg):
+    """Pushes recorded before a push named its meters: the day each stands for, and the meters
+    configured now where their number matches the push's values (recorded in meter order)."""
+    con = db.connect(fresh_pg, "test")
+    con.execute_simple(
+        """ALTER TABLE push_outbox DROP COLUMN day, DROP COLUMN meter_nos,
+               DROP COLUMN meter_names;
+           DELETE FROM schema_version WHERE version >= 9;
+           UPDATE pusher_state SET tz = 'Europe/Copenhagen';"""
+    )
+    seven = ",".join(["1.00"] * 7)
+    for key, at, data, sent in [
+        ("day:2024-06-01", "2024-06-01 22:00+00", seven, None),
+        ("request:e:1", "2024-06-02 22:30+00", seven, None),  # 00:30 local: the 3rd
+        ("request:e:2", "2024-06-03 10:00+00", "1.00,2.00", None),  # fewer meters then
+        ("day:2024-05-31", "2024-05-31 22:00+00", seven, "2024-06-01 00:02+00"),  # sent
+    ]:
+        con.run(
+            "INSERT INTO push_outbox (dedup_key, reading_at, data_string, sent_at) "
+            "VALUES (:k, CAST(:at AS timestamptz), :d, CAST(:s AS timestamptz))",
+            k=key,
+            at=at,
+            d=data,
+            s=sent,
+        )
+    assert schema.apply(con, config.load_meters()) >= 9
+    rows = con.run(
+        "SELECT dedup_key, day::text, meter_nos, meter_names[1] FROM push_outbox ORDER BY id"
+    )
+    assert rows == [
+        ["day:2024-06-01", "2024-06-01", [1, 2, 3, 4, 5, 6, 7], "Meter 1"],
+        ["request:e:1", "2024-06-03", [1, 2, 3, 4, 5, 6, 7], "Meter 1"],
+        ["request:e:2", "2024-06-03", None, None],  # sent without meters: the script says so
+        ["day:2024-05-31", "2024-05-31", None, None],
+    ]
     con.close()

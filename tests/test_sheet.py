@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from datetime import date, datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 import trustme
 
-from energy_worker.sheet import data_string, push_url, shown_url
+from energy_worker.sheet import data_string, fields, push_url, shown_url
 from energy_worker.webhook import Webhook
 from sheet_server import HANG, Reply, request_line, sheet_server
 
@@ -117,6 +119,22 @@ def test_connection_refused_is_a_failure_without_the_url():
     assert answer.status is None
     assert answer.error == "connection failed"
     assert "s3cret" not in answer.describe()
+
+
+def test_a_push_carries_its_id_day_instant_and_meters_encoded():
+    at = datetime(2024, 6, 2, tzinfo=ZoneInfo("Europe/Copenhagen"))
+    extra = fields("a1:day:2024-06-01", date(2024, 6, 1), at, [(1, "House"), (3, "A, b & c+d")])
+    assert extra == (
+        "id=a1:day:2024-06-01&day=2024-06-01&at=2024-06-02T00:00:00%2B02:00&meters=1,3"
+        "&name1=House&name3=A,%20b%20%26%20c%2Bd"
+    )
+    assert push_url("https://h/p?k=1", "1.00,2.00", extra) == (
+        f"https://h/p?k=1&function=updateSheet&dataString=1.00,2.00&{extra}"
+    )
+    # a push recorded before its meters were: no meters, no names
+    assert fields("x", date(2024, 6, 1), at, None) == (
+        "id=x&day=2024-06-01&at=2024-06-02T00:00:00%2B02:00"
+    )
 
 
 # --- what an answer means (webhook_answer.py), each case against the local server -----------

@@ -45,13 +45,14 @@ class Webhook:
     def shown(self) -> str:
         return shown_url(self.url)
 
-    def send(self, data: str) -> Answer:
+    def send(self, data: str, extra: str = "") -> Answer:
+        """GET the push of `data` (sheet.data_string), `extra` (sheet.fields) after it."""
         import requests  # noqa: PLC0415 - loaded with the session, in __init__
 
         deadline = time.monotonic() + self.timeout
         try:
             with self.session.get(
-                push_url(self.url, data),
+                push_url(self.url, data, extra),
                 timeout=(min(self.timeout, CONNECT_TIMEOUT), self.timeout),
                 stream=True,
                 allow_redirects=True,

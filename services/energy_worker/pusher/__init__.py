@@ -65,7 +65,7 @@ class Pusher:
         self.totals = TotalsPass(session, queues, settings.tz, clock)
         self.daily = DailyPush(session, queues, settings, webhook is not None, clock)
         self.outbox = Outbox(session, webhook, settings, clock)
-        self.requests = PushRequests(session, queues, webhook is not None, clock)
+        self.requests = PushRequests(session, queues, webhook is not None, clock, settings.tz)
         self.debug = logs.DebugSwitch(log)
         self.postgres_outage = Outage("PostgreSQL", log)
         self.redis_outage = Outage("Redis", log)

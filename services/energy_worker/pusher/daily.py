@@ -66,9 +66,15 @@ class DailyPush:
                 )
             with db.transaction(con):
                 if self.pushing:
-                    readings = [kwh for _no, kwh in store.readings_at(con, midnight)]
+                    readings = store.readings_at(con, midnight)
                     store.record_push(
-                        con, f"day:{day.isoformat()}", midnight, data_string(readings), now
+                        con,
+                        f"day:{day.isoformat()}",
+                        midnight,
+                        data_string([kwh for _no, _name, kwh in readings]),
+                        now,
+                        day,
+                        [(no, name) for no, name, _kwh in readings],
                     )
                 store.set_next_push_day(con, day + totals.DAY)
             if self.pushing:

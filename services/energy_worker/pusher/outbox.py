@@ -5,8 +5,10 @@ answer within PUSH_TIMEOUT, connection refused, a TLS error, any non-2xx status,
 `ERROR: ...` or an HTML page: webhook_answer.py) is recorded with the answer's first line, shown
 by `energy-worker push` and `status`, and retried after 30 s, doubling up to 15 min, and holds
 back everything newer, so a webhook that is down for days gets every missed day in order. A push
-that succeeded is marked sent with its status and never sent again. Only a request whose answer
-never came can reach the sheet twice: HTTP GET gives no way to tell whether it arrived.
+that succeeded is marked sent with its status and never sent again. A request whose answer never
+came (or whose redirect could not be followed) may have reached the sheet: it is sent again with
+the same id (sheet.fields), and the Apps Script (docs/google-apps-script/Code.gs) writes an id
+once, so a retry makes no second row.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from .. import db
+from .. import db, sheet, totals
 from ..config import PushSettings
 from ..domain import printable
 from ..store import pusher as store
@@ -63,7 +65,7 @@ class Outbox:
             if pending is None or pending.next_attempt_at > now:
                 self.next_retry = pending.next_attempt_at if pending else None
                 return
-            answer = self.webhook.send(pending.data_string)
+            answer = self.webhook.send(pending.data_string, self.fields(pending))
             done = self.clock()
             what = describe(pending, self.settings.tz)
             if answer.ok:
@@ -92,6 +94,13 @@ class Outbox:
             )
             self.next_retry = retry_at
             return
+
+    def fields(self, pending: store.PendingPush) -> str:
+        """What the push carries besides the readings (sheet.fields): its id, the day it stands
+        for, the instant of its readings in TZ, and its meters."""
+        tz = self.settings.tz
+        day = pending.day or totals.local_day(pending.reading_at, tz)
+        return sheet.fields(pending.push_id, day, pending.reading_at.astimezone(tz), pending.meters)
 
     def close(self) -> None:
         if self.webhook is not None:

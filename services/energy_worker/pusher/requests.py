@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
-from .. import db, logs
+from .. import db, logs, totals
 
 # redis-py's hints ask for str where the server takes bytes as well (LREM of an item as read).
 from ..domain import Item, printable
@@ -35,8 +36,10 @@ class PushRequests:
         queues: Queues,
         pushing: bool,
         clock: Callable[[], datetime],
+        tz: ZoneInfo,
     ) -> None:
         self.session = session
+        self.tz = tz  # a request stands for the local day it is made on
         self.queues = queues
         self.r = queues.r
         self.pushing = pushing  # False: no webhook URL, requests are dropped with a log line
@@ -74,10 +77,13 @@ class PushRequests:
         else:
             now = self.clock()
             con = self.session.connection()
-            readings = [kwh for _no, kwh in store.current_readings(con)]
+            readings = store.current_readings(con)
             key = f"request:{item.epoch}:{item.seq}"
+            data = data_string([kwh for _no, _name, kwh in readings])
+            meters = [(no, name) for no, name, _kwh in readings]
+            day = totals.local_day(now, self.tz)
             try:
-                recorded = store.record_request(con, key, now, data_string(readings))
+                recorded = store.record_request(con, key, now, data, day, meters)
             except db.ERRORS as exc:
                 if not db.refused_for_data(exc):
                     raise

@@ -13,6 +13,7 @@ kWh_start + kWh_diff + kWh_set = kWh (the readings, which the sheet receives, in
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -55,6 +56,9 @@ class PendingPush:
     data_string: str
     attempts: int
     next_attempt_at: datetime
+    push_id: str  # the sheet's id of it: the installation's id and dedup_key, on every retry
+    day: date | None  # the local day it stands for (None: recorded before schema version 9)
+    meters: list[tuple[int, str]] | None  # (number, name) in data_string's order; None: ditto
 
 
 def load_state(con: Connection) -> PusherState:
@@ -198,67 +202,102 @@ def save_totals_state(
     )
 
 
-def readings_at(con: Connection, at: datetime) -> list[tuple[int, Decimal | None]]:
-    """Every configured meter's reading at an instant, in meter order."""
+def readings_at(con: Connection, at: datetime) -> list[tuple[int, str, Decimal | None]]:
+    """Every configured meter's number, name and reading at an instant, in meter order."""
     rows = con.run(
-        f"""SELECT m.meter_no, ({_READING_AT.format(at=":at")})
+        f"""SELECT m.meter_no, m.meter_name, ({_READING_AT.format(at=":at")})
             FROM meter_metadata m ORDER BY m.meter_no""",
         at=at,
     )
-    return [(int(no), kwh) for no, kwh in rows]
+    return [(int(no), name, kwh) for no, name, kwh in rows]
 
 
-def current_readings(con: Connection) -> list[tuple[int, Decimal | None]]:
-    """Every configured meter's current reading (meter_status), in meter order."""
+def current_readings(con: Connection) -> list[tuple[int, str, Decimal | None]]:
+    """Every configured meter's number, name and current reading (meter_status), in meter
+    order."""
     rows = con.run(
-        """SELECT m.meter_no, s.kWh FROM meter_metadata m
+        """SELECT m.meter_no, m.meter_name, s.kWh FROM meter_metadata m
            LEFT JOIN meter_status s ON s.meter_no = m.meter_no ORDER BY m.meter_no"""
     )
-    return [(int(no), kwh) for no, kwh in rows]
+    return [(int(no), name, kwh) for no, name, kwh in rows]
 
 
 def record_push(
-    con: Connection, dedup_key: str, reading_at: datetime, data: str, now: datetime
+    con: Connection,
+    dedup_key: str,
+    reading_at: datetime,
+    data: str,
+    now: datetime,
+    day: date | None = None,
+    meters: list[tuple[int, str]] | None = None,
 ) -> bool:
-    """Put a push in the outbox; False if one with this key was recorded before."""
+    """Put a push in the outbox, with the day it stands for and its meters (number, name) in
+    data's order (None: sent without; the outbox then takes the day from reading_at); False if
+    one with this key was recorded before."""
     rows = con.run(
-        """INSERT INTO push_outbox (dedup_key, reading_at, data_string, created_at, next_attempt_at)
-           VALUES (:key, :at, :data, :now, :now)
+        """INSERT INTO push_outbox (dedup_key, reading_at, data_string, created_at,
+                                    next_attempt_at, day, meter_nos, meter_names)
+           VALUES (:key, :at, :data, :now, :now, :day, CAST(:nos AS integer[]),
+                   -- names as JSON: the driver's array literal leaves null and quotes bare
+                   (SELECT array_agg(n.name ORDER BY n.i)
+                    FROM json_array_elements_text(CAST(:names AS json))
+                         WITH ORDINALITY AS n(name, i)))
            ON CONFLICT (dedup_key) DO NOTHING RETURNING id""",
         key=dedup_key,
         at=reading_at,
         data=data,
         now=now,
+        day=day,
+        nos=None if meters is None else [number for number, _name in meters],
+        names=None if meters is None else json.dumps([name for _number, name in meters]),
     )
     return bool(rows)
 
 
-def record_request(con: Connection, dedup_key: str, reading_at: datetime, data: str) -> bool:
+def record_request(
+    con: Connection,
+    dedup_key: str,
+    reading_at: datetime,
+    data: str,
+    day: date | None = None,
+    meters: list[tuple[int, str]] | None = None,
+) -> bool:
     """Put a `pushtogoogle` request in the outbox, or join it to a request not sent yet (the
     webhook failing): pending requests are one push of the newest readings, keeping its
     attempts and backoff, under this request's key and a new id (so that `energy-worker push`
-    finds it as one after its own). False if one with this key was recorded before."""
+    finds it as one after its own), with this request's day and meters (record_push). False if
+    one with this key was recorded before."""
     rows = con.run(
         """WITH pending AS (
                SELECT id FROM push_outbox
                WHERE sent_at IS NULL AND dedup_key LIKE 'request:%'
                  AND NOT EXISTS (SELECT 1 FROM push_outbox WHERE dedup_key = :key)
                ORDER BY id DESC LIMIT 1
+           ), names AS (
+               -- names as JSON: the driver's array literal leaves null and quotes bare
+               SELECT array_agg(n.name ORDER BY n.i) AS names
+               FROM json_array_elements_text(CAST(:names AS json)) WITH ORDINALITY AS n(name, i)
            ), joined AS (
                UPDATE push_outbox o
                SET id = nextval(pg_get_serial_sequence('push_outbox', 'id')), dedup_key = :key,
-                   reading_at = :at, data_string = :data
+                   reading_at = :at, data_string = :data, day = :day,
+                   meter_nos = CAST(:nos AS integer[]), meter_names = (SELECT names FROM names)
                FROM pending WHERE o.id = pending.id RETURNING o.id
            ), added AS (
                INSERT INTO push_outbox (dedup_key, reading_at, data_string, created_at,
-                                        next_attempt_at)
-               SELECT :key, :at, :data, :at, :at WHERE NOT EXISTS (SELECT 1 FROM pending)
+                                        next_attempt_at, day, meter_nos, meter_names)
+               SELECT :key, :at, :data, :at, :at, :day, CAST(:nos AS integer[]),
+                      (SELECT names FROM names)
+               WHERE NOT EXISTS (SELECT 1 FROM pending)
                ON CONFLICT (dedup_key) DO NOTHING RETURNING id
            )
            SELECT id FROM joined UNION ALL SELECT id FROM added""",
         key=dedup_key,
         at=reading_at,
         data=data,
+        day=day,
+        nos=None if meters is None else [number for number, _name in meters],
+        names=None if meters is None else json.dumps([name for _number, name in meters]),
     )
     return bool(rows)
 
@@ -272,13 +311,19 @@ def set_next_push_day(con: Connection, day: date) -> None:
 def next_pending(con: Connection) -> PendingPush | None:
     """The oldest push not yet answered 2xx."""
     rows = con.run(
-        """SELECT id, dedup_key, reading_at, data_string, attempts, next_attempt_at
-           FROM push_outbox WHERE sent_at IS NULL ORDER BY reading_at, id LIMIT 1"""
+        """SELECT o.id, o.dedup_key, o.reading_at, o.data_string, o.attempts, o.next_attempt_at,
+                  concat_ws(':', (SELECT i.id FROM installation i LIMIT 1), o.dedup_key),
+                  o.day, o.meter_nos, o.meter_names
+           FROM push_outbox o WHERE o.sent_at IS NULL ORDER BY o.reading_at, o.id LIMIT 1"""
     )
     if not rows:
         return None
-    pid, key, at, data, attempts, next_at = rows[0]
-    return PendingPush(int(pid), key, at, data, int(attempts), next_at)
+    pid, key, at, data, attempts, next_at, push_id, day, nos, names = rows[0]
+    meters = None
+    if nos is not None:
+        names = names or []
+        meters = [(int(n), str(names[i] if i < len(names) else "")) for i, n in enumerate(nos)]
+    return PendingPush(int(pid), key, at, data, int(attempts), next_at, push_id, day, meters)
 
 
 def mark_sent(con: Connection, push_id: int, status: int, now: datetime) -> None:

@@ -27,7 +27,7 @@ from energy_worker.store import reports
 from helpers import REPO, T0, enqueue, pulses, wait_until, write_ini
 
 METERS = str(REPO / "etc" / "meters.toml")
-COMMANDS = ("status", "simulate", "deadletters", "push", "set-reading")
+COMMANDS = ("status", "energy", "simulate", "deadletters", "push", "set-reading")
 
 
 def closed_port() -> int:
@@ -237,11 +237,13 @@ def test_ages_and_readings_as_a_person_reads_them():
     )
 
 
-def test_power_now_falls_with_the_time_since_the_last_pulse():
-    assert health.power_now(2000, 17250, 1000, 1800) == 2000  # the pulse period: its power
-    assert health.power_now(2000, 17250, 1000, 60_000) == 60  # a minute: at most 60 W
-    assert health.power_now(None, 17250, 1000, 100) == 17250  # no power known: the maximum
-    assert health.power_now(None, 17250, 1000, 600_000) == 6
+def test_the_bound_now_is_shown_only_below_the_last_power():
+    assert health.power_at_most(2000, 17250, 1000, 1800) is None  # the period: its power holds
+    assert health.power_at_most(2000, 17250, 1000, 1900) == 1895  # no pulse yet: less
+    assert health.power_at_most(2000, 17250, 1000, 60_000) == 60  # a minute: at most 60 W
+    assert health.power_at_most(None, 17250, 1000, 100) is None  # none known: the maximum holds
+    assert health.power_at_most(None, 17250, 1000, 600_000) == 6
+    assert health.power_at_most(2000, 17250, 1000, -5) is None  # pulses not yet committed
 
 
 def test_a_meter_is_silent_when_much_longer_quiet_than_its_power_implies():

@@ -128,12 +128,14 @@ def test_simulate_feeds_the_service_and_status_shows_it(service: Service):
     text = cli_process(env, "status")  # the console script, as a person runs it
     assert text.code == 0, text.out + text.err
     table = text.out.split("\n\n")[1].splitlines()  # after the title, before the pipeline
-    assert table[0].split() == ["meter", "name", "reading", "kWh", "power", "now", "last",
-                                "pulse", "pulses", "today"]  # fmt: skip
-    rows = {line.split()[0]: line.split() for line in table[1:]}
-    assert rows["1"][:4] == ["1", "Meter", "1", "0.004"] and rows["1"][-1] == "4"
-    assert rows["2"][:4] == ["2", "Meter", "2", "0.002"] and rows["2"][-1] == "2"
-    assert rows["3"][3:] == ["0.000", "-", "never", "0"]
+    assert table[0].split() == ["meter", "name", "reading", "kWh", "last", "power", "now",
+                                "last", "pulse", "pulses", "today", "kWh", "today"]  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in table[1:8]}
+    # 4 pulses: the first of the history only starts the count (the note says so)
+    assert rows["1"][:4] == ["1", "Meter", "1", "0.004"] and rows["1"][-2:] == ["4", "0.003*"]
+    assert rows["2"][:4] == ["2", "Meter", "2", "0.002"] and rows["2"][-2:] == ["2", "0.001*"]
+    assert rows["3"][3:] == ["0.000", "-", "never", "0", "-"]
+    assert "*: the meter's history began today" in text.out
     assert "programs      processor RUNNING, pusher RUNNING, router RUNNING" in (text.out)
     assert text.out.rstrip().endswith("All is well.")
 
@@ -142,9 +144,10 @@ def test_simulate_feeds_the_service_and_status_shows_it(service: Service):
     one, two = data["meters"][:2]
     assert (one["kwh"], one["pulses_today"], one["last_power_w"]) == ("0.004", 4, 14400)
     assert (two["kwh"], two["pulses_today"], two["last_power_w"]) == ("0.002", 2, 7200)
-    # power now: the last power, or the bound that falls since the last pulse
+    # the last power, and apart from it the bound that falls since the last pulse
     bound = 3_600_000_000 // (int(one["last_pulse_age_s"] * 1000) * 1000)
-    assert one["power_now_w"] <= 14400 and abs(one["power_now_w"] - min(14400, bound)) <= 100
+    assert one["at_most_w"] is not None and abs(one["at_most_w"] - bound) <= 100
+    assert (one["kwh_today"], one["history_began_today"]) == ("0.003", True)
     assert data["pipeline"]["backlog"] == 0 and data["pipeline"]["last_commit_age_s"] < 60
     assert set(data["pipeline"]["programs"].values()) == {"RUNNING"}
     assert data["pulses_today_from"] == "meter_pulses_at"

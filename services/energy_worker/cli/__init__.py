@@ -7,6 +7,7 @@
 |                    | errors, confirmation                                               |
 | cli/status.py      | `status`: meters, pipeline, dead letters, pushes; health exit code |
 | cli/health.py      | the rules `status` judges by (pure)                                |
+| cli/energy.py      | `energy`: kWh per meter per day or hour, bars, JSON, CSV           |
 | cli/simulate.py    | `simulate`: Arduino-like pulses through the webhook's protocol     |
 | cli/deadletters.py | `deadletters`: list, clear, re-queue                               |
 | cli/push.py        | `push`: a sheet push now, and its outcome                          |
@@ -30,6 +31,7 @@ from .session import EXIT_ATTENTION, EXIT_TROUBLE, CliError, Session
 
 MODULES = {
     "status": "status",
+    "energy": "energy",
     "simulate": "simulate",
     "deadletters": "deadletters",
     "push": "push",

@@ -17,11 +17,15 @@ NOT_COMMITTING_INTERVALS = 3  # commit intervals without a commit while work wai
 NOT_COMMITTING_MIN_S = 5.0  # ... and at least this (durable_after alone is 2 s)
 
 
-def power_now(last_watt: int | None, max_power_w: int, pulses_per_kwh: int, quiet_ms: int) -> int:
-    """The most the meter can draw now: its last power (its maximum when that pulse carried
-    none), capped by the bound that falls while no pulse comes (meter.power_bound_w)."""
+def power_at_most(
+    last_watt: int | None, max_power_w: int, pulses_per_kwh: int, quiet_ms: int
+) -> int | None:
+    """The most the meter can draw now, quiet_ms after its last pulse (meter.power_bound_w),
+    when that says more than its last power (its maximum when that pulse carried none); None
+    while the last power may still hold."""
+    bound = power_bound_w(max(quiet_ms, 1), pulses_per_kwh)
     last = max_power_w if last_watt is None else last_watt
-    return min(last, power_bound_w(quiet_ms, pulses_per_kwh))
+    return bound if bound < last else None
 
 
 def implied_period_ms(watt: int, pulses_per_kwh: int) -> float:

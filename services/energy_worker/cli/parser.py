@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import NoReturn
 
@@ -47,8 +48,14 @@ exit status (usable as a health check):
      - a configured meter is missing in PostgreSQL (the set-up has not run since)
   2  could not look: a server does not answer, or a configuration error
 
-Power now is the last pulse's power, or less: t ms after its last pulse a meter draws at
-most 3,600,000,000 / (t x pulses per kWh) W, or it would have pulsed again."""
+Last power is the power measured by the latest pulse ("-": it carried none, as the first
+pulse after a powerup). Now, while no pulse comes: t ms after its last pulse a meter draws at
+most 3,600,000,000 / (t x pulses per kWh) W, or it would have pulsed again; shown once that is
+below the last power. Pulses still on their way to PostgreSQL are taken into account.
+kWh today is counted by pulses (a typed-in reading is no energy; see energy-worker energy).
+The first pulse of a meter's history only starts the count (it ends an interval of energy
+that began before the history did): that day, kWh today is one pulse less than the pulses,
+marked with *."""
 
 SIMULATE_EPILOG = """\
 Each meter behaves like the Arduino: a pulse every 3,600,000,000 / (W x pulses per kWh) ms,
@@ -90,6 +97,19 @@ daily energy and the graphs count pulses only.
 
 exit status: 0 stored; 1 not confirmed, or not stored in time; 2 an unknown meter, a reading
 out of range, or a server does not answer."""
+
+
+ENERGY_EPILOG = """\
+The energy is counted by pulses, exactly (N pulses of a 1000 pulses/kWh meter are N/1000 kWh),
+as Grafana and the hourly and daily totals count it: a typed-in reading (set-reading) is a
+correction, not energy. Today and the current hour count up to now. "-": the meter has no
+history yet then. The period in which a meter's history begins is marked with *: its first
+pulse only starts the count, since a pulse ends an interval of energy that began before it.
+Bars are scaled to each meter's largest value. Days and hours are local (TZ).
+
+exit status: 0 shown; 2 a wrong argument, or PostgreSQL does not answer."""
+
+MAX_DAYS = 366
 
 
 def positive_seconds(text: str) -> float:
@@ -137,6 +157,24 @@ def reading(text: str) -> Decimal:
     return value.quantize(CENT)
 
 
+def day_count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (1 to {MAX_DAYS})")
+    return int(text)
+
+
+def day_name(text: str) -> str:
+    """today, yesterday, or a date YYYY-MM-DD."""
+    if text in ("today", "yesterday"):
+        return text
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text).isoformat()
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a day: today, yesterday or YYYY-MM-DD")
+
+
 def entry_number(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not an entry number (1, 2, ...)")
@@ -170,11 +208,41 @@ def build() -> argparse.ArgumentParser:
 
     status = command(
         "status",
-        "Each meter's reading, power now, last pulse and pulses today; the pipeline, dead "
-        "letters and pushes; a non-zero exit status when something needs attention.",
+        "Each meter's reading, last power and its bound now, last pulse, pulses and kWh "
+        "today; the pipeline, dead letters and pushes; a non-zero exit status when something "
+        "needs attention.",
         STATUS_EPILOG,
     )
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
+    energy = command(
+        "energy",
+        "kWh per meter for today, yesterday and the days before, or per hour of one day, "
+        "with a bar chart; --json or --csv for a script or a spreadsheet.",
+        ENERGY_EPILOG,
+    )
+    period = energy.add_mutually_exclusive_group()
+    period.add_argument(
+        "--days",
+        type=day_count,
+        default=7,
+        metavar="N",
+        help="the last N days, today included (default 7)",
+    )
+    period.add_argument(
+        "--hours",
+        type=day_name,
+        nargs="?",
+        const="today",
+        default=None,
+        metavar="DAY",
+        help="per hour of one day: today (the default), yesterday, or YYYY-MM-DD",
+    )
+    output = energy.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON object, kWh as text")
+    output.add_argument(
+        "--csv", action="store_true", help="CSV: a row per period, a column per meter"
+    )
 
     simulate = command(
         "simulate",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
 
 from ..domain import EPOCH_START
@@ -81,3 +81,17 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
         return "  ".join(out).rstrip()
 
     return "\n".join([line(header), *(line(row) for row in rows)])
+
+
+EIGHTHS = ("", "\u258f", "\u258e", "\u258d", "\u258c", "\u258b", "\u258a", "\u2589")  # ▏ to ▉
+FULL = "\u2588"  # █
+
+
+def bar(value: Decimal | None, most: Decimal, width: int) -> str:
+    """A bar of Unicode blocks, `width` long for `most`, to an eighth of a block; any value
+    above zero shows at least an eighth. Exact: no float."""
+    if value is None or value <= 0 or most <= 0:
+        return ""
+    eighths = int((value * width * 8 / most).to_integral_value(ROUND_HALF_UP))
+    eighths = min(max(eighths, 1), width * 8)
+    return FULL * (eighths // 8) + EIGHTHS[eighths % 8]

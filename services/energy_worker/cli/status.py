@@ -44,11 +44,13 @@ class MeterStatus:
     in_postgres: bool
     pulses_per_kwh: int
     kwh: Decimal | None = None
-    power_now_w: int | None = None
-    last_power_w: int | None = None
+    last_power_w: int | None = None  # the latest pulse's measured power; None: it had none
+    at_most_w: int | None = None  # the bound now, while it is below what the pulse allows
     last_pulse: datetime | None = None
     quiet_s: float | None = None
     pulses_today: int | None = None
+    kwh_today: Decimal | None = None  # counted by pulses (energy_per_period)
+    began_today: bool = False  # its history began today with a pulse, which adds no energy
 
 
 @dataclass
@@ -111,9 +113,11 @@ def gather(session: Session) -> Report:
     now = reports.clock(con)
     attention: list[str] = []
     with_function = reports.has_pulses_at(con)
-    meters = meter_statuses(con, configured, now, tz, with_function, attention)
-
     queues = Queues(r)
+    # Before the history is read: a pulse committed in between is then in both.
+    unsettled = queues.oldest_waiting()
+    meters = meter_statuses(con, configured, now, tz, with_function, attention, unsettled)
+
     backlog = queues.backlog()
     change = None
     if backlog:
@@ -182,12 +186,23 @@ def meter_statuses(
     tz: ZoneInfo,
     with_function: bool,
     attention: list[str],
+    unsettled_ms: int | None = None,
 ) -> list[MeterStatus]:
-    """Each configured meter as PostgreSQL has it; what needs attention goes to `attention`."""
+    """Each configured meter as PostgreSQL has it; what needs attention goes to `attention`.
+    unsettled_ms: when the oldest pulse still waiting in Redis was taken (ms since 1970):
+    PostgreSQL knows that no pulse came only up to there."""
     midnight = totals.day_start(totals.local_day(now, tz), tz)
     rows = {row.meter_no: row for row in reports.meters(con, list(configured))}
     today = reports.pulses_since(con, list(rows), midnight, with_function)
     silent_after = reports.silent_after(con)
+    reports.use_zone(con, tz.key)
+    energy = {
+        e.meter_no: e.kwh
+        for e in reports.energy_per_period(con, midnight, now, "day")
+        if e.start == midnight
+    }
+    began = {n for n, at in reports.first_pulses(con, list(rows)).items() if at >= midnight}
+    unsettled_s = None if unsettled_ms is None else max(time.time() - unsettled_ms / 1000, 0.0)
     meters = []
     for number, meter in configured.items():
         row = rows.get(number)
@@ -199,10 +214,11 @@ def meter_statuses(
             )
             continue
         quiet_s = None if row.last_pulse is None else (now - row.last_pulse).total_seconds()
-        power = None
+        at_most = None
         if quiet_s is not None:
-            power = health.power_now(
-                row.last_watt, row.max_power_w, row.pulses_per_kwh, int(quiet_s * 1000)
+            known_quiet_s = quiet_s - (unsettled_s or 0.0)  # no pulse for at least this long
+            at_most = health.power_at_most(
+                row.last_watt, row.max_power_w, row.pulses_per_kwh, int(known_quiet_s * 1000)
             )
             if health.meter_silent(row.last_watt, row.pulses_per_kwh, quiet_s, silent_after):
                 attention.append(
@@ -211,8 +227,8 @@ def meter_statuses(
                 )
         meters.append(
             MeterStatus(
-                number, row.name, True, row.pulses_per_kwh, row.kwh, power, row.last_watt,
-                row.last_pulse, quiet_s, today.get(number),
+                number, row.name, True, row.pulses_per_kwh, row.kwh, row.last_watt, at_most,
+                row.last_pulse, quiet_s, today.get(number), energy.get(number), number in began,
             )
         )  # fmt: skip
     return meters
@@ -244,25 +260,30 @@ def as_text(report: Report) -> str:
     rows = []
     for m in report.meters:
         if not m.in_postgres:
-            rows.append([str(m.number), m.name, "-", "-", "not in PostgreSQL", "-"])
+            rows.append([str(m.number), m.name, "-", "-", "", "not in PostgreSQL", "-", "-"])
             continue
+        today = "-" if m.kwh_today is None else show.kwh(m.kwh_today, m.pulses_per_kwh)
         rows.append(
             [
                 str(m.number),
                 m.name,
                 show.kwh(m.kwh, m.pulses_per_kwh) if m.kwh is not None else "-",
-                show.watts(m.power_now_w),
+                show.watts(m.last_power_w),
+                "" if m.at_most_w is None else f"at most {m.at_most_w} W",
                 "never" if m.quiet_s is None else f"{show.age(m.quiet_s)} ago",
                 "-" if m.pulses_today is None else str(m.pulses_today),
+                today + ("*" if m.began_today else ""),
             ]
         )
     lines.append(
         show.table(
-            ["meter", "name", "reading kWh", "power now", "last pulse", "pulses today"],
+            ["meter", "name", "reading kWh", "last power", "now", "last pulse", "pulses today",
+             "kWh today"],
             rows,
-            [True, False, True, True, True, True],
+            [True, False, True, True, False, True, True, True],
         )
-    )
+    )  # fmt: skip
+    lines.extend(power_notes(report))
     lines.append("")
     backlog = f"backlog {report.backlog}"
     if report.backlog_change is not None:
@@ -299,6 +320,23 @@ def as_text(report: Report) -> str:
     return "\n".join(lines)
 
 
+def power_notes(report: Report) -> list[str]:
+    """What the table's numbers mean, where they need it."""
+    notes = []
+    if any(m.at_most_w is not None for m in report.meters):
+        notes.append(
+            "now: no pulse since the last one, so at most this (t ms after a pulse a meter "
+            "draws at most 3,600,000,000 / (t x pulses per kWh) W)"
+        )
+    if any(m.began_today for m in report.meters):
+        notes.append(
+            "*: the meter's history began today; its first pulse only starts the count (a "
+            "pulse ends an interval of energy, and the first one's began before), so kWh "
+            "today is one pulse less than pulses today"
+        )
+    return notes
+
+
 def push_line(report: Report) -> str:
     pushes, tz = report.pushes, report.tz
     parts = []
@@ -332,11 +370,15 @@ def as_json(report: Report) -> str:
                 "name": m.name,
                 "in_postgresql": m.in_postgres,
                 "kwh": None if m.kwh is None else show.kwh(m.kwh, m.pulses_per_kwh),
-                "power_now_w": m.power_now_w,
                 "last_power_w": m.last_power_w,
+                "at_most_w": m.at_most_w,
                 "last_pulse": show.iso(m.last_pulse),
                 "last_pulse_age_s": rounded(m.quiet_s),
                 "pulses_today": m.pulses_today,
+                "kwh_today": None
+                if m.kwh_today is None
+                else show.kwh(m.kwh_today, m.pulses_per_kwh),
+                "history_began_today": m.began_today,
             }
             for m in report.meters
         ],

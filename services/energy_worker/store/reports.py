@@ -242,3 +242,52 @@ def typed_in_after(con: Connection, meter_no: int, after_index: int) -> Decimal 
         after=after_index,
     )
     return Decimal(rows[0][0]) if rows else None
+
+
+# --- energy per period (`energy-worker energy`, status's kWh today) ---------------------------
+
+
+@dataclass(frozen=True)
+class PeriodEnergy:
+    start: datetime
+    end: datetime
+    meter_no: int
+    kwh: Decimal  # counted by pulses, exact; typed-in readings are no energy
+
+
+def use_zone(con: Connection, tz: str) -> None:
+    """Days and hours in this zone (energy_per_period's periods are the session's)."""
+    con.run("SELECT set_config('TimeZone', :tz, false)", tz=tz)
+
+
+def energy_per_period(
+    con: Connection, since: datetime, until: datetime, unit: str
+) -> list[PeriodEnergy]:
+    """Energy per meter per local period ('hour', 'day') overlapping [since, until), from the
+    schema's energy_per_period (use_zone first); a meter without history at a period's end has
+    no row for it. The period its history begins in counts from its first row."""
+    rows = con.run(
+        """SELECT period_start, period_end, meter_no, kwh
+           FROM energy_per_period(:since, :until, :unit)""",
+        since=since,
+        until=until,
+        unit=unit,
+    )
+    return [PeriodEnergy(s, e, int(no), Decimal(kwh)) for s, e, no, kwh in rows if kwh is not None]
+
+
+def first_pulses(con: Connection, numbers: list[int]) -> dict[int, datetime]:
+    """The meters whose history begins with a pulse (not a typed-in reading), and its time:
+    that pulse starts the count and is no energy of the period it is in (what it ends began
+    before the history did). One index probe per meter."""
+    rows = con.run(
+        """SELECT m.meter_no, f.cor_time_stamp
+           FROM unnest(CAST(:numbers AS int[])) AS m(meter_no)
+           CROSS JOIN LATERAL (
+               SELECT c.cor_time_stamp, c.typed_in FROM consumption c
+               WHERE c.meter_no = m.meter_no ORDER BY c.cor_time_stamp, c.index LIMIT 1
+           ) f
+           WHERE NOT f.typed_in""",
+        numbers=numbers,
+    )
+    return {int(no): at for no, at in rows}

@@ -276,6 +276,11 @@ class LockedSession:
             self._lock.touched()
 
     def close(self) -> None:
+        """Close the session, releasing the lock first: a backend frees its locks only once it
+        has exited, after the close, so a successor would otherwise find the lock still held."""
+        if self._con is not None and self._locked:
+            with contextlib.suppress(*ERRORS):
+                self._con.run("SELECT pg_advisory_unlock(hashtext(:key))", key=lock_key(self.name))
         close_quietly(self._con)
         self._con = self._lock = None
         self._locked = False

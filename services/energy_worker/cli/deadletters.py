@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from .. import totals
 from ..keys import Kind, classify, value_problem
 from ..logs import printable
 from ..queue import DEADLETTER
@@ -107,20 +106,13 @@ def listing(session: Session, limit: int, as_json: bool) -> int:
     if not count:
         print("No dead letters: the service has rejected nothing (or the list was cleared).")
         return EXIT_OK
-    tz = zone(session)
+    tz = session.zone()
     print(f"{count} dead letter{'s' if count != 1 else ''}, newest first ({tz.key}):")
     for number, entry in enumerate(entries, start=1):
         print(f"  {number:>3}  {entry.describe(tz)}")
     if count > len(entries):
         print(f"  ... and {count - len(entries)} older (--limit {count} shows them all)")
     return EXIT_OK
-
-
-def zone(session: Session) -> ZoneInfo:
-    try:
-        return totals.zone(session.tz_name())
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
 
 
 def clear(session: Session, yes: bool) -> int:

@@ -113,10 +113,7 @@ def which_day(text: str, today: date) -> date:
 
 def gather(args: argparse.Namespace, session: Session) -> Energy:
     configured = session.meters()
-    try:
-        tz = totals.zone(session.tz_name())
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    tz = session.zone()
     con = session.postgres()
     reports.use_zone(con, tz.key)
     now = reports.clock(con)

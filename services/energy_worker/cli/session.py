@@ -13,8 +13,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
-from .. import config, makerun
+from .. import config, makerun, totals
 from ..config import ConfigError
 from ..domain import Meter
 
@@ -83,6 +84,13 @@ class Session:
 
     def tz_name(self) -> str | None:
         return self.env.get("TZ")
+
+    def zone(self) -> ZoneInfo:
+        """The service's zone (TZ): its hours and days."""
+        try:
+            return totals.zone(self.tz_name())
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
 
     def run_dir(self) -> Path | None:
         """supervisord's folder (socket, pid file), if this environment names one."""

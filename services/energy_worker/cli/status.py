@@ -30,7 +30,7 @@ from ..queue import DEADLETTER, Queues
 from ..store import reports
 from . import health, show
 from .deadletters import Entry, read_entries
-from .session import EXIT_ATTENTION, EXIT_OK, CliError, Session
+from .session import EXIT_ATTENTION, EXIT_OK, Session
 
 LATEST_DEADLETTERS = 5
 SUPERVISOR_TIMEOUT = 5.0  # seconds for supervisord's answer
@@ -104,10 +104,7 @@ def program_states(run_dir: Path) -> tuple[dict[str, str] | None, str]:
 
 def gather(session: Session) -> Report:
     configured = session.meters()
-    try:
-        tz = totals.zone(session.tz_name())
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    tz = session.zone()
     r = session.redis()
     con = session.postgres()
     now = reports.clock(con)

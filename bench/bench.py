@@ -633,7 +633,7 @@ def publisher_footprint(
         env = {**stack.env, "MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(port),
                "PYTHONOPTIMIZE": "2", "PYTHONPATH": str(REPO / "services")}  # fmt: skip
         program = subprocess.Popen(
-            [sys.executable, "-m", "energy_worker.publisher"], env=env, stdout=log,
+            [sys.executable, "-m", "energy_worker.programs.publisher"], env=env, stdout=log,
             stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
         )  # fmt: skip
         cleanup.callback(lambda: (program.terminate(), program.wait(30)))

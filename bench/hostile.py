@@ -4,7 +4,7 @@
     .venv/bin/python bench/hostile.py --junk 200000 --name-mb 5
 
 A private redis-server with the options of docker-compose.yaml's `redis-db` (bench/servers.py),
-and the router process as supervisord runs it (`python -m energy_worker.router`, optimized),
+and the router process as supervisord runs it (`python -m energy_worker.programs.router`, optimized),
 nothing else: the router alone is what is measured.
 
 1. Flood: the junk keys and one pulse are written before the router starts (as if they came
@@ -54,14 +54,14 @@ def router(rs: PrivateRedis, folder: Path) -> subprocess.Popen[bytes]:
         "REDIS_HOST": "127.0.0.1",
         "REDIS_PORT": str(rs.port),
         "REDIS_DB": "0",
-        "METERS_CONFIG": str(REPO / "etc" / "meters.toml"),
+        "METERS_CONFIG": str(REPO / "services" / "energy_worker" / "meters.toml"),
         "PYTHONPATH": str(REPO / "services"),
         "PYTHONOPTIMIZE": "2",
         "PYTHONUNBUFFERED": "1",
     }
     with (folder / "router.log").open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "energy_worker.router"],
+            [sys.executable, "-m", "energy_worker.programs.router"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

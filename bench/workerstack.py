@@ -1,5 +1,5 @@
 """energy-worker as the container runs it: entrypoint.sh, which applies the schema
-(`python -m energy_worker.setup`) and runs supervisord with the exit listener, router,
+(`python -m energy_worker.programs.set_up`) and runs supervisord with the exit listener, router,
 processor and pusher. Only the documented interface is used: the environment of
 docs/CONTRACT.md, entrypoint.sh, supervisord.conf (through supervisorctl), the Redis keys of
 docs/CONTRACT.md and the SQL tables.
@@ -79,7 +79,7 @@ class WorkerStack:
             REDIS_PORT=str(redis_port),
             REDIS_DB="0",
             ENERGY_WORKER_RUN_DIR=str(self.run_dir),
-            METERS_CONFIG=str(REPO / "etc" / "meters.toml"),
+            METERS_CONFIG=str(REPO / "services" / "energy_worker" / "meters.toml"),
             PYTHONUNBUFFERED="1",
             # a URL, so the pusher loads its HTTP client as in service (nothing listens there;
             # a push, due only at PUSH_TIME, would fail and wait)
@@ -224,7 +224,7 @@ class WorkerStack:
 def role(cmdline: list[str]) -> str | None:
     text = " ".join(cmdline)
     for name in PROGRAMS:
-        if f"energy_worker.{name}" in text:
+        if f"energy_worker.programs.{name}" in text:
             return name
     if "supervisord" in text and "supervisorctl" not in text:
         return "supervisord"

@@ -37,7 +37,7 @@ import psutil
 import pytest
 import redis
 
-from energy_worker import config, db, schema
+from energy_worker.adapters import config, postgres, schema
 from helpers import REPO, Proc, wait_until, write_ini
 
 RUN_ID = uuid.uuid4().hex
@@ -145,7 +145,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[config.Postg
 
 
 def _admin(settings: config.PostgresSettings) -> pg8000.native.Connection:
-    return db.connect(settings, "energy-worker tests")
+    return postgres.connect(settings, "energy-worker tests")
 
 
 @pytest.fixture(scope="session")
@@ -155,8 +155,8 @@ def pg_template(pg_server: config.PostgresSettings) -> Iterator[str]:
     admin = _admin(pg_server)
     admin.run(f'CREATE DATABASE "{name}"')
     settings = config.PostgresSettings(**{**pg_server.__dict__, "database": name})
-    con = db.connect(settings, "energy-worker tests")
-    schema.apply(con, config.load_meters(REPO / "etc" / "meters.toml"))
+    con = postgres.connect(settings, "energy-worker tests")
+    schema.apply(con, config.load_meters(REPO / "services" / "energy_worker" / "meters.toml"))
     con.close()
     yield name
     admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -197,7 +197,7 @@ def pg_run_db(
 def pg(pg_run_db: config.PostgresSettings) -> config.PostgresSettings:
     """The run's database, as the set-up leaves a new one: no session of an earlier test left,
     every table emptied, the schema's own rows and the default meters in place."""
-    con = db.connect(pg_run_db, "energy-worker tests")
+    con = postgres.connect(pg_run_db, "energy-worker tests")
     try:
         con.run(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -210,7 +210,7 @@ def pg(pg_run_db: config.PostgresSettings) -> config.PostgresSettings:
             )
         ]
         con.run(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
-        schema.apply(con, config.load_meters(REPO / "etc" / "meters.toml"))
+        schema.apply(con, config.load_meters(REPO / "services" / "energy_worker" / "meters.toml"))
     finally:
         con.close()
     return pg_run_db
@@ -219,9 +219,9 @@ def pg(pg_run_db: config.PostgresSettings) -> config.PostgresSettings:
 @pytest.fixture
 def sql(pg: config.PostgresSettings) -> Iterator[pg8000.native.Connection]:
     """A connection to the test's database, for looking at what the processes wrote."""
-    con = db.connect(pg, "energy-worker tests")
+    con = postgres.connect(pg, "energy-worker tests")
     yield con
-    db.close_quietly(con)
+    postgres.close_quietly(con)
 
 
 @pytest.fixture
@@ -315,7 +315,7 @@ def worker_env(
         REDIS_HOST=redis_db.host,
         REDIS_PORT=str(redis_db.port),
         REDIS_DB=str(redis_db.db),
-        METERS_CONFIG=str(REPO / "etc" / "meters.toml"),
+        METERS_CONFIG=str(REPO / "services" / "energy_worker" / "meters.toml"),
         PYTHONPATH=str(REPO / "services"),
         PYTHONUNBUFFERED="1",
         LOG_LEVEL="INFO",

@@ -29,10 +29,10 @@ import pg8000.native
 import pytest
 import yaml
 
-from energy_worker import config, db
-from energy_worker import history as deadband
-from energy_worker.domain import Run
-from energy_worker.readonly_role import ensure_readonly_role
+from energy_worker.adapters import config, postgres
+from energy_worker.adapters.readonly_role import ensure_readonly_role
+from energy_worker.core import history as deadband
+from energy_worker.core.domain import Run
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -131,9 +131,9 @@ def expand(sql: str, t_from: datetime, t_to: datetime, interval: timedelta) -> s
 @pytest.fixture(scope="module")
 def pg_module(pg_server, pg_template):
     """A database of the test module's own, cloned from the run's template (schema applied as
-    energy_worker.schema.apply does), shared by its tests: the generated history is large."""
+    energy_worker.adapters.schema.apply does), shared by its tests: the generated history is large."""
     name = f"{pg_template}_{uuid.uuid4().hex[:8]}"
-    admin = db.connect(pg_server, "energy-worker tests")
+    admin = postgres.connect(pg_server, "energy-worker tests")
     admin.run(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     yield config.PostgresSettings(**{**pg_server.__dict__, "database": name})
     admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -143,7 +143,7 @@ def pg_module(pg_server, pg_template):
 def connect(settings: config.PostgresSettings, user: str | None = None) -> pg8000.native.Connection:
     """As `user` (the read-only role) or the owner; trust auth on the test server."""
     if user is None:
-        return db.connect(settings, "energy-worker tests")
+        return postgres.connect(settings, "energy-worker tests")
     return pg8000.native.Connection(
         user=user, host=settings.host, port=settings.port, database=settings.database
     )
@@ -201,7 +201,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def store_history(con: pg8000.native.Connection, meter: Meter) -> None:
-    """The history as the processor stores it (energy_worker.ledger with history.place): a run
+    """The history as the processor stores it (energy_worker.core.ledger with history.place): a run
     of pulses within the deadband keeps its first row and a moving row that follows the latest
     pulse, but not across a quarter-hour boundary. A typed-in reading sets the count."""
     rows: list[list] = []

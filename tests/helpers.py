@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from energy_worker.config import PostgresSettings
-from energy_worker.queue import Queues
+from energy_worker.adapters.config import PostgresSettings
+from energy_worker.adapters.work_queue import Queues
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -40,7 +40,7 @@ class Proc:
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", f"energy_worker.{name}"],
+            [sys.executable, "-m", f"energy_worker.programs.{name}"],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -84,7 +84,7 @@ def write_ini(settings: PostgresSettings, path: Path) -> Path:
 # --- feeding the pipeline as the webhook and the router do ------------------------------------
 
 T0 = 1_795_000_000_000  # a wall time in ms
-METERS = frozenset(range(1, 8))  # etc/meters.toml
+METERS = frozenset(range(1, 8))  # services/energy_worker/meters.toml
 
 
 def enqueue(r: Any, key: str, value: str, at_ms: int | None = None) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from energy_worker.keys import Kind, classify, too_long, value_problem
+from energy_worker.core.keys import Kind, classify, too_long, value_problem
 
 METERS = frozenset(range(1, 8))
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from energy_worker import ha_discovery
+from energy_worker.programs.publisher import ha_discovery
 from helpers import wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pg8000.native
 
-from energy_worker import config
-from energy_worker.devrun import package_dir
+from devrun import package_dir
+from energy_worker.adapters import config
 from helpers import wait_until
 
 ADMIN = "postgres"

@@ -20,7 +20,7 @@ from typing import IO, Any
 import redis
 from supervisor.xmlrpc import SupervisorTransport
 
-from energy_worker import config, db
+from energy_worker.adapters import config, postgres
 from helpers import REPO, wait_until
 
 BIN = Path(sys.executable).parent
@@ -53,7 +53,7 @@ class Stack:
             "REDIS_PORT": str(rs.port),
             "REDIS_DB": str(rs.db),
             "ENERGY_WORKER_RUN_DIR": str(self.run_dir),
-            "METERS_CONFIG": str(REPO / "etc" / "meters.toml"),
+            "METERS_CONFIG": str(REPO / "services" / "energy_worker" / "meters.toml"),
             "PYTHONUNBUFFERED": "1",
             "LOG_LEVEL": "INFO",
             "COMMIT_INTERVAL": "0.5",  # the tests wait for commits: not the production 5 s
@@ -179,11 +179,11 @@ class Webhook:
 
 
 def counted(pg: config.PostgresSettings) -> Counter[int]:
-    con = db.connect(pg, "energy-worker tests")
+    con = postgres.connect(pg, "energy-worker tests")
     try:
         rows = con.run("SELECT meter_no, pulses_counted, meter_counts FROM meter_status")
     finally:
-        db.close_quietly(con)
+        postgres.close_quietly(con)
     for _, pulses, counts in rows:
         assert pulses == counts  # one count per pulse: nothing counted twice
     return Counter({meter: pulses for meter, pulses, _ in rows if pulses})

@@ -17,16 +17,16 @@ import pytest
 import redis
 
 from cli_support import SCRIPT, cli, cli_process
-from energy_worker import config, makerun, queue
-from energy_worker.cli import health, parser, push, show, simulate
+from energy_worker.adapters import config, work_queue
+from energy_worker.adapters.sql import reports
+from energy_worker.cli import health, make_run, parser, push, show, simulate
 from energy_worker.cli.deadletters import Entry
 from energy_worker.cli.session import Session
-from energy_worker.domain import at_time
-from energy_worker.processor import Processor
-from energy_worker.store import reports
+from energy_worker.core.domain import at_time
+from energy_worker.programs.processor import Processor
 from helpers import REPO, T0, enqueue, pulses, wait_until, write_ini
 
-METERS = str(REPO / "etc" / "meters.toml")
+METERS = str(REPO / "services" / "energy_worker" / "meters.toml")
 COMMANDS = ("status", "energy", "simulate", "deadletters", "push", "set-reading")
 
 
@@ -193,24 +193,24 @@ def test_the_settings_of_make_run_are_adopted_when_nothing_names_a_server(tmp_pa
         "ENERGY_WORKER_RUN_DIR": str(tmp_path / "run"),
         "POSTGRES_PASSWORD": "secret",
     }
-    written = makerun.write(tmp_path, env)
+    written = make_run.write(tmp_path, env)
     data = json.loads(written.read_text())
     assert "secret" not in written.read_text()
     assert Path(data["POSTGRES_INI"]).is_absolute()
     shell = {"ENERGY_WORKER_VAR": str(tmp_path), "REDIS_DB": "3"}
-    assert makerun.adopt(shell) == written
+    assert make_run.adopt(shell) == written
     assert shell["REDIS_PORT"] == "40001" and shell["REDIS_DB"] == "3"  # its own setting wins
     # a server named in the environment is that one; the other is still make run's
     named = {"ENERGY_WORKER_VAR": str(tmp_path), "REDIS_HOST": "redis-db"}
-    assert makerun.adopt(named) == written and "REDIS_PORT" not in named
+    assert make_run.adopt(named) == written and "REDIS_PORT" not in named
     assert named["POSTGRES_INI"] == data["POSTGRES_INI"]
     both = {"ENERGY_WORKER_VAR": str(tmp_path), "REDIS_PORT": "1", "POSTGRES_HOST": "db"}
-    assert makerun.adopt(both) is None and "POSTGRES_INI" not in both
-    assert makerun.adopt({"ENERGY_WORKER_VAR": str(tmp_path / "nothing")}) is None
+    assert make_run.adopt(both) is None and "POSTGRES_INI" not in both
+    assert make_run.adopt({"ENERGY_WORKER_VAR": str(tmp_path / "nothing")}) is None
 
 
 def test_a_make_run_that_is_not_running_is_named_in_the_error(tmp_path: Path):
-    makerun.write(
+    make_run.write(
         tmp_path,
         {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(closed_port()), "METERS_CONFIG": METERS},
     )
@@ -312,9 +312,9 @@ def test_pulses_since_midnight_count_pulses_not_typed_in_readings(
     finally:
         processor.session.close()
         r.close()
-    from energy_worker import db  # noqa: PLC0415
+    from energy_worker.adapters import postgres  # noqa: PLC0415
 
-    con = db.connect(fresh_pg, "energy-worker tests")
+    con = postgres.connect(fresh_pg, "energy-worker tests")
     try:
         since = at_time(midnight)
         assert reports.pulses_since(con, [1, 2, 3], since, False) == {1: 3, 2: 2, 3: 0}
@@ -353,7 +353,7 @@ def test_a_full_buffer_loses_pulses_and_the_report_says_so(r: redis.Redis, capsy
 
 
 def test_the_push_hint_names_what_works_where_the_command_runs(tmp_path: Path):
-    makerun.write(tmp_path, {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": "40001"})
+    make_run.write(tmp_path, {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": "40001"})
     under_make_run = push.ignored(Session({"ENERGY_WORKER_VAR": str(tmp_path)}))
     assert "set it in .env, then stop `make run` and start it again" in under_make_run
     in_the_container = push.ignored(Session({"REDIS_HOST": "redis-db"}))
@@ -365,12 +365,12 @@ def test_status_says_not_committing_while_work_waits_and_no_commit_comes(
 ):
     """A pulse has waited 30 s and the last commit is a minute old, with a commit due every
     5 s: the processor is not committing, and status exits 1. A commit just now: all well."""
-    from energy_worker import db  # noqa: PLC0415
-    from energy_worker.queue import now_ms  # noqa: PLC0415
+    from energy_worker.adapters import postgres  # noqa: PLC0415
+    from energy_worker.adapters.work_queue import now_ms  # noqa: PLC0415
 
     r = redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
     r.execute_command("FLUSHDB")
-    con = db.connect(fresh_pg, "energy-worker tests")
+    con = postgres.connect(fresh_pg, "energy-worker tests")
     try:
         enqueue(r, "channel:1:timestamp", "1000", now_ms() - 30_000)
         con.run("UPDATE worker_progress SET updated_at = now() - interval '1 minute'")
@@ -398,7 +398,7 @@ def test_dead_letters_are_printed_escaped(r: redis.Redis, redis_db: config.Redis
     """An entry is Redis-borne text: escape sequences and line breaks in it are shown escaped,
     never sent to the terminal (it used to: `deadletters` printed raw ESC sequences)."""
     forged = {"key": "k\x1b]0;owned\x07", "value": "v\x1b[2J\nfake line", "reason": "r\x1b[31m"}
-    r.lpush(queue.DEADLETTER, json.dumps({**forged, "at": T0}))
+    r.lpush(work_queue.DEADLETTER, json.dumps({**forged, "at": T0}))
     env = {
         "REDIS_HOST": redis_db.host,
         "REDIS_PORT": str(redis_db.port),

@@ -16,12 +16,13 @@ import pytest
 from redis import Redis
 
 from cli_support import cli
-from energy_worker import config, totals
+from energy_worker.adapters import config
 from energy_worker.cli import show
 from energy_worker.cli.energy import FIRST_PULSE_NOTE, hour_periods
+from energy_worker.core import totals
 from helpers import REPO
 
-METERS = str(REPO / "etc" / "meters.toml")
+METERS = str(REPO / "services" / "energy_worker" / "meters.toml")
 CPH = totals.zone("Europe/Copenhagen")
 
 

@@ -21,8 +21,8 @@ import redis
 from stack import PASSWORD, Stack
 
 from cli_support import cli, cli_process
-from energy_worker import config, db
-from energy_worker.store import meters as meters_store
+from energy_worker.adapters import config, postgres
+from energy_worker.adapters.sql import meters as meters_store
 from helpers import REPO, Proc, wait_until
 from sheet_server import Reply, SheetServer
 
@@ -42,7 +42,7 @@ class Service:
     stack: Stack
     env: dict[str, str]  # the command's environment: the same settings as the service
     r: redis.Redis
-    con: db.Connection
+    con: postgres.Connection
     sheet: SheetServer
     meters_file: Path
     tmp: Path
@@ -53,7 +53,7 @@ def module_pg(
     pg_server: config.PostgresSettings, pg_template: str
 ) -> Iterator[config.PostgresSettings]:
     name = f"{pg_template}_cli"
-    admin = db.connect(pg_server, "energy-worker tests")
+    admin = postgres.connect(pg_server, "energy-worker tests")
     admin.run(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     yield config.PostgresSettings(**{**pg_server.__dict__, "database": name})
     admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -68,7 +68,7 @@ def service(
 ) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("cli")
     meters_file = tmp / "meters.toml"
-    meters_file.write_text((REPO / "etc" / "meters.toml").read_text())
+    meters_file.write_text((REPO / "services" / "energy_worker" / "meters.toml").read_text())
     r = redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
     r.flushdb()
     sheet = SheetServer().start()
@@ -86,26 +86,26 @@ def service(
         GOOGLE_WEBHOOK_URL=stack.env["GOOGLE_WEBHOOK_URL"],
         TZ="Europe/Copenhagen",
     )
-    con = db.connect(module_pg, "energy-worker tests")
+    con = postgres.connect(module_pg, "energy-worker tests")
     try:
         stack.start()
         yield Service(stack, env, r, con, sheet, meters_file, tmp)
     finally:
         stack.close()
-        db.close_quietly(con)
+        postgres.close_quietly(con)
         sheet.stop()
         r.flushdb()
         r.close()
         assert PASSWORD not in stack.log(), "the password reached a log line"
 
 
-def counted(con: db.Connection) -> dict[int, tuple[int, int]]:
+def counted(con: postgres.Connection) -> dict[int, tuple[int, int]]:
     """Each meter's (pulses counted, pulses delivered twice) that has any."""
     rows = con.run("SELECT meter_no, pulses_counted, pulses_repeated FROM meter_status")
     return {no: (n, rep) for no, n, rep in rows if n}
 
 
-def reading(con: db.Connection, meter: int) -> Decimal:
+def reading(con: postgres.Connection, meter: int) -> Decimal:
     return Decimal(con.run("SELECT kWh FROM meter_status WHERE meter_no = :m", m=meter)[0][0])
 
 

@@ -22,7 +22,7 @@ import pytest
 import redis
 from conftest import RedisServer
 
-from energy_worker import config, db
+from energy_worker.adapters import config, postgres
 from helpers import Proc, wait_until
 
 pytestmark = pytest.mark.processes
@@ -48,7 +48,7 @@ def faketime_env(offset_file: Path) -> dict[str, str]:
 
 
 def pulses_counted(pg: config.PostgresSettings) -> int:
-    con = db.connect(pg, "tests")
+    con = postgres.connect(pg, "tests")
     try:
         return int(con.run("SELECT coalesce(sum(pulses_counted), 0) FROM meter_status")[0][0])
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from energy_worker import config
+from energy_worker.adapters import config
 
 
 def redis_port(text: str, tmp_path: Path) -> int:

@@ -10,18 +10,18 @@ from dataclasses import replace
 import pg8000.native
 import pytest
 
-from energy_worker import config, db
-from energy_worker.processor import Processor
+from energy_worker.adapters import config, postgres
+from energy_worker.programs.processor import Processor
 from helpers import REPO, T0, pulses, status, wait_until
 from tcpproxy import TcpProxy
 
-LEASE = 2.0  # the tests' lease; the service's is db.LEASE
+LEASE = 2.0  # the tests' lease; the service's is postgres.LEASE
 
 
 def test_a_transaction_commits_or_rolls_back(sql):
-    with db.transaction(sql):
+    with postgres.transaction(sql):
         sql.run("UPDATE worker_progress SET backlog = 7")
-    with pytest.raises(ZeroDivisionError), db.transaction(sql):
+    with pytest.raises(ZeroDivisionError), postgres.transaction(sql):
         sql.run("UPDATE worker_progress SET backlog = 8")
         _ = 1 / 0
     assert sql.run("SELECT backlog FROM worker_progress")[0][0] == 7
@@ -30,29 +30,31 @@ def test_a_transaction_commits_or_rolls_back(sql):
 def test_an_outage_is_told_from_a_refused_statement(sql):
     with pytest.raises(pg8000.native.DatabaseError) as refused:
         sql.run("SELECT * FROM no_such_table")
-    assert db.sqlstate(refused.value) == "42P01" and not db.is_outage(refused.value)
-    assert db.is_outage(ConnectionResetError())
-    assert db.is_outage(pg8000.native.InterfaceError("network error"))
+    assert postgres.sqlstate(refused.value) == "42P01" and not postgres.is_outage(refused.value)
+    assert postgres.is_outage(ConnectionResetError())
+    assert postgres.is_outage(pg8000.native.InterfaceError("network error"))
     shutdown = pg8000.native.DatabaseError({"C": "57P01", "M": "terminating connection"})
-    assert db.is_outage(shutdown)
+    assert postgres.is_outage(shutdown)
 
 
-def session(settings: config.PostgresSettings, timeout: float = 2.0) -> db.LockedSession:
-    return db.LockedSession(lambda name: db.connect(settings, name, timeout), "locktest", LEASE)
+def session(settings: config.PostgresSettings, timeout: float = 2.0) -> postgres.LockedSession:
+    return postgres.LockedSession(
+        lambda name: postgres.connect(settings, name, timeout), "locktest", LEASE
+    )
 
 
 def test_a_live_holder_keeps_its_lock(pg):
     first, second = session(pg), session(pg)
     try:
         first.connection()
-        with pytest.raises(db.LockHeld, match="another locktest is working"):
+        with pytest.raises(postgres.LockHeld, match="another locktest is working"):
             second.connection()
         # Longer than the lease, with the holder's loop running: its heartbeats keep it alive.
         deadline = time.monotonic() + LEASE + 1
         while time.monotonic() < deadline:
             first.keep_alive()
             time.sleep(0.1)
-        with pytest.raises(db.LockHeld):
+        with pytest.raises(postgres.LockHeld):
             second.connection()
         first.close()
         second.connection()  # free: taken at once, on the connection kept for the next try
@@ -73,7 +75,7 @@ def test_after_a_partition_the_lock_of_the_lost_session_is_taken_over(pg, sql):
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'energy-worker locktest'"
         )
         proxy.blackhole()
-        with pytest.raises(db.ERRORS):  # the partition: no answer, and no error either
+        with pytest.raises(postgres.ERRORS):  # the partition: no answer, and no error either
             lost.connection().run("SELECT 1")
         proxy.heal()
         healed = time.monotonic()
@@ -87,10 +89,10 @@ def test_after_a_partition_the_lock_of_the_lost_session_is_taken_over(pg, sql):
         proxy.close()
 
 
-def _took(candidate: db.LockedSession) -> bool:
+def _took(candidate: postgres.LockedSession) -> bool:
     try:
         candidate.connection()
-    except db.LockHeld:
+    except postgres.LockHeld:
         return False
     return True
 
@@ -102,7 +104,7 @@ def test_the_processor_commits_again_within_the_lease_after_a_partition(pg, sql,
     processor = Processor(
         r,
         replace(pg, host="127.0.0.1", port=proxy.port),
-        config.load_meters(REPO / "etc" / "meters.toml"),
+        config.load_meters(REPO / "services" / "energy_worker" / "meters.toml"),
         lease=LEASE,
         db_timeout=1.0,
         commit_interval=0.05,

@@ -1,4 +1,4 @@
-"""`make run` (services/energy_worker/devrun.py): embedded servers, the supervised stack, Ctrl-C,
+"""`make run` (devtools/devrun.py): embedded servers, the supervised stack, Ctrl-C,
 and its data found again by the next run."""
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import redis
 from stack import PROGRAMS, Webhook, all_stored
 from supervisor.xmlrpc import SupervisorTransport
 
+import devrun
 from cli_support import cli
-from energy_worker import config, devrun, makerun
+from energy_worker.adapters import config
+from energy_worker.cli import make_run
 from helpers import REPO, wait_until
 
 
@@ -37,7 +39,7 @@ def start_devrun(
         # with SIGINT ignored, as a script's `make run &` starts
         ignore = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"] if sigint_ignored else []
         proc = subprocess.Popen(
-            [*ignore, sys.executable, "-m", "energy_worker.devrun"],
+            [*ignore, sys.executable, "devtools/devrun.py"],
             env=env,
             cwd=REPO,
             stdout=out,
@@ -80,7 +82,7 @@ def devrun_round(
         owner_only(var, redis_settings, pg_settings)
         # `make redis-cli` while it runs: its Redis, with its password
         done = subprocess.run(
-            [sys.executable, "-m", "energy_worker.devrun", "redis-cli", "PING"],
+            [sys.executable, "devtools/devrun.py", "redis-cli", "PING"],
             env=env, capture_output=True, text=True, timeout=30, check=True,
         )  # fmt: skip
         assert done.stdout.strip() == "PONG"
@@ -127,7 +129,7 @@ def devrun_round(
 def found_by_themselves(var: Path) -> tuple[config.RedisSettings, config.PostgresSettings]:
     """The servers and their passwords, found as the `energy-worker` command finds them."""
     env = {"ENERGY_WORKER_VAR": str(var)}
-    assert makerun.adopt(env) == var / "make-run.json"
+    assert make_run.adopt(env) == var / "make-run.json"
     return config.redis_settings(env), config.postgres_settings(env["POSTGRES_INI"])
 
 
@@ -174,7 +176,10 @@ def test_make_run_with_embedded_servers_stops_on_ctrl_c_and_keeps_its_data():
     # .env as compose reads it: single quotes keep a value literally, the environment wins
     env_file = var / "dot.env"
     env_file.write_text("TZ='America/New_York' # the programs' zone\nMETERS_CONFIG=${NOWHERE}\n")
-    env.update(ENERGY_WORKER_ENV_FILE=str(env_file), METERS_CONFIG=str(REPO / "etc/meters.toml"))
+    env.update(
+        ENERGY_WORKER_ENV_FILE=str(env_file),
+        METERS_CONFIG=str(REPO / "services/energy_worker/meters.toml"),
+    )
     try:
         old_trust_cluster(var)  # given a password by the first run
         hook = devrun_round(var, env, None, end="kill")
@@ -250,7 +255,7 @@ def test_make_redis_cli_starts_the_embedded_redis_with_its_password_for_one_comm
 
     def redis_cli(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "energy_worker.devrun", "redis-cli", *args],
+            [sys.executable, "devtools/devrun.py", "redis-cli", *args],
             env=env, capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
         return done.stdout.strip()

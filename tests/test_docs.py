@@ -10,7 +10,17 @@ import pytest
 
 from helpers import REPO
 
-FOLDERS = ("docs", "services", "tests", "bench", "etc", "grafana", "sql", "mosquitto", "redis-db")
+FOLDERS = (
+    "docs",
+    "services",
+    "tests",
+    "bench",
+    "etc",
+    "grafana",
+    "devtools",
+    "mosquitto",
+    "redis-db",
+)
 PATH = re.compile(
     r"(?<![\w/.-])((?:" + "|".join(FOLDERS) + r")/[\w./-]*\w)"  # a path inside the repository
 )
@@ -45,7 +55,9 @@ def test_every_path_named_exists_and_no_issue_is_cited(name: str):
 
 def test_the_log_lines_the_guide_quotes_are_the_ones_the_code_writes():
     guide = (REPO / "docs" / "GUIDE.md").read_text()
-    schema_sql = (REPO / "sql" / "schema.sql").read_text()
+    schema_sql = (
+        REPO / "services" / "energy_worker" / "adapters" / "sql" / "schema.sql"
+    ).read_text()
     current = max(map(int, re.findall(r"schema_version \(version\) VALUES \((\d+)\)", schema_sql)))
     quoted = re.findall(r"ready: schema version (\d+)", guide)
     assert quoted and set(quoted) == {str(current)}

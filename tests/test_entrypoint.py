@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from energy_worker import config
+from energy_worker.adapters import config
 from helpers import REPO, wait_until
 
 BIN = Path(sys.executable).parent
@@ -391,7 +391,7 @@ def test_docker_stop_during_the_wait_ends_it_at_once_as_pid_1(tmp_path: Path):
     shell: psutil.Process | None = None
     try:
         shell = wait_until(lambda: psutil.Process(outer.pid).children(), 10)[0]
-        wait_until(lambda: runs(shell, "energy_worker.wait"), 20, what="the wait to start")
+        wait_until(lambda: runs(shell, "energy_worker.programs.wait"), 20, what="the wait to start")
         started = time.monotonic()
         shell.send_signal(signal.SIGTERM)  # what `docker stop` sends to the container's PID 1
         assert outer.wait(10) == 143

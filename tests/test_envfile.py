@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from energy_worker import envfile
-from energy_worker.config import ConfigError
+from energy_worker.adapters import envfile
+from energy_worker.adapters.config import ConfigError
 from helpers import REPO
 
 

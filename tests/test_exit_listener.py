@@ -1,4 +1,4 @@
-"""The exit listener (services/energy_worker/exit_listener.py): its restart policy, and what it
+"""The exit listener (services/energy_worker/runtime/exit_listener.py): its restart policy, and what it
 does with each exit, with supervisord's side replaced. tests/test_supervised.py and
 tests/test_restarts.py run it inside a real supervisord."""
 
@@ -14,8 +14,8 @@ from supervisor.rpcinterface import SupervisorNamespaceRPCInterface
 from supervisor.states import SupervisorStates
 from supervisor.supervisord import Supervisor
 
-from energy_worker import exit_listener
-from energy_worker.exit_listener import ExitListener, RestartPolicy
+from energy_worker.runtime import exit_listener
+from energy_worker.runtime.exit_listener import ExitListener, RestartPolicy
 
 
 def test_a_crash_after_a_healthy_run_is_restarted_within_a_second():

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import grafana_support as gs
-from energy_worker import totals
-from energy_worker.store import pusher as pusher_store
+from energy_worker.adapters.sql import totals as pusher_store
+from energy_worker.core import totals
 from grafana_support import DST_DAY_END, DST_DAY_START, TZ, Meter, connect, run_panel
 
 # The shared fixtures, by name in this module, where pytest looks for them.

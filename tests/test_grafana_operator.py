@@ -17,9 +17,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
+import devrun
 import grafana_support as gs
-from energy_worker import config, devrun, totals
-from energy_worker.readonly_role import ensure_from_env
+from energy_worker.adapters import config
+from energy_worker.adapters.readonly_role import ensure_from_env
+from energy_worker.core import totals
 from grafana_support import REPO, Meter, add_meter, connect, run_alert_query, run_panel
 
 # The shared fixtures, by name in this module, where pytest looks for them.

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from energy_worker import ha_discovery as ha
-from energy_worker.meter import power_bound_w
+from energy_worker.core.arithmetic import power_bound_w
+from energy_worker.programs.publisher import ha_discovery as ha
 
 LAYOUT = ha.Layout("homeassistant", "energy-worker", "0123abcd4567ef89")
 

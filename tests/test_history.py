@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from energy_worker.domain import Run
-from energy_worker.history import SLOT_MS, Place, in_band, place
+from energy_worker.core.domain import Run
+from energy_worker.core.history import SLOT_MS, Place, in_band, place
 
 FIVE = Decimal(5)
 

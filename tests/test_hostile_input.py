@@ -24,18 +24,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from energy_worker import config, db, ha_discovery, ledger, program, queue, schema, totals
-from energy_worker.domain import DeadLetter, Item, printable
-from energy_worker.processor import Processor
-from energy_worker.publisher.broker import Broker
-from energy_worker.pusher import Pusher, outbox
-from energy_worker.router import Router
-from energy_worker.store import meters as meter_store
-from energy_worker.store import pusher as pusher_store
+from energy_worker.adapters import config, postgres, schema, work_queue
+from energy_worker.adapters.sql import meters as meter_store
+from energy_worker.adapters.sql import totals as pusher_store
+from energy_worker.core import ledger, totals
+from energy_worker.core.domain import DeadLetter, Item, printable
+from energy_worker.programs.processor import Processor
+from energy_worker.programs.publisher import ha_discovery
+from energy_worker.programs.publisher.broker import Broker
+from energy_worker.programs.pusher import Pusher, outbox
+from energy_worker.programs.router import Router
+from energy_worker.runtime import program
 from helpers import METERS, REPO, T0, enqueue, pulses, status, wait_until
 from sheet_server import sheet_server
 
-METERS_FILE = REPO / "etc" / "meters.toml"
+METERS_FILE = REPO / "services" / "energy_worker" / "meters.toml"
 
 # The table: each one as bytes, as Redis holds it (invalid UTF-8 the way the webhook could
 # write it, which the router escapes).
@@ -86,9 +89,9 @@ def run_to_stop(p: Processor, timeout: float = 30.0) -> None:
     wait_until(p.run_once, timeout, interval=0, what="the processor to commit the stop")
 
 
-def route(r: Any, key: bytes, value: bytes, at_ms: int = T0) -> queue.Routed:
+def route(r: Any, key: bytes, value: bytes, at_ms: int = T0) -> work_queue.Routed:
     r.set(key, value)
-    return queue.Queues(r, METERS).route(key, at_ms=at_ms)
+    return work_queue.Queues(r, METERS).route(key, at_ms=at_ms)
 
 
 def dead_letters(sql) -> list[tuple[str, str, str]]:
@@ -99,7 +102,7 @@ def dead_letters(sql) -> list[tuple[str, str, str]]:
 
 def redis_dead_letters(r: Any) -> list[tuple[str, str, str]]:
     """The router's own copies, oldest first: what PostgreSQL must hold too."""
-    entries = [json.loads(e) for e in reversed(r.lrange(queue.DEADLETTER, 0, -1))]
+    entries = [json.loads(e) for e in reversed(r.lrange(work_queue.DEADLETTER, 0, -1))]
     return [(e["key"], e["value"], e["reason"]) for e in entries]
 
 
@@ -166,7 +169,7 @@ def test_hostile_text_in_every_field_of_a_forged_item(make_processor, r, sql, te
                               "key": "channel:1:timestamp"}))  # fmt: skip
     forged.append(text)  # the raw bytes as an item
     pulses(r, 4, [1000])
-    r.rpush(queue.WORK, *forged)
+    r.rpush(work_queue.WORK, *forged)
     pulses(r, 4, [2800], start_ms=T0 + 1800)
     enqueue(r, "stop", "true")
     run_to_stop(make_processor())
@@ -177,8 +180,8 @@ def test_hostile_text_in_every_field_of_a_forged_item(make_processor, r, sql, te
         got = {"key": key, "v": value, "reason": reason}[field]
         assert got == printable(as_text), field
     # None of the forged items was lost silently: each is a dead letter somewhere.
-    assert len(stored) + len(r.lrange(queue.DEADLETTER, 0, -1)) >= len(forged)
-    assert r.llen(queue.WORK) == 0 and r.llen(queue.PROCESSING) == 0
+    assert len(stored) + len(r.lrange(work_queue.DEADLETTER, 0, -1)) >= len(forged)
+    assert r.llen(work_queue.WORK) == 0 and r.llen(work_queue.PROCESSING) == 0
 
 
 @pytest.mark.parametrize("text", HOSTILE, ids=HOSTILE_IDS)
@@ -210,7 +213,7 @@ def test_a_statement_refused_for_one_item_dead_letters_that_item_and_commits_the
     """PostgreSQL refuses a pulse (here: a constraint added by hand). The batch is split, the
     culprit kept in Redis's dead-letter list with the error, everything else committed, and
     the stop behind it still ends the processor, without waiting it out as an outage."""
-    con = db.connect(fresh_pg, "tests")
+    con = postgres.connect(fresh_pg, "tests")
     con.run(
         "ALTER TABLE consumption ADD CONSTRAINT refuse_4600 "
         "CHECK (pulse_time_stamp IS DISTINCT FROM 4600)"
@@ -228,7 +231,7 @@ def test_a_statement_refused_for_one_item_dead_letters_that_item_and_commits_the
     # Meter 1's row of 4600 moved on to 8200 within the batch (the deadband's moving row), so
     # only meter 2's 4600, the last row of its run, is refused.
     assert counts == {1: 5, 2: 2}
-    ((letter,),) = [[json.loads(e)] for e in r.lrange(queue.DEADLETTER, 0, -1)]
+    ((letter,),) = [[json.loads(e)] for e in r.lrange(work_queue.DEADLETTER, 0, -1)]
     assert (letter["key"], letter["value"]) == ("channel:2:timestamp", "4600")
     assert "23514" in letter["reason"]
     assert con.run("SELECT key, value FROM dead_letters") == [["channel:2:timestamp", "4600"]]
@@ -313,12 +316,12 @@ def test_the_processor_survives_every_kind_of_forged_item(make_processor, r, sql
         b"",
     ]
     pulses(r, 6, [1000])
-    r.rpush(queue.WORK, *forged)
+    r.rpush(work_queue.WORK, *forged)
     pulses(r, 6, [2800], start_ms=T0 + 1800)
     enqueue(r, "stop", "true")
     run_to_stop(make_processor())
     assert status(sql, 6)["meter_counts"] == 2
-    assert r.llen(queue.DEADLETTER) == len(forged)
+    assert r.llen(work_queue.DEADLETTER) == len(forged)
     reasons = sql.run("SELECT reason FROM dead_letters ORDER BY id")
     assert [row[0] for row in reasons] == [
         "value is not a whole number",
@@ -388,7 +391,7 @@ def test_arbitrary_keys_and_values_never_stop_the_counting(pg, r, redis_db, host
     PostgreSQL, with legit pulses of meter 7 between them: every legit pulse is counted
     within two commit intervals of being routed."""
     r.execute_command("FLUSHDB")
-    con = db.connect(pg, "tests")
+    con = postgres.connect(pg, "tests")
     try:
         before = con.run("SELECT pulses_counted FROM meter_status WHERE meter_no = 7")[0][0]
         p = Processor(r, pg, config.load_meters(METERS_FILE), commit_interval=INTERVAL,
@@ -438,17 +441,19 @@ def test_hostile_text_on_the_push_list(pg, r, sql, text):
         settings = config.PushSettings(
             webhook_url=config.secret(server.base + "/exec"), tz=totals.zone("Europe/Copenhagen")
         )
-        pusher = Pusher(db.LockedSession(lambda n: db.connect(pg, n), "pusher"), r, settings)
+        pusher = Pusher(
+            postgres.LockedSession(lambda n: postgres.connect(pg, n), "pusher"), r, settings
+        )
         try:
-            r.rpush(queue.PUSH, *forged, json.dumps(legit).encode())
+            r.rpush(work_queue.PUSH, *forged, json.dumps(legit).encode())
             for _ in range(len(forged) + 2):
                 pusher.step(block=False)
         finally:
             pusher.close()
-    assert r.llen(queue.PUSH) == 0 and r.llen(queue.PUSH_PROCESSING) == 0
+    assert r.llen(work_queue.PUSH) == 0 and r.llen(work_queue.PUSH_PROCESSING) == 0
     keys = [row[0] for row in sql.run("SELECT dedup_key FROM push_outbox ORDER BY id")]
     assert keys[-1] == "request:1700000000000-abcd:99"
-    rejected = r.llen(queue.DEADLETTER)
+    rejected = r.llen(work_queue.DEADLETTER)
     assert len(keys) + rejected >= len(forged)  # each recorded, or a dead letter
 
 
@@ -509,13 +514,15 @@ def test_a_push_request_of_any_bytes_is_recorded_or_a_dead_letter(pg, r, raw: by
     list is empty after (recorded, or kept as a dead letter)."""
     r.execute_command("FLUSHDB")
     settings_ = config.PushSettings(webhook_url=None, tz=totals.zone("Europe/Copenhagen"))
-    pusher = Pusher(db.LockedSession(lambda n: db.connect(pg, n), "pusher"), r, settings_)
+    pusher = Pusher(
+        postgres.LockedSession(lambda n: postgres.connect(pg, n), "pusher"), r, settings_
+    )
     try:
-        r.rpush(queue.PUSH_PROCESSING, raw)
+        r.rpush(work_queue.PUSH_PROCESSING, raw)
         pusher.requests.recover()
     finally:
         pusher.close()
-    assert r.llen(queue.PUSH_PROCESSING) == 0
+    assert r.llen(work_queue.PUSH_PROCESSING) == 0
 
 
 @settings(max_examples=300, deadline=None)
@@ -542,7 +549,7 @@ def test_a_message_from_the_broker_of_any_bytes_is_read_or_ignored(topic: bytes,
 def test_a_push_request_postgresql_refuses_is_a_dead_letter_and_the_next_is_recorded(fresh_pg, r):
     """The pusher's own write refused for what it carries: the request is kept as a dead letter
     with the error, and the next request is recorded (not waited out as an outage)."""
-    con = db.connect(fresh_pg, "tests")
+    con = postgres.connect(fresh_pg, "tests")
     con.run(
         "ALTER TABLE push_outbox ADD CONSTRAINT refuse_13 "
         "CHECK (dedup_key <> 'request:1700000000000-abcd:13')"
@@ -551,12 +558,14 @@ def test_a_push_request_postgresql_refuses_is_a_dead_letter_and_the_next_is_reco
         settings_ = config.PushSettings(
             webhook_url=config.secret(server.base + "/exec"), tz=totals.zone("Europe/Copenhagen")
         )
-        pusher = Pusher(db.LockedSession(lambda n: db.connect(fresh_pg, n), "pusher"), r, settings_)
+        pusher = Pusher(
+            postgres.LockedSession(lambda n: postgres.connect(fresh_pg, n), "pusher"), r, settings_
+        )
         try:
             for seq in (13, 14):
                 item = {"e": "1700000000000-abcd", "s": seq, "k": "g", "v": "true", "at": 1,
                         "key": "pushtogoogle"}  # fmt: skip
-                r.rpush(queue.PUSH, json.dumps(item))
+                r.rpush(work_queue.PUSH, json.dumps(item))
             for _ in range(3):
                 pusher.step(block=False)
         finally:
@@ -564,7 +573,7 @@ def test_a_push_request_postgresql_refuses_is_a_dead_letter_and_the_next_is_reco
     assert [row[0] for row in con.run("SELECT dedup_key FROM push_outbox")] == [
         "request:1700000000000-abcd:14"
     ]
-    (letter,) = [json.loads(e) for e in r.lrange(queue.DEADLETTER, 0, -1)]
+    (letter,) = [json.loads(e) for e in r.lrange(work_queue.DEADLETTER, 0, -1)]
     assert "23514" in letter["reason"]
-    assert r.llen(queue.PUSH) == 0 and r.llen(queue.PUSH_PROCESSING) == 0
+    assert r.llen(work_queue.PUSH) == 0 and r.llen(work_queue.PUSH_PROCESSING) == 0
     con.close()

@@ -14,11 +14,14 @@ ONLY_WITH_A_WEBHOOK = ("requests", "urllib3", "idna", "charset_normalizer", "cer
 ONLY_THE_PUBLISHER = ("paho",)
 
 CASES = [
-    ("energy_worker.router", ONLY_WITH_A_DATABASE + ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
-    ("energy_worker.processor", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
+    (
+        "energy_worker.programs.router",
+        ONLY_WITH_A_DATABASE + ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER,
+    ),
+    ("energy_worker.programs.processor", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
     # the pusher imports requests only when a webhook URL is set (webhook.Webhook)
-    ("energy_worker.pusher", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
-    ("energy_worker.exit_listener", ("redis", *ONLY_WITH_A_DATABASE, *ONLY_WITH_A_WEBHOOK)),
+    ("energy_worker.programs.pusher", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
+    ("energy_worker.runtime.exit_listener", ("redis", *ONLY_WITH_A_DATABASE, *ONLY_WITH_A_WEBHOOK)),
 ]
 
 

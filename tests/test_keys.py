@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 
-from energy_worker.keys import Kind, classify, value_problem
+from energy_worker.core.keys import Kind, classify, value_problem
 from key_cases import CASES, METERS, key_names, python_outcome, values
 
 

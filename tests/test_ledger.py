@@ -1,4 +1,4 @@
-"""The ledger (services/energy_worker/ledger.py) alone: what a batch of work items does to the
+"""The ledger (services/energy_worker/core/ledger.py) alone: what a batch of work items does to the
 meters, without Redis or PostgreSQL. The arithmetic itself is tests/test_meter.py's; the rows
 in the tables are tests/test_processor.py's."""
 
@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 
-from energy_worker import ledger
-from energy_worker.domain import Item, Meter, MeterRecord, MeterState
-from energy_worker.keys import Kind
+from energy_worker.core import ledger
+from energy_worker.core.domain import Item, Meter, MeterRecord, MeterState
+from energy_worker.core.keys import Kind
 
 T0 = 1_700_000_000_000  # ms since 1970
 METERS = {n: Meter(n, f"m{n}", 1000, 17250, Decimal(5)) for n in (1, 2)}

@@ -9,13 +9,13 @@ import tracemalloc
 
 import pytest
 
-from energy_worker import logs
+from energy_worker.adapters import logs
 from helpers import REPO
 
 SCRIPT = """
 import socket, sys, threading
-from energy_worker import logs
-from energy_worker.webhook import Webhook
+from energy_worker.adapters import logs
+from energy_worker.programs.pusher.sheet_client import Webhook
 logs.setup("pusher")
 server = socket.create_server(("127.0.0.1", 0))
 def answer():
@@ -75,7 +75,7 @@ def test_an_uncaught_exception_is_logged_with_the_process_name(where: str):
         raiser = "t = threading.Thread(target=lambda: 1 / 0); t.start(); t.join()"
     result = subprocess.run(
         [sys.executable, "-c", f"import threading\n"
-         f"from energy_worker import logs\nlogs.setup('router')\n{raiser}"],
+         f"from energy_worker.adapters import logs\nlogs.setup('router')\n{raiser}"],
         env={**os.environ, "PYTHONPATH": str(REPO / "services")},
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

@@ -18,8 +18,8 @@ import pytest
 from private_pg import ADMIN, PrivatePostgres
 from redis import Redis
 
-from energy_worker import config, schema
-from energy_worker.readonly_role import scram_verifier
+from energy_worker.adapters import config, schema
+from energy_worker.adapters.readonly_role import scram_verifier
 from helpers import REPO, enqueue, wait_until, write_ini
 
 OWNER, READER = "energy_worker", "grafana_reader"
@@ -151,7 +151,9 @@ def test_a_database_of_an_older_energy_worker_is_handed_to_the_owner(
     spawn, server: PrivatePostgres, database: str, tmp_path: Path
 ):
     admin = server.connect(database)
-    schema.apply(admin, config.load_meters(REPO / "etc" / "meters.toml"))  # as it used to
+    schema.apply(
+        admin, config.load_meters(REPO / "services" / "energy_worker" / "meters.toml")
+    )  # as it used to
     admin.run("INSERT INTO dead_letters (key, value, reason, at) VALUES ('k', '', 'kept', now())")
     admin.close()
     ini = tmp_path / "postgres.ini"
@@ -160,7 +162,7 @@ def test_a_database_of_an_older_energy_worker_is_handed_to_the_owner(
     try:
         assert con.run("SELECT reason FROM dead_letters") == [["kept"]]
         # CREATE OR REPLACE needs the ownership: the next start applies the schema again
-        schema.apply(con, config.load_meters(REPO / "etc" / "meters.toml"))
+        schema.apply(con, config.load_meters(REPO / "services" / "energy_worker" / "meters.toml"))
     finally:
         con.close()
     set_up(spawn, server, database, ini)  # idempotent, and a new password each start

@@ -1,4 +1,4 @@
-"""TLS to PostgreSQL (POSTGRES_TLS, POSTGRES_CA_FILE; db.tls_context): required and verified,
+"""TLS to PostgreSQL (POSTGRES_TLS, POSTGRES_CA_FILE; postgres.tls_context): required and verified,
 never a silent fall back to plain text. Against a PostgreSQL of the test's own with TLS on."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pg8000.native
 import pytest
 from private_pg import PrivatePostgres, server_ids, system_binaries
 
-from energy_worker import config, db
+from energy_worker.adapters import config, postgres
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,9 @@ def settings(port: int, **tls: object) -> config.PostgresSettings:
 
 
 def test_tls_with_the_servers_ca_connects_encrypted(tls_server, certs):
-    con = db.connect(settings(tls_server.port, tls=True, ca_file=str(certs["ca.pem"])), "test")
+    con = postgres.connect(
+        settings(tls_server.port, tls=True, ca_file=str(certs["ca.pem"])), "test"
+    )
     try:
         assert con.run("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == [[True]]
     finally:
@@ -84,8 +86,8 @@ def test_tls_with_the_servers_ca_connects_encrypted(tls_server, certs):
 def test_a_certificate_of_another_ca_is_refused(tls_server, certs, ca):
     """Another CA, or the system's CAs (which never signed the test's certificate)."""
     ca_file = str(certs[ca]) if ca else None
-    with pytest.raises(db.ERRORS) as err:
-        db.connect(settings(tls_server.port, tls=True, ca_file=ca_file), "test")
+    with pytest.raises(postgres.ERRORS) as err:
+        postgres.connect(settings(tls_server.port, tls=True, ca_file=ca_file), "test")
     assert "CERTIFICATE_VERIFY_FAILED" in repr(err.value) or "certificate verify" in str(err.value)
 
 
@@ -96,15 +98,17 @@ def test_a_server_without_tls_is_refused_not_used_in_plain_text(pg_server, certs
         pytest.skip("the test server is a unix socket")
     off = config.PostgresSettings(host, port, "postgres", pg_server.user, tls=True)
     with pytest.raises(pg8000.native.InterfaceError) as err:
-        db.connect(off, "test")
+        postgres.connect(off, "test")
     assert "SSL" in str(err.value)
-    plain = db.connect(config.PostgresSettings(host, port, "postgres", pg_server.user), "test")
+    plain = postgres.connect(
+        config.PostgresSettings(host, port, "postgres", pg_server.user), "test"
+    )
     plain.close()  # without tls the same server answers: it is the setting that refused
 
 
 def test_the_ini_holds_the_tls_settings(tmp_path: Path, certs):
     ini = tmp_path / "postgres.ini"
-    base = "[postgresql]\nhost = db.example\nport = 5432\ndatabase = energy\nuser = me\n"
+    base = "[postgresql]\nhost = postgres.example\nport = 5432\ndatabase = energy\nuser = me\n"
     ini.write_text(base + f"tls = true\nca_file = {certs['ca.pem']}\n")
     parsed = config.postgres_settings(ini)
     assert parsed.tls and parsed.ca_file == str(certs["ca.pem"])

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from energy_worker import config, ledger, queue
-from energy_worker.domain import Item, at_time
-from energy_worker.keys import Kind
-from energy_worker.processor import Processor
-from energy_worker.redisconn import connect_redis
-from energy_worker.store import processor as store
+from energy_worker.adapters import config, work_queue
+from energy_worker.adapters.redis_client import connect_redis
+from energy_worker.adapters.sql import ingest as store
+from energy_worker.core import ledger
+from energy_worker.core.domain import Item, at_time
+from energy_worker.core.keys import Kind
+from energy_worker.programs.processor import Processor
 from helpers import (
     METERS,
     REPO,
@@ -35,7 +36,7 @@ from helpers import (
 )
 from tcpproxy import TcpProxy
 
-METERS_FILE = REPO / "etc" / "meters.toml"
+METERS_FILE = REPO / "services" / "energy_worker" / "meters.toml"
 
 
 def committed(sql) -> int:
@@ -43,7 +44,7 @@ def committed(sql) -> int:
 
 
 def drained(r: redis.Redis) -> bool:
-    return r.llen(queue.WORK) == 0 and r.llen(queue.PROCESSING) == 0
+    return r.llen(work_queue.WORK) == 0 and r.llen(work_queue.PROCESSING) == 0
 
 
 @pytest.fixture
@@ -189,7 +190,7 @@ def test_crash_between_commit_and_ack_counts_nothing_twice(make_processor, r, sq
     plan = ledger.plan_batch(items, first.meters, first.records, first.done)
     first.commit(plan, 0)  # committed ... and the process dies before the ack
     first.session.close()
-    assert r.llen(queue.PROCESSING) == 3
+    assert r.llen(work_queue.PROCESSING) == 3
     enqueue(r, "stop", "true")
     make_processor().run()
     assert status(sql, 4)["meter_counts"] == 3
@@ -199,25 +200,25 @@ def test_crash_between_commit_and_ack_counts_nothing_twice(make_processor, r, sq
 def test_dead_letters_reach_postgresql_exactly_once(make_processor, r, sql):
     """The router's rejections and the processor's unusable items land in dead_letters in the
     processor's own transaction: a crash between the commit and the ack writes none twice."""
-    queues = queue.Queues(r, METERS)
+    queues = work_queue.Queues(r, METERS)
     r.set("junk", "x" * 300)
     assert queues.route(b"junk", at_ms=T0).outcome == "rejected"
     pulses(r, 1, [1000])
-    r.rpush(queue.WORK, Item("e", 10**9, Kind.PUSH, None, "true", T0 + 5, "g").encode())
+    r.rpush(work_queue.WORK, Item("e", 10**9, Kind.PUSH, None, "true", T0 + 5, "g").encode())
     first = make_processor()
     assert first.connected()
     items, _ = first.decode(first.queues.take(100))
     plan = ledger.plan_batch(items, first.meters, first.records, first.done)
     first.commit(plan, 0)  # committed ... and the process dies before the ack
     first.session.close()
-    assert r.llen(queue.PROCESSING) == 3
+    assert r.llen(work_queue.PROCESSING) == 3
     r.set("Stop", "maybe")  # one more rejection after the crash
     assert queues.route(b"Stop", at_ms=T0 + 9).outcome == "rejected"
     enqueue(r, "stop", "true")
     make_processor().run()
     assert drained(r)
     assert sql.run("SELECT at, key, value, reason FROM dead_letters ORDER BY id") == [
-        [at_time(T0), "junk", "x" * queue.PREVIEW_BYTES, "unknown key"],
+        [at_time(T0), "junk", "x" * work_queue.PREVIEW_BYTES, "unknown key"],
         [at_time(T0 + 5), "g", "true", "the processor does not handle kind PUSH"],
         [at_time(T0 + 9), "Stop", "maybe", "value is not 'true'"],
     ]
@@ -228,7 +229,7 @@ def test_a_forged_item_cannot_write_a_log_line_of_its_own(make_processor, r, cap
     """Its key is Redis-borne text, logged escaped (it used to: a forged item printed a fake
     `router INFO stop: ...` line)."""
     forged = "g\n2026-12-07T01:00:00+0000 router INFO stop: \x1b[2Jeverything stored"
-    r.rpush(queue.WORK, Item("e", 1, Kind.PUSH, None, "true", T0, forged).encode())
+    r.rpush(work_queue.WORK, Item("e", 1, Kind.PUSH, None, "true", T0, forged).encode())
     enqueue(r, "stop", "true")
     make_processor().run()
     (line,) = [rec.getMessage() for rec in caplog.records if "cannot use" in rec.getMessage()]
@@ -355,7 +356,7 @@ def test_an_item_for_a_meter_unknown_to_the_database_is_kept_not_dropped(
     processor = make_processor()
     processor.config_meters = config.load_meters(tmp_path / "meters.toml")
     processor.run()
-    letters = r.lrange(queue.DEADLETTER, 0, -1)
+    letters = r.lrange(work_queue.DEADLETTER, 0, -1)
     assert any(b"channel:7:timestamp" in letter for letter in letters)
     assert status(sql, 1)["meter_counts"] == 1
     # and in PostgreSQL, for Grafana, at the time the router took the key
@@ -379,7 +380,7 @@ def test_redis_losing_its_data_starts_a_new_epoch_and_nothing_is_skipped(make_pr
     pulses(r, 1, [1000, 2800, 4600])
     run_until(processor, lambda: status(sql, 1)["meter_counts"] == 3)
     r.flushdb()
-    r.set(queue.EPOCH, "0000000000000-00000000")  # an epoch that sorts before the old one
+    r.set(work_queue.EPOCH, "0000000000000-00000000")  # an epoch that sorts before the old one
     pulses(r, 1, [6400, 8200], start_ms=T0 + 5400)
     run_until(processor, lambda: status(sql, 1)["meter_counts"] == 5)
     # the earlier epoch's last item is kept; the current one's is worker_progress's

@@ -27,16 +27,16 @@ from pathlib import Path
 import pytest
 
 import mqtt_support as ms
-from energy_worker import config, db, ha_discovery
-from energy_worker.meter import power_bound_w
-from energy_worker.processor import Processor
-from energy_worker.publisher import Publisher
+from energy_worker.adapters import config, postgres
+from energy_worker.core.arithmetic import power_bound_w
+from energy_worker.programs.processor import Processor
+from energy_worker.programs.publisher import Publisher, ha_discovery
 from helpers import METERS, REPO, enqueue, wait_until
 from mqtt_support import Space, Watcher
 from tcpproxy import TcpProxy
 
 ENTITIES = ha_discovery.ENTITIES
-METERS_FILE = REPO / "etc" / "meters.toml"
+METERS_FILE = REPO / "services" / "energy_worker" / "meters.toml"
 
 # The shared fixtures, by name in this module, where pytest looks for them.
 mqtt_broker, brokers, space = ms.mqtt_broker, ms.brokers, ms.space
@@ -381,7 +381,7 @@ def test_exit_2_with_one_line_on_a_configuration_error(spawn):
 
 
 def test_a_broker_restart_gets_the_current_state_republished(brokers, make, sql, caplog):
-    caplog.set_level(logging.DEBUG, logger="energy_worker.publisher")
+    caplog.set_level(logging.DEBUG, logger="energy_worker.programs.publisher")
     b = brokers()
     space = Space("127.0.0.1", b.port, "ew-test/restart")
     publisher = make(space, stable_after=0.0)  # no wait for a connection that was short
@@ -455,7 +455,7 @@ def test_energy_never_goes_below_what_home_assistant_has_seen(space, watch, make
 def test_a_second_publisher_waits_for_the_lock_instead_of_taking_the_client_id(
     space, watch, make, sql, caplog, monkeypatch
 ):
-    monkeypatch.setattr(db, "LOCK_RETRY", 0.02)
+    monkeypatch.setattr(postgres, "LOCK_RETRY", 0.02)
     layout = space.layout(installation(sql))
     first, second = make(), make()
     run_until(first, lambda: published(watch, layout, sql, [1]))

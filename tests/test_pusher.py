@@ -20,10 +20,11 @@ import psutil
 import pytest
 import trustme
 
-from energy_worker import config, db, queue, sheet, totals
-from energy_worker.pusher import MAX_BLOCK, Pusher
-from energy_worker.queue import PUSH, PUSH_PROCESSING, WORK
-from energy_worker.store import pusher as store
+from energy_worker.adapters import config, postgres, work_queue
+from energy_worker.adapters.sql import totals as store
+from energy_worker.adapters.work_queue import PUSH, PUSH_PROCESSING, WORK
+from energy_worker.core import totals
+from energy_worker.programs.pusher import MAX_BLOCK, Pusher, sheet_format
 from helpers import wait_until, write_ini
 from sheet_server import (
     HANG,
@@ -38,7 +39,7 @@ from tcpproxy import TcpProxy
 
 CPH = totals.zone("Europe/Copenhagen")
 PATH = "/energyRegistrations/updateEnergyRegistrations"
-METERS = 7  # etc/meters.toml
+METERS = 7  # services/energy_worker/meters.toml
 
 
 def utc(*args: int) -> datetime:
@@ -112,7 +113,7 @@ def sheet_line(dataset: str, query: str = "") -> str:
 
 
 def without_fields(lines: list[str]) -> list[str]:
-    """Request lines without what follows dataString (sheet.fields: the push's id, day, ...)."""
+    """Request lines without what follows dataString (sheet_format.fields: the push's id, day, ...)."""
     return [re.sub(r"&id=\S*", "", line) for line in lines]
 
 
@@ -172,7 +173,7 @@ def make_pusher(pg, r) -> Iterator[Callable[..., Pusher]]:
     def make(clock: Clock, url: str | None = None, **settings: object) -> Pusher:
         options: dict[str, object] = {"tz": CPH, "timeout": 2.0, **settings}
         pusher = Pusher(
-            db.LockedSession(lambda name: db.connect(pg, name), "pusher"),
+            postgres.LockedSession(lambda name: postgres.connect(pg, name), "pusher"),
             r,
             config.PushSettings(webhook_url=config.secret(url), **options),  # type: ignore[arg-type]
             clock,
@@ -600,7 +601,7 @@ def feed_2000_w_across_midnight(r, spawn) -> None:
     """The real router's items and the real processor: meter 1 at 2000 W, a pulse every 1.8 s
     from 23:59:30 to 00:00:40; 17 pulses fall before midnight."""
     start_ms = int(local(2024, 6, 1, 23, 59, 30).timestamp() * 1000)
-    queues = queue.Queues(r, frozenset(range(1, 8)))
+    queues = work_queue.Queues(r, frozenset(range(1, 8)))
     for i in range(40):
         r.set("channel:1:timestamp", str(10_000 + i * 1800))
         queues.route(b"channel:1:timestamp", at_ms=start_ms + i * 1800)
@@ -619,7 +620,7 @@ def test_totals_and_push_from_the_processors_own_history(spawn, sql, make_pusher
     pusher.step(block=False)
     clock.set(local(2024, 6, 2, 1, 0, 5))
     pusher.step(block=False)
-    assert pushed(server) == [sheet_line(data(m1=sheet.kwh_text(expected)))]
+    assert pushed(server) == [sheet_line(data(m1=sheet_format.kwh_text(expected)))]
     assert check_totals_against_history(sql) >= 7 * 2
 
 
@@ -662,7 +663,7 @@ def test_200_requests_are_one_push(sql, make_pusher, server, r):
     clock = Clock(local(2024, 6, 1, 10))
     pusher = make_pusher(clock, server.base + PATH)
     pusher.step(block=False)
-    queues = queue.Queues(r, frozenset(range(1, METERS + 1)))
+    queues = work_queue.Queues(r, frozenset(range(1, METERS + 1)))
 
     def requests(count: int, step: bool) -> None:
         for _ in range(count):
@@ -694,16 +695,21 @@ def test_a_request_waits_in_redis_while_postgres_is_unreachable(pg, r, server):
     clock = Clock(local(2024, 6, 1, 10))
     settings = config.PushSettings(webhook_url=config.secret(server.base + PATH), tz=CPH)
     broken = Pusher(
-        db.LockedSession(lambda name: db.connect(dead, name, timeout=1), "pusher"),
+        postgres.LockedSession(lambda name: postgres.connect(dead, name, timeout=1), "pusher"),
         r,
         settings,
         clock,
     )
     r.rpush(PUSH, request_item(5))
-    with pytest.raises(db.ERRORS):
+    with pytest.raises(postgres.ERRORS):
         broken.requests.take(0)
     assert r.lrange(PUSH_PROCESSING, 0, -1) == [request_item(5)]  # kept, not lost
-    fine = Pusher(db.LockedSession(lambda name: db.connect(pg, name), "pusher"), r, settings, clock)
+    fine = Pusher(
+        postgres.LockedSession(lambda name: postgres.connect(pg, name), "pusher"),
+        r,
+        settings,
+        clock,
+    )
     try:
         fine.step(block=False)
         fine.step(block=False)
@@ -739,12 +745,12 @@ def test_a_second_pusher_on_the_same_database_does_not_send(sql, make_pusher, se
     r.rpush(PUSH, request_item(1))
     clock.set(local(2024, 6, 2, 0, 2))
     for _ in range(2):
-        with pytest.raises(db.LockHeld):
+        with pytest.raises(postgres.LockHeld):
             second.step(block=False)
         # it touched nothing: no request taken, no push recorded, nothing sent
         assert pushed(server) == [] and outbox(sql) == [] and r.llen(PUSH) == 1
     first.step(block=False)  # the day's push goes, and the request is recorded
-    with pytest.raises(db.LockHeld):
+    with pytest.raises(postgres.LockHeld):
         second.step(block=False)
     first.step(block=False)  # the request goes
     assert pushed(server) == [sheet_line(data(m1="5.00"))] * 2
@@ -802,8 +808,10 @@ def test_the_process_without_url_says_so_once(spawn, r):
     wait_until(lambda: r.llen(PUSH) == 0 and r.llen(PUSH_PROCESSING) == 0, what="the request")
     # nothing but the router writes this list, and only requests: anything else is kept aside
     r.rpush(PUSH, json.dumps({"e": "e", "s": 2, "k": "x", "v": "true", "at": 1, "key": "stop"}))
-    wait_until(lambda: r.llen(queue.DEADLETTER) == 1, what="the stray item to be kept aside")
-    assert "a STOP item on the push list" in json.loads(r.lindex(queue.DEADLETTER, 0))["reason"]
+    wait_until(lambda: r.llen(work_queue.DEADLETTER) == 1, what="the stray item to be kept aside")
+    assert (
+        "a STOP item on the push list" in json.loads(r.lindex(work_queue.DEADLETTER, 0))["reason"]
+    )
     assert proc.popen.poll() is None
 
 

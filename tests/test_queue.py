@@ -1,4 +1,4 @@
-"""The Redis side (queue.py) against a real Redis: the route script held to the same table of
+"""The Redis side (work_queue.py) against a real Redis: the route script held to the same table of
 cases as the Python rules, the moves between lists, and the sequence numbering."""
 
 from __future__ import annotations
@@ -11,34 +11,35 @@ import redis
 from conftest import RedisServer
 from hypothesis import HealthCheck, given, settings
 
-from energy_worker import ledger, queue
-from energy_worker.domain import Item, Meter, MeterRecord, MeterState
-from energy_worker.keys import Kind
-from energy_worker.queue import Queues
+from energy_worker.adapters import work_queue
+from energy_worker.adapters.work_queue import Queues
+from energy_worker.core import ledger
+from energy_worker.core.domain import Item, Meter, MeterRecord, MeterState
+from energy_worker.core.keys import Kind
 from key_cases import CASES, METERS, Outcome, key_names, python_outcome, values
 
 
 def lua_outcome(r: redis.Redis, queues: Queues, key: bytes, value: bytes) -> Outcome:
     """SET the key, route it with the script, and say what became of it."""
-    r.delete(queue.WORK, queue.PUSH, key)
+    r.delete(work_queue.WORK, work_queue.PUSH, key)
     r.set(key, value)
     result = queues.route(key)
     if result.outcome == "rejected":
         assert not r.exists(key)
         # a record for PostgreSQL, numbered like every item: exactly one, on the work list
-        (letter,) = [Item.decode(raw) for raw in r.lrange(queue.WORK, 0, -1)]
+        (letter,) = [Item.decode(raw) for raw in r.lrange(work_queue.WORK, 0, -1)]
         assert (letter.kind, letter.value, letter.reason) == (
             Kind.REJECTED,
             result.preview,
             result.reason,
         )
-        assert r.llen(queue.PUSH) == 0 and letter.meter is None
+        assert r.llen(work_queue.PUSH) == 0 and letter.meter is None
         return Outcome("rejected", reason=result.reason)
     if result.outcome == "left":
         assert r.get(key) == value
         return Outcome("left", result.kind)
     assert result.outcome == "routed" and not r.exists(key)
-    lists = r.lrange(queue.WORK, 0, -1) + r.lrange(queue.PUSH, 0, -1)
+    lists = r.lrange(work_queue.WORK, 0, -1) + r.lrange(work_queue.PUSH, 0, -1)
     (item,) = [Item.decode(raw) for raw in lists]
     assert item.kind is result.kind and item.value == value.decode()
     return Outcome("routed", item.kind, item.meter)
@@ -79,13 +80,13 @@ def test_no_key_but_a_timestamp_moves_a_meter_further_than_its_own_metercount(
     r, queues, key: bytes, value: bytes
 ):
     lua_outcome(r, queues, key, value)
-    items = [Item.decode(raw) for raw in r.lrange(queue.WORK, 0, -1)]
+    items = [Item.decode(raw) for raw in r.lrange(work_queue.WORK, 0, -1)]
     if items and items[0].kind is Kind.TIMESTAMP:
         assert all(abs(change) <= 1 for change in count_changes(items).values())
         return
     for meter, change in count_changes(items).items():
         lua_outcome(r, queues, f"channel:{meter}:metercount".encode(), value)
-        contract = count_changes([Item.decode(raw) for raw in r.lrange(queue.WORK, 0, -1)])
+        contract = count_changes([Item.decode(raw) for raw in r.lrange(work_queue.WORK, 0, -1)])
         assert abs(change) <= abs(contract.get(meter, 0))
 
 
@@ -98,9 +99,9 @@ def test_keys_of_other_types_are_rejected_with_a_preview(r, queues):
         "key holds a Redis hash, not a string",
         "hash of 1 item(s)",
     )
-    letters = [json.loads(raw) for raw in r.lrange(queue.DEADLETTER, 0, -1)]
+    letters = [json.loads(raw) for raw in r.lrange(work_queue.DEADLETTER, 0, -1)]
     assert [letter["value"] for letter in letters] == ["hash of 1 item(s)", "list of 2 item(s)"]
-    assert r.get(queue.REJECTED) == b"2"
+    assert r.get(work_queue.REJECTED) == b"2"
 
 
 def test_a_huge_value_is_rejected_without_being_read(tmp_path):
@@ -138,11 +139,13 @@ def test_a_push_request_joins_one_that_waits(r, queues):
     for _ in range(200):
         r.set("pushtogoogle", "true")
         assert queues.route(b"pushtogoogle").outcome in ("routed", "joined")
-    assert r.llen(queue.PUSH) == 1 and not r.exists("pushtogoogle")
-    r.lmove(queue.PUSH, queue.PUSH_PROCESSING, "LEFT", "RIGHT")  # taken, its readings read
+    assert r.llen(work_queue.PUSH) == 1 and not r.exists("pushtogoogle")
+    r.lmove(
+        work_queue.PUSH, work_queue.PUSH_PROCESSING, "LEFT", "RIGHT"
+    )  # taken, its readings read
     r.set("pushtogoogle", "true")
     assert queues.route(b"pushtogoogle").outcome == "routed"  # a new request after that
-    assert r.llen(queue.PUSH) == 1
+    assert r.llen(work_queue.PUSH) == 1
 
 
 def test_a_key_gone_before_its_turn_is_no_error(queues):
@@ -153,40 +156,43 @@ def test_items_are_numbered_and_stamped(r, queues):
     for millis in ("10", "20"):
         r.set("channel:2:timestamp", millis)
         queues.route(b"channel:2:timestamp", at_ms=1_700_000_000_123)
-    items = [Item.decode(raw) for raw in r.lrange(queue.WORK, 0, -1)]
+    items = [Item.decode(raw) for raw in r.lrange(work_queue.WORK, 0, -1)]
     assert [(i.seq, i.value, i.at_ms, i.key) for i in items] == [
         (1, "10", 1_700_000_000_123, "channel:2:timestamp"),
         (2, "20", 1_700_000_000_123, "channel:2:timestamp"),
     ]
-    assert items[0].epoch == items[1].epoch == r.get(queue.EPOCH).decode()
+    assert items[0].epoch == items[1].epoch == r.get(work_queue.EPOCH).decode()
 
 
 def test_pushtogoogle_goes_to_the_pushers_list(r, queues):
     r.set("pushtogoogle", "true")
     queues.route(b"pushtogoogle")
-    assert r.llen(queue.WORK) == 0 and r.llen(queue.PUSH) == 1
+    assert r.llen(work_queue.WORK) == 0 and r.llen(work_queue.PUSH) == 1
 
 
 def test_the_dead_letter_list_is_capped(r, queues):
-    for n in range(queue.DEADLETTER_CAP + 5):
+    for n in range(work_queue.DEADLETTER_CAP + 5):
         r.set(f"junk{n}", "x")
         queues.route(f"junk{n}".encode())
-    assert r.llen(queue.DEADLETTER) == queue.DEADLETTER_CAP
-    assert json.loads(r.lindex(queue.DEADLETTER, 0))["key"] == f"junk{queue.DEADLETTER_CAP + 4}"
-    assert int(r.get(queue.REJECTED)) == queue.DEADLETTER_CAP + 5
+    assert r.llen(work_queue.DEADLETTER) == work_queue.DEADLETTER_CAP
+    assert (
+        json.loads(r.lindex(work_queue.DEADLETTER, 0))["key"]
+        == f"junk{work_queue.DEADLETTER_CAP + 4}"
+    )
+    assert int(r.get(work_queue.REJECTED)) == work_queue.DEADLETTER_CAP + 5
 
 
 def test_a_name_that_is_not_printable_is_kept_printable(r, queues):
     r.set(b"\xff\x00bad", "x")
     queues.route(b"\xff\x00bad")
-    assert json.loads(r.lindex(queue.DEADLETTER, 0))["key"] == "\\xff\\x00bad"
+    assert json.loads(r.lindex(work_queue.DEADLETTER, 0))["key"] == "\\xff\\x00bad"
 
 
 def test_take_tops_up_the_processing_list_and_ack_drops_its_head(r, queues):
     for n in range(5):
         r.set("channel:1:timestamp", str(n))
         queues.route(b"channel:1:timestamp")
-    assert len(queues.take(2)) == 2 and r.llen(queue.WORK) == 3
+    assert len(queues.take(2)) == 2 and r.llen(work_queue.WORK) == 3
     assert [Item.decode(raw).value for raw in queues.take(3)] == ["0", "1", "2"]
     queues.ack(2)
     assert [Item.decode(raw).value for raw in queues.take(10)] == ["2", "3", "4"]
@@ -206,12 +212,12 @@ def test_oldest_waiting_is_the_oldest_stamp_on_either_list(r, queues):
     for n in range(3):
         r.set("channel:1:timestamp", str(n))
         queues.route(b"channel:1:timestamp")
-    stamped = Item.decode(r.lindex(queue.WORK, 0)).at_ms
+    stamped = Item.decode(r.lindex(work_queue.WORK, 0)).at_ms
     assert queues.oldest_waiting() == stamped  # the router's own stamp
     queues.take(1)  # the head moves to the processing list
-    restamp(r, queue.PROCESSING, stamped - 5_000)
+    restamp(r, work_queue.PROCESSING, stamped - 5_000)
     assert queues.oldest_waiting() == stamped - 5_000
-    restamp(r, queue.WORK, stamped - 9_000)  # an older one still on the work list
+    restamp(r, work_queue.WORK, stamped - 9_000)  # an older one still on the work list
     assert queues.oldest_waiting() == stamped - 9_000
     queues.ack(1)
     assert queues.oldest_waiting() == stamped - 9_000
@@ -223,8 +229,8 @@ def test_oldest_waiting_is_the_oldest_stamp_on_either_list(r, queues):
 def test_a_sequence_behind_what_is_committed_gets_a_new_epoch(r, queues):
     r.set("channel:1:timestamp", "1")
     queues.route(b"channel:1:timestamp")
-    epoch = r.get(queue.EPOCH).decode()
+    epoch = r.get(work_queue.EPOCH).decode()
     assert queues.ensure_ahead({epoch: 1}) is None
     problem = queues.ensure_ahead({epoch: 5})
     assert problem is not None and "Redis lost writes" in problem
-    assert r.get(queue.EPOCH).decode() != epoch
+    assert r.get(work_queue.EPOCH).decode() != epoch

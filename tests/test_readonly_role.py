@@ -1,4 +1,4 @@
-"""The read-only role Grafana reads with (energy_worker.readonly_role): exactly SELECT
+"""The read-only role Grafana reads with (energy_worker.adapters.readonly_role): exactly SELECT
 on what the dashboards show, nothing it can write (not even what PostgreSQL grants every role),
 while the owner keeps those rights; set up from the environment, idempotently, and with a SCRAM
 verifier computed here as PostgreSQL computes it."""
@@ -12,8 +12,8 @@ import pg8000.native
 import pytest
 
 import grafana_support as gs
-from energy_worker import config, schema
-from energy_worker.readonly_role import (
+from energy_worker.adapters import config, schema
+from energy_worker.adapters.readonly_role import (
     RELATIONS,
     ensure_from_env,
     ensure_readonly_role,
@@ -121,7 +121,7 @@ def test_role_set_up_by_a_database_owner_who_is_no_superuser(pg_server, caplog):
         con = connect(settings, boss)
         try:
             schema.apply(con, {})
-            with caplog.at_level("WARNING", logger="energy_worker.readonly_role"):
+            with caplog.at_level("WARNING", logger="energy_worker.adapters.readonly_role"):
                 ensure_readonly_role(con, user, "pw", timezone=TZ)
         finally:
             con.close()

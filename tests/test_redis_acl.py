@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from energy_worker import queue
-from energy_worker.config import RedisSettings
-from energy_worker.redisconn import connect_redis
-from energy_worker.router import Router
+from energy_worker.adapters import work_queue
+from energy_worker.adapters.config import RedisSettings
+from energy_worker.adapters.redis_client import connect_redis
+from energy_worker.programs.router import Router
 from helpers import REPO, wait_until
 
 START = REPO / "redis-db" / "start.sh"
@@ -182,11 +182,11 @@ def test_the_webhook_writes_and_reads_the_contracts_keys(fresh: AclServer, key: 
 
 
 WEBHOOK_REFUSED = [
-    ("SET", queue.WORK, "x"),
+    ("SET", work_queue.WORK, "x"),
     ("GET", "energy-worker:seq"),
-    ("RPUSH", queue.WORK, "{}"),
-    ("LRANGE", queue.DEADLETTER, "0", "-1"),
-    ("DEL", queue.WORK),
+    ("RPUSH", work_queue.WORK, "{}"),
+    ("LRANGE", work_queue.DEADLETTER, "0", "-1"),
+    ("DEL", work_queue.WORK),
     ("SET", "somebody-else", "x"),
     ("SET", "channel", "x"),
     ("DEL", "channel:1:timestamp"),
@@ -215,10 +215,10 @@ WEBHOOK_REFUSED = [
 
 @pytest.mark.parametrize("command", WEBHOOK_REFUSED, ids=lambda c: " ".join(c)[:40])
 def test_the_webhook_may_do_nothing_else(fresh: AclServer, command: tuple[str, ...]):
-    fresh.worker().rpush(queue.WORK, "item")
+    fresh.worker().rpush(work_queue.WORK, "item")
     message = refused(lambda: fresh.webhook().execute_command(*command))
     assert message.startswith("NOPERM") or "permission" in message, message
-    assert fresh.worker().lrange(queue.WORK, 0, -1) == [b"item"]  # untouched
+    assert fresh.worker().lrange(work_queue.WORK, 0, -1) == [b"item"]  # untouched
 
 
 WORKER_REFUSED = [
@@ -260,7 +260,7 @@ def test_energy_worker_does_its_work_with_its_user(fresh: AclServer):
         while webhook.exists("channel:1:timestamp"):
             assert time.monotonic() < deadline, "the router did not take the key"
             router.run_once(max_wait=0.05)
-        (item,) = fresh.worker().lrange(queue.WORK, 0, -1)
+        (item,) = fresh.worker().lrange(work_queue.WORK, 0, -1)
         assert json.loads(item)["k"] == "t"
         assert client.config_get("appendfsync")  # the durability check reads it
     finally:

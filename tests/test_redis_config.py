@@ -11,9 +11,9 @@ from dataclasses import replace
 import pytest
 import redis
 
-from energy_worker.config import RedisSettings
-from energy_worker.redisconn import connect_once, connect_redis
-from energy_worker.router import Notifications
+from energy_worker.adapters.config import RedisSettings
+from energy_worker.adapters.redis_client import connect_once, connect_redis
+from energy_worker.programs.router import Notifications
 from helpers import wait_until
 from tcpproxy import TcpProxy
 

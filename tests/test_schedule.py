@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import schedule
 
-from energy_worker.config import PushSettings
-from energy_worker.pusher.schedule import Schedule
+from energy_worker.adapters.config import PushSettings
+from energy_worker.programs.pusher.timetable import Schedule
 
 CPH = ZoneInfo("Europe/Copenhagen")
 AUTUMN_EVE = datetime(2024, 10, 26, 21, 0, 30, tzinfo=UTC)  # 23:00:30 CEST, the 26th

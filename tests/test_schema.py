@@ -1,4 +1,4 @@
-"""sql/schema.sql: idempotent, and migrates a database of the original stack without loss."""
+"""services/energy_worker/adapters/sql/schema.sql: idempotent, and migrates a database of the original stack without loss."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-from energy_worker import config, db, schema, totals
-from energy_worker.domain import Meter
-from energy_worker.pusher import Pusher
-from energy_worker.store import processor as store
+from energy_worker.adapters import config, postgres, schema
+from energy_worker.adapters.sql import ingest as store
+from energy_worker.core import totals
+from energy_worker.core.domain import Meter
+from energy_worker.programs.pusher import Pusher
 
 
 def test_applying_twice_changes_nothing_and_keeps_counts(sql):
@@ -29,7 +30,7 @@ def test_applying_twice_changes_nothing_and_keeps_counts(sql):
 
 def test_a_database_of_the_original_stack_is_widened_in_place(pg_server, fresh_pg):
     """The original's tables, as its dashboards read them, with SMALLINT watts and a float kWh."""
-    con = db.connect(fresh_pg, "test")
+    con = postgres.connect(fresh_pg, "test")
     con.execute_simple(
         "DROP SCHEMA public CASCADE; CREATE SCHEMA public;"
         "CREATE TABLE meter_metadata (meter_no smallint, meter_name varchar(50),"
@@ -76,7 +77,7 @@ def test_a_database_of_the_original_stack_is_widened_in_place(pg_server, fresh_p
 def test_a_grafana_role_problem_does_not_stop_the_set_up(worker_env, pg):
     """Grafana's login is Grafana's business: the pulse path must start regardless."""
     done = subprocess.run(
-        [sys.executable, "-m", "energy_worker.setup"],
+        [sys.executable, "-m", "energy_worker.programs.set_up"],
         env={**worker_env, "GRAFANA_DB_USER": pg.user, "GRAFANA_DB_PASSWORD": "pw%$'\""},
         capture_output=True,
         text=True,
@@ -116,7 +117,7 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
     def local(*args: int) -> datetime:
         return totals.resolve(datetime(*args), cph)  # type: ignore[arg-type]
 
-    con = db.connect(fresh_pg, "test")
+    con = postgres.connect(fresh_pg, "test")
     con.execute_simple(BEFORE_PULSES)
     history = [  # meter, counts, typed in, local time (1000 pulses per kWh)
         (1, 90, False, (2024, 5, 31, 23)),
@@ -171,7 +172,7 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
 
     clock = local(2024, 6, 2, 0, 5)
     pusher = Pusher(
-        db.LockedSession(lambda name: db.connect(fresh_pg, name), "pusher"),
+        postgres.LockedSession(lambda name: postgres.connect(fresh_pg, name), "pusher"),
         r,
         config.PushSettings(webhook_url=None, tz=cph),
         lambda: clock,
@@ -220,7 +221,7 @@ def test_a_version_7_database_is_brought_to_fewer_writes(fresh_pg, tmp_path: Pat
     text = schema.SCHEMA_FILE.read_text(encoding="utf-8")
     version_7 = tmp_path / "schema-7.sql"  # the file as version 7 shipped it
     version_7.write_text(text[: text.index("-- Version 8")], encoding="utf-8")
-    con = db.connect(fresh_pg, "test")
+    con = postgres.connect(fresh_pg, "test")
     con.execute_simple("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     meters = config.load_meters()
     assert schema.apply(con, meters, schema=version_7) == 7
@@ -262,7 +263,7 @@ def test_a_version_7_database_is_brought_to_fewer_writes(fresh_pg, tmp_path: Pat
 def test_pushes_waiting_from_before_version_9_get_their_day_and_meters(fresh_pg):
     """Pushes recorded before a push named its meters: the day each stands for, and the meters
     configured now where their number matches the push's values (recorded in meter order)."""
-    con = db.connect(fresh_pg, "test")
+    con = postgres.connect(fresh_pg, "test")
     con.execute_simple(
         """ALTER TABLE push_outbox DROP COLUMN day, DROP COLUMN meter_nos,
                DROP COLUMN meter_names;

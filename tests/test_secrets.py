@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from energy_worker import config
+from energy_worker.adapters import config
 
 
 def test_a_secret_comes_from_its_file_when_the_variable_is_unset(tmp_path: Path):

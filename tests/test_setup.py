@@ -8,8 +8,8 @@ import json
 
 import redis
 
-from energy_worker import keyspace, queue
-from energy_worker.config import RedisSettings
+from energy_worker.adapters import keyspace, work_queue
+from energy_worker.adapters.config import RedisSettings
 from helpers import wait_until
 
 
@@ -81,5 +81,5 @@ def test_a_stray_key_at_start_is_named_then_removed_like_any_illegal_key(spawn, 
     assert r.lrange("somelist", 0, -1) == [b"x"]  # the set-up deletes nothing
     spawn("router")
     wait_until(lambda: not r.exists("somelist"), what="the router to remove it")
-    (letter,) = [json.loads(raw) for raw in r.lrange(queue.DEADLETTER, 0, -1)]
+    (letter,) = [json.loads(raw) for raw in r.lrange(work_queue.DEADLETTER, 0, -1)]
     assert (letter["key"], letter["reason"]) == ("somelist", "unknown key")

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import trustme
 
-from energy_worker.sheet import data_string, fields, push_url, shown_url
-from energy_worker.webhook import Webhook
+from energy_worker.programs.pusher.sheet_client import Webhook
+from energy_worker.programs.pusher.sheet_format import data_string, fields, push_url, shown_url
 from sheet_server import HANG, Reply, request_line, sheet_server
 
 PATH = "/energyRegistrations/updateEnergyRegistrations"
@@ -137,7 +137,7 @@ def test_a_push_carries_its_id_day_instant_and_meters_encoded():
     )
 
 
-# --- what an answer means (webhook_answer.py), each case against the local server -----------
+# --- what an answer means (sheet_answer.py), each case against the local server -----------
 
 SIGN_IN = (
     "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"

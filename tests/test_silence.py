@@ -9,8 +9,8 @@ from datetime import timedelta
 import pg8000.native
 
 from cli_support import cli
-from energy_worker import config
-from energy_worker.store import meters as meter_store
+from energy_worker.adapters import config
+from energy_worker.adapters.sql import meters as meter_store
 from grafana_support import Meter, add_meter
 
 

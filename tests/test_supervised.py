@@ -23,7 +23,8 @@ import redis
 from stack import PASSWORD, PROGRAMS, Stack, Webhook, all_stored, counted
 
 import mqtt_support as ms
-from energy_worker import config, ha_discovery
+from energy_worker.adapters import config
+from energy_worker.programs.publisher import ha_discovery
 from helpers import wait_until
 from mqtt_support import Space
 

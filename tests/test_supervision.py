@@ -13,7 +13,7 @@ import pg8000.native
 import psutil
 import pytest
 
-from energy_worker import db
+from energy_worker.adapters import postgres
 from helpers import pulses, status, wait_until
 
 pytestmark = pytest.mark.processes
@@ -27,7 +27,7 @@ class FakeSupervisor:
         self.log = log
         log.touch()
         self.parent = subprocess.Popen(
-            ["sh", "-c", f'{sys.executable} -m energy_worker.{program} 2>>"$1" & echo $!; wait',
+            ["sh", "-c", f'{sys.executable} -m energy_worker.programs.{program} 2>>"$1" & echo $!; wait',
              "sh", str(log)],
             env=env, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -102,7 +102,7 @@ def test_inside_a_batch_it_finishes_the_batch_first(supervise, pg, sql, r):
     goes; the batch is committed and acknowledged, and then the processor exits."""
     supervisor = supervise("processor")
     supervisor.wait_for_log("connected to PostgreSQL")
-    blocker = db.connect(pg, "energy-worker tests")
+    blocker = postgres.connect(pg, "energy-worker tests")
     blocker.run("BEGIN")
     blocker.run("SELECT * FROM meter_status WHERE meter_no = 1 FOR UPDATE")
     pulses(r, 1, [1000, 2800])
@@ -132,7 +132,7 @@ def test_a_supervisor_gone_before_the_program_asked_is_noticed(worker_env, tmp_p
     (tmp_path / "supervisord.pid").write_text(f"{os.getpid() + 999_999}\n")
     env = {**worker_env, "SUPERVISOR_ENABLED": "1", "ENERGY_WORKER_RUN_DIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "energy_worker.router"],
+        [sys.executable, "-m", "energy_worker.programs.router"],
         env=env, capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 1

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from energy_worker import totals
+from energy_worker.core import totals
 
 CPH = totals.zone("Europe/Copenhagen")
 SPRING = date(2024, 3, 31)  # 02:00 CET -> 03:00 CEST: 23 hours

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from energy_worker import config, program, wait
+from energy_worker.adapters import config
+from energy_worker.programs import wait
+from energy_worker.runtime import program
 from helpers import write_ini
 
 
@@ -118,7 +120,7 @@ def test_a_database_number_the_redis_server_has_not_fails_at_once_with_one_line(
 ):
     env = {**worker_env, "REDIS_DB": "100000", "REDIS_WAIT_SECONDS": "600"}
     done = subprocess.run(
-        [sys.executable, "-m", "energy_worker.wait"],
+        [sys.executable, "-m", "energy_worker.programs.wait"],
         env=env,
         capture_output=True,
         text=True,

@@ -26,8 +26,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
-from . import parser as cli_parser
-from .session import EXIT_ATTENTION, EXIT_TROUBLE, CliError, Session
+from energy_worker.cli import parser as cli_parser
+from energy_worker.cli.session import EXIT_ATTENTION, EXIT_TROUBLE, CliError, Session
 
 MODULES = {
     "status": "status",

@@ -18,12 +18,12 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from ..keys import Kind, classify, value_problem
-from ..logs import printable
-from ..queue import DEADLETTER
-from ..redisconn import as_bytes
-from . import send, show
-from .session import EXIT_ATTENTION, EXIT_OK, CliError, Session, confirm
+from energy_worker.adapters.logs import printable
+from energy_worker.adapters.redis_client import as_bytes
+from energy_worker.adapters.work_queue import DEADLETTER
+from energy_worker.cli import send, show
+from energy_worker.cli.session import EXIT_ATTENTION, EXIT_OK, CliError, Session, confirm
+from energy_worker.core.keys import Kind, classify, value_problem
 
 # The router's reason for a key whose meter is not in the meter config: the one rejection that
 # a change of configuration can undo.

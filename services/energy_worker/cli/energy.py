@@ -20,10 +20,10 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from .. import totals
-from ..store import reports
-from . import show
-from .session import EXIT_OK, CliError, Session
+from energy_worker.adapters.sql import reports
+from energy_worker.cli import show
+from energy_worker.cli.session import EXIT_OK, CliError, Session
+from energy_worker.core import totals
 
 BAR_WIDTH = 30
 HOUR = timedelta(hours=1)

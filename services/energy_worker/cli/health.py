@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..meter import WATT_MS_PER_KWH, power_bound_w
+from energy_worker.core.arithmetic import WATT_MS_PER_KWH, power_bound_w
 
 BACKLOG_WAIT_S = 60.0  # the oldest waiting pulse; the processor commits thousands a second
 SILENCE_MIN_S = 3600.0  # a meter may be quiet this long whatever its last power (the default

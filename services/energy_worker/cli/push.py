@@ -15,10 +15,10 @@ import time
 
 import redis
 
-from ..queue import PUSH, PUSH_PROCESSING
-from ..store import reports
-from . import send, show
-from .session import EXIT_ATTENTION, EXIT_OK, CliError, Session
+from energy_worker.adapters.sql import reports
+from energy_worker.adapters.work_queue import PUSH, PUSH_PROCESSING
+from energy_worker.cli import send, show
+from energy_worker.cli.session import EXIT_ATTENTION, EXIT_OK, CliError, Session
 
 KEY = "pushtogoogle"
 POLL_S = 0.1

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from .. import config, makerun, totals
-from ..config import ConfigError
-from ..domain import Meter
+from energy_worker.adapters import config
+from energy_worker.adapters.config import ConfigError
+from energy_worker.cli import make_run
+from energy_worker.core import totals
+from energy_worker.core.domain import Meter
 
 if TYPE_CHECKING:  # only for the type checker: imported on first use
     import redis
 
-    from ..db import Connection
+    from energy_worker.adapters.postgres import Connection
 
 EXIT_OK = 0
 EXIT_ATTENTION = 1  # done, but the outcome needs attention (status: a problem; push: failed)
@@ -45,7 +47,7 @@ class Session:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.env = dict(os.environ if env is None else env)
         # Under `make run` nothing names the servers: use the run's own settings.
-        self.found = makerun.adopt(self.env)
+        self.found = make_run.adopt(self.env)
         self._meters: dict[int, Meter] | None = None
         self._redis: redis.Redis | None = None
         self._redis_where = ""
@@ -104,7 +106,7 @@ class Session:
         if self._redis is None:
             import redis  # noqa: PLC0415 - only the subcommands that need it pay for it
 
-            from ..redisconn import connect_once  # noqa: PLC0415
+            from energy_worker.adapters.redis_client import connect_once  # noqa: PLC0415
 
             try:
                 settings = config.redis_settings(self.env)
@@ -125,7 +127,7 @@ class Session:
     def postgres(self) -> Connection:
         """A connection to the service's PostgreSQL database (autocommit)."""
         if self._pg is None:
-            from .. import db  # noqa: PLC0415 - only the subcommands that need it pay for it
+            from energy_worker.adapters import postgres  # noqa: PLC0415 - only the subcommands that need it pay for it
 
             try:
                 settings = config.postgres_from_env(self.env) or config.postgres_settings(
@@ -135,8 +137,8 @@ class Session:
                 raise CliError(f"{exc}{self.ini_hint()}") from None
             self._pg_where = settings.describe()
             try:
-                self._pg = db.connect(settings, APPLICATION_NAME, CONNECT_TIMEOUT)
-            except db.ERRORS as exc:
+                self._pg = postgres.connect(settings, APPLICATION_NAME, CONNECT_TIMEOUT)
+            except postgres.ERRORS as exc:
                 raise self.unreachable("PostgreSQL", self._pg_where, exc) from None
         return self._pg
 
@@ -149,13 +151,13 @@ class Session:
         )
 
     def unreachable(self, server: str, where: str, exc: BaseException) -> CliError:
-        from ..outage import describe_error  # noqa: PLC0415 - light, but only needed here
+        from energy_worker.adapters.outage import describe_error  # noqa: PLC0415 - light, but only needed here
 
         return CliError(f"{server} at {where} does not answer: {describe_error(exc)}{self.hint()}")
 
     def failure(self, exc: BaseException) -> CliError | None:
         """A server error in the middle of a command, as one line (None: not a server's)."""
-        from ..outage import describe_error  # noqa: PLC0415
+        from energy_worker.adapters.outage import describe_error  # noqa: PLC0415
 
         redis_module: Any = sys.modules.get("redis")
         if redis_module is not None and isinstance(exc, redis_module.RedisError):
@@ -172,9 +174,9 @@ class Session:
             self._redis.close()
             self._redis = None
         if self._pg is not None:
-            from .. import db  # noqa: PLC0415 - already imported when there is a connection
+            from energy_worker.adapters import postgres  # noqa: PLC0415 - already imported when there is a connection
 
-            db.close_quietly(self._pg)
+            postgres.close_quietly(self._pg)
             self._pg = None
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from .. import meter as arithmetic
-from ..logs import printable
-from ..queue import DEADLETTER
-from ..store import reports
-from . import send, show
-from .deadletters import Entry
-from .session import EXIT_ATTENTION, EXIT_OK, CliError, Session, confirm
+from energy_worker.adapters.logs import printable
+from energy_worker.adapters.sql import reports
+from energy_worker.adapters.work_queue import DEADLETTER
+from energy_worker.cli import send, show
+from energy_worker.cli.deadletters import Entry
+from energy_worker.cli.session import EXIT_ATTENTION, EXIT_OK, CliError, Session, confirm
+from energy_worker.core import arithmetic
 
 POLL_S = 0.05
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
 
-from ..domain import EPOCH_START
+from energy_worker.core.domain import EPOCH_START
 
 
 def age(seconds: float | None) -> str:

@@ -24,9 +24,9 @@ from decimal import Decimal
 
 import redis
 
-from .. import meter as arithmetic
-from ..domain import Meter
-from .session import EXIT_ATTENTION, EXIT_OK, CliError, Session
+from energy_worker.cli.session import EXIT_ATTENTION, EXIT_OK, CliError, Session
+from energy_worker.core import arithmetic
+from energy_worker.core.domain import Meter
 
 SLOTS = 5  # the Arduino's buffer per meter
 WRAP = 2**32  # millis() wraps
@@ -268,7 +268,7 @@ def report(
     powerup_taken: float | None,
     start: float,
 ) -> int:
-    from . import show  # noqa: PLC0415 - light; only the report needs it
+    from energy_worker.cli import show  # noqa: PLC0415 - light; only the report needs it
 
     rows = []
     for put in arduino.inputs:

@@ -22,15 +22,16 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from .. import config, totals
-from ..db import Connection
-from ..domain import Meter
-from ..processor import COMMIT_INTERVAL
-from ..queue import DEADLETTER, Queues
-from ..store import reports
-from . import health, show
-from .deadletters import Entry, read_entries
-from .session import EXIT_ATTENTION, EXIT_OK, Session
+from energy_worker.adapters import config
+from energy_worker.adapters.postgres import Connection
+from energy_worker.adapters.sql import reports
+from energy_worker.adapters.work_queue import DEADLETTER, Queues
+from energy_worker.cli import health, show
+from energy_worker.cli.deadletters import Entry, read_entries
+from energy_worker.cli.session import EXIT_ATTENTION, EXIT_OK, Session
+from energy_worker.core import totals
+from energy_worker.core.domain import Meter
+from energy_worker.programs.processor import COMMIT_INTERVAL
 
 LATEST_DEADLETTERS = 5
 SUPERVISOR_TIMEOUT = 5.0  # seconds for supervisord's answer

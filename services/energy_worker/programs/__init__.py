@@ -1,0 +1,2 @@
+"""The programs supervisord runs, one module or package each (python -m
+energy_worker.programs.<name>). A program imports no other program."""

@@ -4,7 +4,8 @@
     .venv/bin/python bench/hostile.py --junk 200000 --name-mb 5
 
 A private redis-server with the options of docker-compose.yaml's `redis-db` (bench/servers.py),
-and the router process as supervisord runs it (`python -m energy_worker.programs.router`, optimized),
+and the router process as supervisord runs it (`python -m energy_worker.programs.router`,
+optimized),
 nothing else: the router alone is what is measured.
 
 1. Flood: the junk keys and one pulse are written before the router starts (as if they came

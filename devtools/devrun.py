@@ -38,7 +38,7 @@ from typing import IO, Any
 import pg8000.native
 import redis
 
-from energy_worker.adapters import config, envfile, logs
+from energy_worker.adapters import envfile, logs
 from energy_worker.adapters.config import ConfigError
 from energy_worker.cli import make_run
 from energy_worker.core import totals
@@ -61,6 +61,7 @@ START_TIMEOUT = 60.0
 EXIT_INTERRUPTED = 130  # the entrypoint's status after SIGINT (128 + 2)
 STOP_TIMEOUT = 30.0
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout this tool is part of
 log = logging.getLogger("devrun")
 
 
@@ -92,8 +93,8 @@ def repo_relative(path: str | os.PathLike[str]) -> str:
     """A path as a person types it: relative to the repository where it is inside."""
     path = Path(path).resolve()
     return (
-        str(path.relative_to(config.REPO_ROOT))
-        if path.is_relative_to(config.REPO_ROOT)
+        str(path.relative_to(REPO))
+        if path.is_relative_to(REPO)
         else str(path)
     )
 
@@ -367,7 +368,7 @@ def publish_address(publish: str) -> tuple[str, int]:
 
 
 def run_entrypoint(env: dict[str, str]) -> int:
-    proc = subprocess.Popen([str(config.REPO_ROOT / "entrypoint.sh")], env=env)
+    proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=env)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -462,7 +463,7 @@ def main() -> int:
     if sys.argv[1:2] == ["redis-cli"]:
         return redis_cli(sys.argv[2:])
     try:
-        environ, env_file = envfile.merged(os.environ, config.REPO_ROOT)
+        environ, env_file = envfile.merged(os.environ, REPO)
     except ConfigError as exc:
         raise SystemExit(f"devrun: {exc}") from None
     env = program_env(environ)

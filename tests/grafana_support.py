@@ -130,8 +130,9 @@ def expand(sql: str, t_from: datetime, t_to: datetime, interval: timedelta) -> s
 
 @pytest.fixture(scope="module")
 def pg_module(pg_server, pg_template):
-    """A database of the test module's own, cloned from the run's template (schema applied as
-    energy_worker.adapters.schema.apply does), shared by its tests: the generated history is large."""
+    """A database of the test module's own, cloned from the run's template (schema applied
+    as energy_worker.adapters.schema.apply does), shared by its tests: the generated history is
+    large."""
     name = f"{pg_template}_{uuid.uuid4().hex[:8]}"
     admin = postgres.connect(pg_server, "energy-worker tests")
     admin.run(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')

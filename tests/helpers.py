@@ -32,6 +32,10 @@ def wait_until(
         time.sleep(interval)
 
 
+# A program by its name (as it logs), and the module that runs it where the two differ.
+MODULES = {"setup": "set_up"}
+
+
 class Proc:
     """One of our processes, started as supervisord would start it."""
 
@@ -40,7 +44,7 @@ class Proc:
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", f"energy_worker.programs.{name}"],
+            [sys.executable, "-m", f"energy_worker.programs.{MODULES.get(name, name)}"],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -1,4 +1,5 @@
-"""The exit listener (services/energy_worker/runtime/exit_listener.py): its restart policy, and what it
+"""The exit listener (services/energy_worker/runtime/exit_listener.py): its restart policy, and
+what it
 does with each exit, with supervisord's side replaced. tests/test_supervised.py and
 tests/test_restarts.py run it inside a real supervisord."""
 

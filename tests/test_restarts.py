@@ -1,4 +1,5 @@
-"""Restarts under supervisord (the exit listener, services/energy_worker/runtime/exit_listener.py): what a
+"""Restarts under supervisord (the exit listener, services/energy_worker/runtime/exit_listener.py):
+what a
 crash costs. A program that had run healthily is back within about a second; only a crash loop
 backs off, and the router, whose downtime the Arduinos' buffers must bridge, never for long."""
 

@@ -1,4 +1,5 @@
-"""services/energy_worker/adapters/sql/schema.sql: idempotent, and migrates a database of the original stack without loss."""
+"""services/energy_worker/adapters/sql/schema.sql: idempotent, and migrates a database of the
+original stack without loss."""
 
 from __future__ import annotations
 

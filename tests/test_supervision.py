@@ -27,7 +27,8 @@ class FakeSupervisor:
         self.log = log
         log.touch()
         self.parent = subprocess.Popen(
-            ["sh", "-c", f'{sys.executable} -m energy_worker.programs.{program} 2>>"$1" & echo $!; wait',
+            ["sh", "-c",
+             f'{sys.executable} -m energy_worker.programs.{program} 2>>"$1" & echo $!; wait',
              "sh", str(log)],
             env=env, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time, timedelta
 from decimal import Decimal, InvalidOperation
+from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -43,9 +44,13 @@ from energy_worker.core.domain import Meter
 from energy_worker.programs.publisher import ha_discovery
 from energy_worker.programs.pusher import sheet_format
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POSTGRES_INI = Path("/etc/postgres.ini")
-DEFAULT_METERS_PATHS = (Path("/etc/energy-worker/meters.toml"), REPO_ROOT / "etc" / "meters.toml")
+# The owner's own meters where the container mounts them, else the package's default (package
+# data, found wherever the package is installed).
+DEFAULT_METERS_PATHS = (
+    Path("/etc/energy-worker/meters.toml"),
+    Path(str(resources.files("energy_worker").joinpath("meters.toml"))),
+)
 MAX_METERS = 8
 METER_KEYS = ("number", "name", "pulses_per_kwh", "max_power_w", "deviation_pct", "power_factor")
 MAX_NAME_CHARS = 200  # of a meter name

@@ -1,16 +1,18 @@
-"""Brings a database up to date: services/energy_worker/adapters/sql/schema.sql, then the meter config."""
+"""Brings a database up to date: services/energy_worker/adapters/sql/schema.sql, then the meter
+config."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 
 from energy_worker.adapters import postgres
-from energy_worker.adapters.config import REPO_ROOT
 from energy_worker.adapters.sql import meters as meter_store
 from energy_worker.core.domain import Meter
 
-SCHEMA_FILE = REPO_ROOT / "sql" / "schema.sql"
+# Package data, found wherever the package is installed.
+SCHEMA_FILE = Path(str(resources.files("energy_worker.adapters.sql").joinpath("schema.sql")))
 
 
 def apply(con: postgres.Connection, meters: Mapping[int, Meter], schema: Path = SCHEMA_FILE) -> int:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FILE_NAME = "make-run.json"
 # What the programs of a run read, apart from secrets. Paths are written absolute.
 SETTINGS = (
@@ -48,8 +48,9 @@ COMMON = ("ENERGY_WORKER_RUN_DIR", "METERS_CONFIG", "TZ")
 
 
 def var_dir(env: Mapping[str, str]) -> Path:
-    """`make run`'s folder: var/ of the checkout (ENERGY_WORKER_VAR moves it; the tests do)."""
-    return Path(env.get("ENERGY_WORKER_VAR") or REPO_ROOT / "var").resolve()
+    """`make run`'s folder: var/ of the checkout, next to the .venv/ make made, whose Python
+    runs this (ENERGY_WORKER_VAR moves it; the tests do). The package knows no checkout."""
+    return Path(env.get("ENERGY_WORKER_VAR") or Path(sys.prefix).parent / "var").resolve()
 
 
 def ensure_secret(var: Path, name: str) -> tuple[Path, bool]:

@@ -21,7 +21,8 @@ POSTGRES_HOST, POSTGRES_PORT, POSTGRES_DB, POSTGRES_USER, POSTGRES_PASSWORD (eac
 *_FILE) as the container's entrypoint does, else from the ini that POSTGRES_INI names (default
 /etc/postgres.ini); Redis from REDIS_HOST, REDIS_PORT, REDIS_DB, REDIS_PASSWORD (or
 REDIS_PASSWORD_FILE); the meters from METERS_CONFIG (default /etc/energy-worker/meters.toml,
-else services/energy_worker/meters.toml). Under `make run` it finds the run's servers and their passwords by
+else services/energy_worker/meters.toml). Under `make run` it finds the run's servers and their
+passwords by
 itself (var/make-run.json), each one the environment does not name (PostgreSQL: neither
 POSTGRES_HOST nor POSTGRES_INI is set; Redis: neither REDIS_HOST nor REDIS_PORT)."""
 

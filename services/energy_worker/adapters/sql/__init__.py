@@ -1,4 +1,5 @@
-"""All SQL that reads or writes data, one module per owner (the schema is services/energy_worker/adapters/sql/schema.sql):
+"""All SQL that reads or writes data, one module per owner (the schema is
+services/energy_worker/adapters/sql/schema.sql):
 
 | module                | used by                                                        |
 |-----------------------|----------------------------------------------------------------|

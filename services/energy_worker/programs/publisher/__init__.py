@@ -1,6 +1,7 @@
 """The publisher: every configured meter in Home Assistant, over MQTT with discovery.
 
-`python -m energy_worker.programs.publisher`, run by supervisord when MQTT_HOST is set (entrypoint.sh
+`python -m energy_worker.programs.publisher`, run by supervisord when MQTT_HOST is set
+(entrypoint.sh
 puts its program section in place). Each step of its loop (Publisher.run_once):
 
 1. PostgreSQL: connect (holding the publisher lock: one publisher per database, so two never

@@ -1,4 +1,5 @@
-"""`python -m energy_worker.programs.publisher`: the publisher as a supervised program (see __init__)."""
+"""`python -m energy_worker.programs.publisher`: the publisher as a supervised program (see
+__init__)."""
 
 from __future__ import annotations
 

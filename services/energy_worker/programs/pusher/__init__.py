@@ -4,15 +4,15 @@
 
 | part                      | job                                                                |
 |---------------------------|--------------------------------------------------------------------|
-| pusher/schedule.py        | says what is due: the totals after each local hour, the daily push  |
+| pusher/timetable.py       | says what is due: the totals after each local hour, the daily push  |
 | pusher/totals_pass.py     | hourly and daily totals from the stored history (and, hourly, the  |
 |                           | oldest dead letters deleted: store.prune_dead_letters)             |
 | pusher/daily.py           | the readings at each local midnight into the outbox, at PUSH_TIME  |
 | pusher/outbox.py          | sends the outbox to the sheet, oldest first, retrying with backoff |
-| pusher/requests.py        | `pushtogoogle` requests from Redis into the outbox                 |
-Its SQL is store/pusher.py; its connection holds the pusher lock (postgres.LockedSession), so only one
-pusher works on a database. Idle, it blocks in Redis (BLMOVE on the request list) until the next
-thing is due, at most MAX_BLOCK seconds. Time comes from an injectable clock, so tests never wait.
+| pusher/push_requests.py   | `pushtogoogle` requests from Redis into the outbox                 |
+Its SQL is adapters/sql/totals.py; its connection holds the pusher lock
+(postgres.LockedSession), so only one pusher works on a database. Idle, it blocks in Redis
+(BLMOVE on the request list) until the next thing is due, at most MAX_BLOCK seconds. Time comes from an injectable clock, so tests never wait.
 """
 
 from __future__ import annotations

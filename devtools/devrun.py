@@ -92,11 +92,7 @@ def free_port(preferred: int | None, host: str = "127.0.0.1") -> int:
 def repo_relative(path: str | os.PathLike[str]) -> str:
     """A path as a person types it: relative to the repository where it is inside."""
     path = Path(path).resolve()
-    return (
-        str(path.relative_to(REPO))
-        if path.is_relative_to(REPO)
-        else str(path)
-    )
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def remembered_ports() -> dict[str, int]:

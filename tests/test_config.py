@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from energy_worker.adapters import config
+from energy_worker.programs.publisher import settings as publisher_settings
 
 
 def redis_port(text: str, tmp_path: Path) -> int:
@@ -17,7 +18,7 @@ def redis_port(text: str, tmp_path: Path) -> int:
 
 
 def mqtt_port(text: str, tmp_path: Path) -> int:
-    return config.mqtt_settings({"MQTT_HOST": "m", "MQTT_PORT": text}).port
+    return publisher_settings.mqtt_settings({"MQTT_HOST": "m", "MQTT_PORT": text}).port
 
 
 def postgres_port(text: str, tmp_path: Path) -> int:
@@ -46,7 +47,7 @@ def test_a_port_out_of_range_or_not_a_number_is_refused(name: str, text: str, tm
 
 def test_an_unset_port_is_the_default(tmp_path: Path):
     assert config.redis_settings({}).port == 6379
-    assert config.mqtt_settings({"MQTT_HOST": "m"}).port == 1883
+    assert publisher_settings.mqtt_settings({"MQTT_HOST": "m"}).port == 1883
     ini = tmp_path / "postgres.ini"
     ini.write_text("[postgresql]\nhost = h\ndatabase = d\nuser = u\n")
     assert config.postgres_settings(ini).port == 5432

@@ -19,9 +19,9 @@ import yaml
 
 import devrun
 import grafana_support as gs
-from energy_worker.adapters import config
 from energy_worker.adapters.readonly_role import ensure_from_env
 from energy_worker.core import totals
+from energy_worker.programs.pusher import settings as pusher_settings
 from grafana_support import REPO, Meter, add_meter, connect, run_alert_query, run_panel
 
 # The shared fixtures, by name in this module, where pytest looks for them.
@@ -279,7 +279,7 @@ def test_one_day_for_the_pusher_the_reader_and_the_dashboards(pg_module, owner):
     date_trunc('day') in SQL, and the day the dashboards declare all start at the same instant,
     on a day summer time starts (23 hours) and on one it ends (25)."""
     env: dict[str, str] = {}
-    pusher_zone = config.push_settings(env).tz
+    pusher_zone = pusher_settings.push_settings(env).tz
     assert devrun.program_env(env)["TZ"] == pusher_zone.key  # make run passes it on
     compose = (REPO / "docker-compose.yaml").read_text()
     assert compose_default(compose, "energy-worker", "TZ") == pusher_zone.key

@@ -31,8 +31,10 @@ from energy_worker.core import ledger, totals
 from energy_worker.core.domain import DeadLetter, Item, printable
 from energy_worker.programs.processor import Processor
 from energy_worker.programs.publisher import ha_discovery
+from energy_worker.programs.publisher import settings as publisher_settings
 from energy_worker.programs.publisher.broker import Broker
 from energy_worker.programs.pusher import Pusher, outbox
+from energy_worker.programs.pusher import settings as pusher_settings
 from energy_worker.programs.router import Router
 from energy_worker.runtime import program
 from helpers import METERS, REPO, T0, enqueue, pulses, status, wait_until
@@ -438,7 +440,7 @@ def test_hostile_text_on_the_push_list(pg, r, sql, text):
         forged.append(json.dumps(data).encode())
     legit = {"e": "1700000000000-abcd", "s": 99, "k": "g", "v": "true", "at": 1, "key": "x"}
     with sheet_server() as server:
-        settings = config.PushSettings(
+        settings = pusher_settings.PushSettings(
             webhook_url=config.secret(server.base + "/exec"), tz=totals.zone("Europe/Copenhagen")
         )
         pusher = Pusher(
@@ -513,7 +515,7 @@ def test_a_push_request_of_any_bytes_is_recorded_or_a_dead_letter(pg, r, raw: by
     """The pusher's decoder, fed arbitrary bytes on its list: never an exception, and the
     list is empty after (recorded, or kept as a dead letter)."""
     r.execute_command("FLUSHDB")
-    settings_ = config.PushSettings(webhook_url=None, tz=totals.zone("Europe/Copenhagen"))
+    settings_ = pusher_settings.PushSettings(webhook_url=None, tz=totals.zone("Europe/Copenhagen"))
     pusher = Pusher(
         postgres.LockedSession(lambda n: postgres.connect(pg, n), "pusher"), r, settings_
     )
@@ -534,7 +536,7 @@ def test_a_message_from_the_broker_of_any_bytes_is_read_or_ignored(topic: bytes,
     """What the broker passes on (any client of it may publish to our topics): a retained
     energy state is remembered only when it is one we could have written."""
     broker = Broker(
-        config.MqttSettings("127.0.0.1"),
+        publisher_settings.MqttSettings("127.0.0.1"),
         ha_discovery.Layout("homeassistant", "energy-worker", "0123abcd4567ef89"),
         [1],
         program.Termination(),
@@ -555,7 +557,7 @@ def test_a_push_request_postgresql_refuses_is_a_dead_letter_and_the_next_is_reco
         "CHECK (dedup_key <> 'request:1700000000000-abcd:13')"
     )
     with sheet_server() as server:
-        settings_ = config.PushSettings(
+        settings_ = pusher_settings.PushSettings(
             webhook_url=config.secret(server.base + "/exec"), tz=totals.zone("Europe/Copenhagen")
         )
         pusher = Pusher(

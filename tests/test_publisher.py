@@ -31,6 +31,7 @@ from energy_worker.adapters import config, postgres
 from energy_worker.core.arithmetic import power_bound_w
 from energy_worker.programs.processor import Processor
 from energy_worker.programs.publisher import Publisher, ha_discovery
+from energy_worker.programs.publisher import settings as publisher_settings
 from helpers import METERS, REPO, enqueue, wait_until
 from mqtt_support import Space, Watcher
 from tcpproxy import TcpProxy
@@ -63,7 +64,7 @@ def make(pg: config.PostgresSettings, space: Space) -> Iterator[Callable[..., Pu
         env: dict[str, str] | None = None,
         **options: object,
     ) -> Publisher:
-        settings = config.mqtt_settings((where or space).env(**(env or {})))
+        settings = publisher_settings.mqtt_settings((where or space).env(**(env or {})))
         options = {
             "poll_interval": 0.01,
             "broker_retry": (0.01, 0.05),
@@ -553,15 +554,19 @@ def test_tls_verifies_the_brokers_certificate(brokers, make, sql, tmp_path, capl
 
 
 def test_settings_defaults_and_the_password_is_never_shown():
-    s = config.mqtt_settings(
+    s = publisher_settings.mqtt_settings(
         {"MQTT_HOST": "mqtt", "MQTT_USERNAME": "u", "MQTT_PASSWORD": "hunter2"}
     )
-    assert s == config.MqttSettings("mqtt", 1883, "u", "hunter2", False, None, "homeassistant",
-                                    "energy-worker")  # fmt: skip
+    assert s == publisher_settings.MqttSettings(
+        "mqtt", 1883, "u", "hunter2", False, None, "homeassistant", "energy-worker"
+    )
     assert isinstance(s.password, config.Secret)
     assert "hunter2" not in repr(s) and "hunter2" not in s.describe()
-    assert config.mqtt_settings({"MQTT_HOST": "m", "MQTT_TLS": "TRUE"}).port == 8883
-    assert config.mqtt_settings({"MQTT_HOST": "m", "MQTT_TLS": "true"}).describe() == "m:8883 (TLS)"
+    assert publisher_settings.mqtt_settings({"MQTT_HOST": "m", "MQTT_TLS": "TRUE"}).port == 8883
+    assert (
+        publisher_settings.mqtt_settings({"MQTT_HOST": "m", "MQTT_TLS": "true"}).describe()
+        == "m:8883 (TLS)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -580,7 +585,7 @@ def test_settings_defaults_and_the_password_is_never_shown():
 )  # fmt: skip
 def test_a_wrong_setting_is_named_without_its_secret(env, message):
     with pytest.raises(config.ConfigError, match=message) as info:
-        config.mqtt_settings({"MQTT_HOST": "m", **env})
+        publisher_settings.mqtt_settings({"MQTT_HOST": "m", **env})
     assert "hunter2" not in str(info.value)
 
 

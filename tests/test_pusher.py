@@ -25,6 +25,7 @@ from energy_worker.adapters.sql import totals as store
 from energy_worker.adapters.work_queue import PUSH, PUSH_PROCESSING, WORK
 from energy_worker.core import totals
 from energy_worker.programs.pusher import MAX_BLOCK, Pusher, sheet_format
+from energy_worker.programs.pusher import settings as pusher_settings
 from helpers import wait_until, write_ini
 from sheet_server import (
     HANG,
@@ -175,7 +176,7 @@ def make_pusher(pg, r) -> Iterator[Callable[..., Pusher]]:
         pusher = Pusher(
             postgres.LockedSession(lambda name: postgres.connect(pg, name), "pusher"),
             r,
-            config.PushSettings(webhook_url=config.secret(url), **options),  # type: ignore[arg-type]
+            pusher_settings.PushSettings(webhook_url=config.secret(url), **options),  # type: ignore[arg-type]
             clock,
         )
         made.append(pusher)
@@ -693,7 +694,7 @@ def test_a_request_waits_in_redis_while_postgres_is_unreachable(pg, r, server):
         s.bind(("127.0.0.1", 0))
         dead = config.PostgresSettings("127.0.0.1", s.getsockname()[1], pg.database, pg.user)
     clock = Clock(local(2024, 6, 1, 10))
-    settings = config.PushSettings(webhook_url=config.secret(server.base + PATH), tz=CPH)
+    settings = pusher_settings.PushSettings(webhook_url=config.secret(server.base + PATH), tz=CPH)
     broken = Pusher(
         postgres.LockedSession(lambda name: postgres.connect(dead, name, timeout=1), "pusher"),
         r,

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import schedule
 
-from energy_worker.adapters.config import PushSettings
+from energy_worker.programs.pusher.settings import PushSettings
 from energy_worker.programs.pusher.timetable import Schedule
 
 CPH = ZoneInfo("Europe/Copenhagen")

@@ -15,6 +15,7 @@ from energy_worker.adapters.sql import ingest as store
 from energy_worker.core import totals
 from energy_worker.core.domain import Meter
 from energy_worker.programs.pusher import Pusher
+from energy_worker.programs.pusher import settings as pusher_settings
 
 
 def test_applying_twice_changes_nothing_and_keeps_counts(sql):
@@ -175,7 +176,7 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
     pusher = Pusher(
         postgres.LockedSession(lambda name: postgres.connect(fresh_pg, name), "pusher"),
         r,
-        config.PushSettings(webhook_url=None, tz=cph),
+        pusher_settings.PushSettings(webhook_url=None, tz=cph),
         lambda: clock,
     )
     try:

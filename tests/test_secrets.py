@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from energy_worker.adapters import config
+from energy_worker.programs.publisher import settings as publisher_settings
+from energy_worker.programs.pusher import settings as pusher_settings
 
 
 def test_a_secret_comes_from_its_file_when_the_variable_is_unset(tmp_path: Path):
@@ -29,9 +31,9 @@ def test_the_pushers_and_the_publishers_secrets_too(tmp_path: Path):
     url, password = tmp_path / "url", tmp_path / "mqtt"
     url.write_text("https://script.google.com/macros/s/KEY/exec")
     password.write_text("mqtt pw")
-    push = config.push_settings({"GOOGLE_WEBHOOK_URL_FILE": str(url)})
+    push = pusher_settings.push_settings({"GOOGLE_WEBHOOK_URL_FILE": str(url)})
     assert push.webhook_url == "https://script.google.com/macros/s/KEY/exec"
-    mqtt = config.mqtt_settings(
+    mqtt = publisher_settings.mqtt_settings(
         {"MQTT_HOST": "broker", "MQTT_USERNAME": "u", "MQTT_PASSWORD_FILE": str(password)}
     )
     assert mqtt.password == "mqtt pw"

@@ -32,17 +32,12 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import time, timedelta
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
-from energy_worker.core import totals
 from energy_worker.core.domain import Meter
-from energy_worker.programs.publisher import ha_discovery
-from energy_worker.programs.pusher import sheet_format
 
 DEFAULT_POSTGRES_INI = Path("/etc/postgres.ini")
 # The owner's own meters where the container mounts them, else the package's default (package
@@ -352,49 +347,6 @@ def _decimal(value: object, name: str) -> Decimal:
     return result
 
 
-@dataclass(frozen=True)
-class PushSettings:
-    """The pusher's settings (GOOGLE_WEBHOOK_URL unset: totals only, no pushes)."""
-
-    webhook_url: str | None  # held as a Secret, whatever it was given as
-    push_time: time = totals.DEFAULT_PUSH_TIME
-    tz: ZoneInfo = field(default_factory=lambda: ZoneInfo(totals.DEFAULT_TZ))
-    timeout: float = 20.0  # seconds per push request
-    history_wait: timedelta = timedelta(hours=2)
-    retry_first: float = 30.0  # seconds before the first retry of a failed push; doubles ...
-    retry_max: float = 900.0  # ... up to this
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "webhook_url", secret(self.webhook_url))
-
-
-def push_settings(env: Mapping[str, str] | None = None) -> PushSettings:
-    """GOOGLE_WEBHOOK_URL, PUSH_TIME (HH:MM), TZ, PUSH_TIMEOUT and PUSH_HISTORY_WAIT (seconds).
-    Raises ConfigError naming the variable."""
-    env = os.environ if env is None else env
-    try:
-        push_time = totals.parse_clock(env.get("PUSH_TIME"))
-    except ValueError as exc:
-        raise ConfigError(f"PUSH_TIME: {exc}") from None
-    try:
-        tz = totals.zone(env.get("TZ"))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    url = secret((secret_from_env(env, "GOOGLE_WEBHOOK_URL") or "").strip())
-    if url is not None:
-        try:
-            sheet_format.check_url(url)
-        except ValueError as exc:  # its text never holds the URL
-            raise ConfigError(str(exc)) from None
-    return PushSettings(
-        webhook_url=url,
-        push_time=push_time,
-        tz=tz,
-        timeout=seconds(env, "PUSH_TIMEOUT", 20.0, 1.0, 300.0),
-        history_wait=timedelta(seconds=seconds(env, "PUSH_HISTORY_WAIT", 7200, 0, 86400)),
-    )
-
-
 def meter_silent_after(env: Mapping[str, str] | None = None) -> int:
     """METER_SILENT_AFTER: seconds a meter must be quiet (and 100 times what its last power
     implies) before status and Grafana call it silent; an hour by default."""
@@ -414,71 +366,3 @@ def seconds(env: Mapping[str, str], name: str, default: float, low: float, high:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g}")
     return value
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    """The publisher's broker and topics (MQTT_*)."""
-
-    host: str
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None  # held as a Secret, whatever it was given as
-    tls: bool = False
-    ca_file: str | None = None  # with TLS: trust only this CA file; None: the system's CAs
-    discovery_prefix: str = ha_discovery.DISCOVERY_PREFIX
-    topic_prefix: str = ha_discovery.TOPIC_PREFIX
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "password", secret(self.password))
-
-    def describe(self) -> str:
-        return f"{self.host}:{self.port}{' (TLS)' if self.tls else ''}"
-
-
-def mqtt_settings(env: Mapping[str, str] | None = None) -> MqttSettings:
-    """The MQTT_* variables (MQTT_PASSWORD, or the file MQTT_PASSWORD_FILE names). Raises
-    ConfigError naming the variable, never showing a password; MQTT_HOST unset is one too
-    (supervisord runs the publisher only when it is set)."""
-    env = os.environ if env is None else env
-    host = (env.get("MQTT_HOST") or "").strip()
-    if not host:
-        raise ConfigError("MQTT_HOST is not set: no broker to publish to")
-    tls_text = (env.get("MQTT_TLS") or "").strip().lower() or "false"
-    if tls_text not in ("true", "false"):
-        raise ConfigError(f"MQTT_TLS must be true or false, not {tls_text!r}")
-    tls = tls_text == "true"
-    port = port_number(env.get("MQTT_PORT"), 8883 if tls else 1883, "MQTT_PORT")
-    username = env.get("MQTT_USERNAME") or None
-    password = secret_from_env(env, "MQTT_PASSWORD")
-    if password is not None and username is None:
-        raise ConfigError("MQTT_PASSWORD is set but MQTT_USERNAME is not")
-    ca_file = env.get("MQTT_CA_FILE") or None
-    if ca_file is not None:
-        if not tls:
-            raise ConfigError("MQTT_CA_FILE is set but MQTT_TLS is not true")
-        try:
-            Path(ca_file).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read MQTT_CA_FILE {ca_file}: {exc.strerror}") from None
-    prefixes = {}
-    for name, default in (
-        ("MQTT_DISCOVERY_PREFIX", ha_discovery.DISCOVERY_PREFIX),
-        ("MQTT_TOPIC_PREFIX", ha_discovery.TOPIC_PREFIX),
-    ):
-        prefixes[name] = env.get(name) or default
-        if not ha_discovery.valid_prefix(prefixes[name]):
-            raise ConfigError(
-                f"{name} must be MQTT topic levels without + # or empty levels, "
-                f"not {prefixes[name]!r}"
-            )
-    return MqttSettings(
-        host=host,
-        port=port,
-        username=username,
-        password=password,
-        tls=tls,
-        ca_file=ca_file,
-        discovery_prefix=prefixes["MQTT_DISCOVERY_PREFIX"],
-        topic_prefix=prefixes["MQTT_TOPIC_PREFIX"],
-    )

@@ -39,6 +39,7 @@ from energy_worker.adapters import config, postgres
 from energy_worker.adapters.outage import Outage
 from energy_worker.adapters.sql import installation as store
 from energy_worker.programs.publisher import ha_discovery
+from energy_worker.programs.publisher import settings as publisher_settings
 from energy_worker.programs.publisher.broker import Broker, BrokerRefused
 from energy_worker.programs.publisher.ha_discovery import (
     Layout,
@@ -62,7 +63,7 @@ class Publisher:
     def __init__(
         self,
         pg: config.PostgresSettings,
-        settings: config.MqttSettings,
+        settings: publisher_settings.MqttSettings,
         meters: Collection[int],
         *,
         termination: program.Termination | None = None,

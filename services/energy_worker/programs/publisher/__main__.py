@@ -7,13 +7,14 @@ import logging
 
 from energy_worker.adapters import config
 from energy_worker.programs.publisher import Publisher
+from energy_worker.programs.publisher import settings as publisher_settings
 from energy_worker.runtime import program
 
 log = logging.getLogger("energy_worker.programs.publisher")
 
 
 def main(termination: program.Termination) -> int:
-    settings = config.mqtt_settings()
+    settings = publisher_settings.mqtt_settings()
     pg = config.postgres_settings()
     meters = config.load_meters()
     publisher = Publisher(pg, settings, meters, termination=termination)

@@ -27,7 +27,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from energy_worker.adapters.config import MqttSettings
 from energy_worker.programs.publisher.ha_discovery import (
     ENTITIES,
     OFFLINE,
@@ -36,6 +35,7 @@ from energy_worker.programs.publisher.ha_discovery import (
     parse_published,
     stale,
 )
+from energy_worker.programs.publisher.settings import MqttSettings
 from energy_worker.runtime import program
 
 KEEPALIVE = 60  # seconds; the broker sends the last will after 1.5 x this without a word

@@ -12,7 +12,8 @@
 | pusher/push_requests.py   | `pushtogoogle` requests from Redis into the outbox                 |
 Its SQL is adapters/sql/totals.py; its connection holds the pusher lock
 (postgres.LockedSession), so only one pusher works on a database. Idle, it blocks in Redis
-(BLMOVE on the request list) until the next thing is due, at most MAX_BLOCK seconds. Time comes from an injectable clock, so tests never wait.
+(BLMOVE on the request list) until the next thing is due, at most MAX_BLOCK seconds. Time comes
+from an injectable clock, so tests never wait.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from energy_worker.adapters import logs, postgres
-from energy_worker.adapters.config import PushSettings
 from energy_worker.adapters.outage import Outage, describe_error
 from energy_worker.adapters.sql import totals as store
 from energy_worker.adapters.work_queue import Queues
@@ -33,6 +33,7 @@ from energy_worker.core import totals
 from energy_worker.programs.pusher.daily import DailyPush
 from energy_worker.programs.pusher.outbox import Outbox
 from energy_worker.programs.pusher.push_requests import PushRequests
+from energy_worker.programs.pusher.settings import PushSettings
 from energy_worker.programs.pusher.sheet_client import Webhook
 from energy_worker.programs.pusher.timetable import Schedule
 from energy_worker.programs.pusher.totals_pass import TotalsPass

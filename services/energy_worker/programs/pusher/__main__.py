@@ -5,11 +5,12 @@ from __future__ import annotations
 from energy_worker.adapters import config, postgres
 from energy_worker.adapters.redis_client import connect_redis
 from energy_worker.programs.pusher import MAX_BLOCK, Pusher
+from energy_worker.programs.pusher import settings as pusher_settings
 from energy_worker.runtime import program
 
 
 def main(_termination: program.Termination) -> int:
-    settings = config.push_settings()
+    settings = pusher_settings.push_settings()
     pg = config.postgres_settings()
     r = connect_redis(config.redis_settings(), blocking_timeout=MAX_BLOCK)
     session = postgres.LockedSession(lambda name: postgres.connect(pg, name), "pusher")

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
 from energy_worker.adapters import postgres
-from energy_worker.adapters.config import PushSettings
 from energy_worker.adapters.sql import totals as store
 from energy_worker.adapters.work_queue import Queues
 from energy_worker.core import totals
 from energy_worker.core.domain import at_time
+from energy_worker.programs.pusher.settings import PushSettings
 from energy_worker.programs.pusher.sheet_format import data_string
 
 RECHECK = timedelta(seconds=30)  # while the daily push waits for the processor to catch up

@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from energy_worker.adapters import postgres
-from energy_worker.adapters.config import PushSettings
 from energy_worker.adapters.sql import totals as store
 from energy_worker.core import totals
 from energy_worker.core.domain import printable
 from energy_worker.programs.pusher import sheet_format
+from energy_worker.programs.pusher.settings import PushSettings
 from energy_worker.programs.pusher.sheet_client import Webhook
 
 log = logging.getLogger("energy_worker.programs.pusher")

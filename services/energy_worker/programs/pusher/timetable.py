@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 
 import schedule
 
-from energy_worker.adapters.config import PushSettings
 from energy_worker.core import totals
+from energy_worker.programs.pusher.settings import PushSettings
 
 SETTLE = timedelta(seconds=5)  # after an hour ends, before its totals: the last pulses land
 

@@ -61,8 +61,8 @@ def test_the_log_lines_the_guide_quotes_are_the_ones_the_code_writes():
     current = max(map(int, re.findall(r"schema_version \(version\) VALUES \((\d+)\)", schema_sql)))
     quoted = re.findall(r"ready: schema version (\d+)", guide)
     assert quoted and set(quoted) == {str(current)}
-    setup = (REPO / "services" / "energy_worker" / "setup.py").read_text()
+    setup = (REPO / "services" / "energy_worker" / "programs" / "set_up.py").read_text()
     assert '"PostgreSQL %s ready: schema version %s, meters %s"' in setup
-    listener = (REPO / "services" / "energy_worker" / "exit_listener.py").read_text()
+    listener = (REPO / "services" / "energy_worker" / "runtime" / "exit_listener.py").read_text()
     assert "exit_listener INFO ready: router, processor, pusher running" in guide
     assert '"ready: %s running"' in listener

@@ -604,4 +604,4 @@ def test_only_the_publisher_imports_mqtt():
             )
             if any(name.split(".")[0] == "paho" for name in names):
                 importers.add(path.relative_to(package).as_posix())
-    assert importers == {"publisher/broker.py"}
+    assert importers == {"programs/publisher/broker.py"}

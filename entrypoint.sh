@@ -61,7 +61,7 @@ ew_setup_env() {
 	file_env POSTGRES_DB
 	file_env POSTGRES_HOST postgres-db
 	file_env POSTGRES_PORT 5432
-	# TLS to a PostgreSQL on another host: required and verified (setup.py and the programs)
+	# TLS to a PostgreSQL on another host: required and verified (the set-up and the programs)
 	file_env POSTGRES_TLS false
 	file_env POSTGRES_CA_FILE
 	file_env REDIS_PASSWORD

@@ -13,12 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from energy_worker.core.arithmetic import power_bound_w
+from energy_worker.core.domain import MeterSnapshot
 from energy_worker.programs.publisher import ha_discovery as ha
 
 LAYOUT = ha.Layout("homeassistant", "energy-worker", "0123abcd4567ef89")
 
 
-BASE = ha.MeterSnapshot(
+BASE = MeterSnapshot(
     number=1,
     name="Meter 1",
     pulses_per_kwh=1000,
@@ -30,7 +31,7 @@ BASE = ha.MeterSnapshot(
 )
 
 
-def meter(**changes) -> ha.MeterSnapshot:
+def meter(**changes) -> MeterSnapshot:
     return replace(BASE, **changes)
 
 

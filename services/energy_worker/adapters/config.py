@@ -347,6 +347,16 @@ def _decimal(value: object, name: str) -> Decimal:
     return result
 
 
+# Seconds between the processor's commits, unless a backlog waits (COMMIT_INTERVAL). Here, not in
+# the processor, because the command judges the processor's lag by it too.
+COMMIT_INTERVAL = 5.0
+
+
+def commit_interval(env: Mapping[str, str]) -> float:
+    """COMMIT_INTERVAL: seconds between the processor's commits, from 0 to 60."""
+    return seconds(env, "COMMIT_INTERVAL", COMMIT_INTERVAL, 0, 60)
+
+
 def meter_silent_after(env: Mapping[str, str] | None = None) -> int:
     """METER_SILENT_AFTER: seconds a meter must be quiet (and 100 times what its last power
     implies) before status and Grafana call it silent; an hour by default."""

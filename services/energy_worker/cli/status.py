@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import redis
 
 from energy_worker.adapters import config
+from energy_worker.adapters.config import COMMIT_INTERVAL
 from energy_worker.adapters.postgres import Connection
 from energy_worker.adapters.sql import reports
 from energy_worker.adapters.work_queue import DEADLETTER, Queues
@@ -31,7 +32,6 @@ from energy_worker.cli.deadletters import Entry, read_entries
 from energy_worker.cli.session import EXIT_ATTENTION, EXIT_OK, Session
 from energy_worker.core import totals
 from energy_worker.core.domain import Meter
-from energy_worker.programs.processor import COMMIT_INTERVAL
 
 LATEST_DEADLETTERS = 5
 SUPERVISOR_TIMEOUT = 5.0  # seconds for supervisord's answer
@@ -235,7 +235,7 @@ def meter_statuses(
 def commit_interval(env: Mapping[str, str]) -> float:
     """The processor's COMMIT_INTERVAL, from the same environment as the service."""
     try:
-        return config.seconds(env, "COMMIT_INTERVAL", COMMIT_INTERVAL, 0, 60)
+        return config.commit_interval(env)
     except config.ConfigError:
         return COMMIT_INTERVAL
 

@@ -212,9 +212,9 @@ def _epoch(value: object) -> str:
 
 
 def printable(text: str, limit: int = 4 * 200) -> str:
-    """Foreign text as the router keeps it in a dead letter (queue.py, printable()): its first
-    `limit` characters, every character but printable ASCII as \\xNN of its UTF-8 bytes. Text
-    the router made printable stays as it is."""
+    """Foreign text as the router keeps it in a dead letter (adapters/lua/route_lib.lua,
+    printable()): its first `limit` characters, every character but printable ASCII as \\xNN of
+    its UTF-8 bytes. Text the router made printable stays as it is."""
     out = []
     for c in text[:limit]:
         if " " <= c <= "~":
@@ -222,3 +222,25 @@ def printable(text: str, limit: int = 4 * 200) -> str:
         else:
             out.extend(f"\\x{b:02x}" for b in c.encode("utf-8", "surrogatepass"))
     return "".join(out)
+
+
+@dataclass(frozen=True)
+class MeterSnapshot:
+    """One meter as committed in PostgreSQL (meter_metadata, meter_status, meter_last_pulse):
+    what the publisher shows of it."""
+
+    number: int
+    name: str
+    pulses_per_kwh: int
+    max_power_w: int
+    reading_kwh: Decimal  # meter_status.kWh, typed-in readings included
+    pulses_counted: int  # meter_status.pulses_counted: only ever grows with pulses
+    last_pulse_ms: int | None  # wall time of the latest pulse (typed-in rows are no pulses)
+    last_watt: int | None  # that pulse's power; None when it carried no power reading
+
+    @property
+    def counted_kwh(self) -> Decimal:
+        """Energy counted from pulses alone: a typed-in reading does not move it."""
+        from energy_worker.core.arithmetic import kwh  # noqa: PLC0415 - it imports this module
+
+        return kwh(self.pulses_counted, self.pulses_per_kwh)

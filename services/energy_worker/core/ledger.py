@@ -11,7 +11,6 @@ processor swaps in real ones before writing.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -19,8 +18,6 @@ from decimal import Decimal
 from energy_worker.core import arithmetic, history
 from energy_worker.core.domain import DeadLetter, Item, Meter, MeterRecord, Row, Run, at_time
 from energy_worker.core.keys import Kind, value_problem
-
-log = logging.getLogger("energy_worker.core.ledger")
 
 
 def already_done(item: Item, done: Mapping[str, int]) -> bool:
@@ -43,6 +40,12 @@ class Plan:
     unusable: list[tuple[Item, str]] = field(default_factory=list)
     # For the dead_letters table: the router's rejections and the unusable items.
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # What the processor logs once the plan is committed: (level, line), level "info" or
+    # "warning". The ledger itself logs nothing, so a plan tried and rolled back says nothing.
+    notes: list[tuple[str, str]] = field(default_factory=list)
+
+    def note(self, level: str, message: str, *args: object) -> None:
+        self.notes.append((level, message % args))
 
     def reject(self, item: Item, reason: str) -> None:
         """The processor cannot use this item: it is logged, kept in Redis's dead-letter list
@@ -132,11 +135,12 @@ def _pulse(batch: _Batch, item: Item) -> None:
     )
     outcome = result.outcome
     if outcome is arithmetic.Outcome.REPEAT:
-        log.info("meter %s: millis %s delivered twice; counted once", no, item.value)
+        batch.plan.note("info", "meter %s: millis %s delivered twice; counted once", no, item.value)
         batch.plan.records[no] = replace(rec, repeated=rec.repeated + 1)
         return
     if outcome is arithmetic.Outcome.OVER_MAX:
-        log.warning(
+        batch.plan.note(
+            "warning",
             "meter %s: %s W from a %s ms period is above its maximum of %s W; "
             "pulse counted, power not stored",
             no,
@@ -146,7 +150,8 @@ def _pulse(batch: _Batch, item: Item) -> None:
         )
         rec = replace(rec, over_max=rec.over_max + 1)
     elif outcome is arithmetic.Outcome.REBOOT:
-        log.warning(
+        batch.plan.note(
+            "warning",
             "meter %s: millis went from %s to %s, which only a reboot explains; "
             "pulse counted as the new baseline",
             no,
@@ -177,7 +182,8 @@ def _typed_in_reading(batch: _Batch, item: Item) -> None:
     rec = batch.record(no)
     state, exact = arithmetic.set_reading(rec.state, int(item.value), m.pulses_per_kwh)
     if not exact:
-        log.warning(
+        batch.plan.note(
+            "warning",
             "meter %s: reading %s rounded to %s pulses (%s pulses/kWh)",
             no,
             item.value,
@@ -185,7 +191,7 @@ def _typed_in_reading(batch: _Batch, item: Item) -> None:
             m.pulses_per_kwh,
         )
     kwh = arithmetic.kwh(state.counts, m.pulses_per_kwh)
-    log.info("meter %s set to %s kWh by a typed-in reading", no, kwh)
+    batch.plan.note("info", "meter %s set to %s kWh by a typed-in reading", no, kwh)
     # It sets the count, not consumption: the row carries the pulses counted unchanged.
     row = Row(
         no,
@@ -206,7 +212,9 @@ def _powerup(batch: _Batch, _item: Item) -> None:
         if no in batch.committed:
             rec = batch.record(no)
             batch.plan.records[no] = replace(rec, state=arithmetic.powerup(rec.state))
-    log.info("powerup: the Arduino restarted; next pulse of each meter sets its baseline")
+    batch.plan.note(
+        "info", "powerup: the Arduino restarted; next pulse of each meter sets its baseline"
+    )
 
 
 def _stop(batch: _Batch, _item: Item) -> None:

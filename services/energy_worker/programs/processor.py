@@ -35,6 +35,7 @@ from collections.abc import Callable
 import redis
 
 from energy_worker.adapters import config, logs, postgres, schema
+from energy_worker.adapters.config import COMMIT_INTERVAL
 from energy_worker.adapters.outage import Outage, describe_error
 from energy_worker.adapters.redis_client import connect_redis, durable_after
 from energy_worker.adapters.sql import ingest as store
@@ -45,7 +46,6 @@ from energy_worker.core.domain import Item, Meter, MeterRecord, printable
 from energy_worker.runtime import program
 
 BATCH = 5000  # items per transaction at most: a 100,000-item backlog drains in 20 of them
-COMMIT_INTERVAL = 5.0  # seconds between commits, unless a backlog waits (COMMIT_INTERVAL)
 FINISH_GRACE = 10.0  # seconds after SIGTERM to commit what was routed before it
 
 log = logging.getLogger("energy_worker.programs.processor")
@@ -327,6 +327,8 @@ class Processor:
     ) -> None:
         """After a commit: the dead letters it made, in Redis's list too (after the commit, so
         a try that PostgreSQL refused leaves none), and the log lines."""
+        for level, line in plan.notes:
+            log.log(logging.WARNING if level == "warning" else logging.INFO, "%s", line)
         readable = set(positions)
         for position in range(begin, end):
             if position not in readable:
@@ -526,7 +528,7 @@ def main(termination: program.Termination) -> int:
     pg = config.postgres_settings()
     meters = config.load_meters()
     redis_settings = config.redis_settings()
-    interval = config.seconds(os.environ, "COMMIT_INTERVAL", COMMIT_INTERVAL, 0, 60)
+    interval = config.commit_interval(os.environ)
     r = connect_redis(redis_settings)
     processor = Processor(r, pg, meters, termination=termination, commit_interval=interval)
     log.info(

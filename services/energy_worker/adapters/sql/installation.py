@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from energy_worker.adapters.postgres import Connection
-from energy_worker.programs.publisher.ha_discovery import MeterSnapshot
+from energy_worker.core.domain import MeterSnapshot
 
 # Has anything committed changed? Lookups on tables of at most 8 rows and one: the processor
 # stamps meter_status.time_stamp and worker_progress.updated_at in every transaction that changes

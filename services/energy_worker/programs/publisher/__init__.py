@@ -38,12 +38,12 @@ from typing import Any
 from energy_worker.adapters import config, postgres
 from energy_worker.adapters.outage import Outage
 from energy_worker.adapters.sql import installation as store
+from energy_worker.core.domain import MeterSnapshot
 from energy_worker.programs.publisher import ha_discovery
 from energy_worker.programs.publisher import settings as publisher_settings
 from energy_worker.programs.publisher.broker import Broker, BrokerRefused
 from energy_worker.programs.publisher.ha_discovery import (
     Layout,
-    MeterSnapshot,
     below_published,
     discovery,
     states,

@@ -26,7 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from energy_worker.core.arithmetic import kwh, power_bound_w
+from energy_worker.core.arithmetic import power_bound_w
+from energy_worker.core.domain import MeterSnapshot
 
 ENTITIES = ("energy", "reading", "power")
 DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's default (its MQTT integration's setting)
@@ -38,26 +39,6 @@ MIN_INTERVAL = 1.0  # seconds between two state messages of one entity, however 
 INSTALLATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a discovery node_id allows only these
 
 ORIGIN = {"name": "energy-worker"}
-
-
-@dataclass(frozen=True)
-class MeterSnapshot:
-    """One meter as committed in PostgreSQL (meter_metadata, meter_status, meter_last_pulse):
-    what the publisher shows of it."""
-
-    number: int
-    name: str
-    pulses_per_kwh: int
-    max_power_w: int
-    reading_kwh: Decimal  # meter_status.kWh, typed-in readings included
-    pulses_counted: int  # meter_status.pulses_counted: only ever grows with pulses
-    last_pulse_ms: int | None  # wall time of the latest pulse (typed-in rows are no pulses)
-    last_watt: int | None  # that pulse's power; None when it carried no power reading
-
-    @property
-    def counted_kwh(self) -> Decimal:
-        """Energy counted from pulses alone: a typed-in reading does not move it."""
-        return kwh(self.pulses_counted, self.pulses_per_kwh)
 
 
 MAX_PUBLISHED_BYTES = 32  # an energy state as format_kwh writes it: up to 10^12 kWh, 3 decimals

@@ -110,11 +110,10 @@ def gather(session: Session) -> Report:
     con = session.postgres()
     now = reports.clock(con)
     attention: list[str] = []
-    with_function = reports.has_pulses_at(con)
     queues = Queues(r)
     # Before the history is read: a pulse committed in between is then in both.
     unsettled = queues.oldest_waiting()
-    meters = meter_statuses(con, configured, now, tz, with_function, attention, unsettled)
+    meters = meter_statuses(con, configured, now, tz, attention, unsettled)
 
     backlog = queues.backlog()
     change = None
@@ -170,7 +169,7 @@ def gather(session: Session) -> Report:
             f"pushes to the Google Sheet have been failing for {show.age(failing_s)} "
             f"({pushes.head.last_error or 'no answer'}); {pushes.pending} wait"
         )
-    source = "meter_pulses_at" if with_function else "history counts"
+    source = "meter_pulses_at"  # the JSON report's pulses_today_from: one source now
     return Report(
         now, tz, meters, source, backlog, change, oldest_wait_s, last_commit, commit_age,
         committing, programs, note, count, recent, latest, pushes, failing_s, attention,
@@ -182,7 +181,6 @@ def meter_statuses(
     configured: Mapping[int, Meter],
     now: datetime,
     tz: ZoneInfo,
-    with_function: bool,
     attention: list[str],
     unsettled_ms: int | None = None,
 ) -> list[MeterStatus]:
@@ -191,7 +189,7 @@ def meter_statuses(
     PostgreSQL knows that no pulse came only up to there."""
     midnight = totals.day_start(totals.local_day(now, tz), tz)
     rows = {row.meter_no: row for row in reports.meters(con, list(configured))}
-    today = reports.pulses_since(con, list(rows), midnight, with_function)
+    today = reports.pulses_since(con, list(rows), midnight)
     silent_after = reports.silent_after(con)
     reports.use_zone(con, tz.key)
     energy = {

@@ -12,10 +12,6 @@ from decimal import Decimal
 
 from energy_worker.adapters.postgres import Connection
 
-# The other branch's function: a meter's pulses counted as of its latest row at or before an
-# instant (consumption.pulses). Used once it exists, found by its signature.
-PULSES_AT = "meter_pulses_at(integer, timestamp with time zone)"
-
 
 @dataclass(frozen=True)
 class MeterRow:
@@ -103,66 +99,14 @@ def meters(con: Connection, numbers: list[int]) -> list[MeterRow]:
     ]  # fmt: skip
 
 
-def has_pulses_at(con: Connection) -> bool:
-    found = con.run("SELECT to_regprocedure(:sig) IS NOT NULL", sig=PULSES_AT)[0][0]
-    return bool(found)
-
-
-def pulses_since(
-    con: Connection, numbers: list[int], since: datetime, with_function: bool
-) -> dict[int, int]:
-    """Pulses each meter counted after `since` (a local midnight): with meter_pulses_at where
-    the schema has it (has_pulses_at), else, and where it has no answer, from the history's
-    counts."""
-    result: dict[int, int] = {}
-    if with_function:
-        rows = con.run(
-            """SELECT s.meter_no, s.pulses_counted - meter_pulses_at(s.meter_no, :since)
-               FROM meter_status s WHERE s.meter_no = ANY(CAST(:numbers AS int[]))""",
-            numbers=numbers,
-            since=since,
-        )
-        result = {int(no): int(n) for no, n in rows if n is not None}
-    missing = [n for n in numbers if n not in result]
-    if missing:
-        result.update(pulses_since_from_counts(con, missing, since))
-    return result
-
-
-def pulses_since_from_counts(
-    con: Connection, numbers: list[int], since: datetime
-) -> dict[int, int]:
-    """Pulses after `since`, from consumption's counts: the history keeps every run's first
-    pulse and its latest (and the last pulse before every quarter-hour boundary), so between
-    two neighbouring rows the count grows by the pulses between them, except into a typed-in
-    reading, which is a correction, not pulses. The first row of a history is one pulse (or a
-    typed-in reading)."""
+def pulses_since(con: Connection, numbers: list[int], since: datetime) -> dict[int, int]:
+    """Pulses each meter counted after `since` (a local midnight), by the schema's
+    meter_pulses_at. A meter with no history row at or before `since` had counted none then:
+    the history keeps the last pulse before every quarter-hour boundary."""
     rows = con.run(
-        """
-        WITH h AS (
-            SELECT c.meter_no, c.index, c.cor_time_stamp, c.meter_counts, c.typed_in
-            FROM unnest(CAST(:numbers AS int[])) AS m(meter_no)
-            CROSS JOIN LATERAL (
-                (SELECT * FROM consumption x
-                 WHERE x.meter_no = m.meter_no AND x.cor_time_stamp <= :since
-                 ORDER BY x.cor_time_stamp DESC, x.index DESC LIMIT 1)
-                UNION ALL
-                (SELECT * FROM consumption x
-                 WHERE x.meter_no = m.meter_no AND x.cor_time_stamp > :since)
-            ) c
-        ), steps AS (
-            SELECT h.meter_no, h.cor_time_stamp > :since AS after, h.typed_in, h.meter_counts,
-                   lag(h.meter_counts) OVER (PARTITION BY h.meter_no
-                                             ORDER BY h.cor_time_stamp, h.index) AS before
-            FROM h
-        )
-        SELECT m.meter_no,
-               coalesce(sum(s.meter_counts - coalesce(s.before, s.meter_counts - 1))
-                        FILTER (WHERE s.after AND NOT s.typed_in), 0)
-        FROM unnest(CAST(:numbers AS int[])) AS m(meter_no)
-        LEFT JOIN steps s ON s.meter_no = m.meter_no
-        GROUP BY m.meter_no
-        """,
+        """SELECT s.meter_no,
+                  s.pulses_counted - COALESCE(meter_pulses_at(s.meter_no, :since), 0)
+           FROM meter_status s WHERE s.meter_no = ANY(CAST(:numbers AS int[]))""",
         numbers=numbers,
         since=since,
     )

@@ -76,4 +76,4 @@ bench: $(DEV_STAMP) compile
 # the bytecode compiled ahead, the tools' caches.
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis .mypy_cache services/*.egg-info build
-	find services bench tests -name __pycache__ -type d -prune -exec rm -rf {} +
+	find services devtools bench tests -name __pycache__ -type d -prune -exec rm -rf {} +

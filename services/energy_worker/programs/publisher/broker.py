@@ -18,7 +18,6 @@ on the socket), never in a thread of paho's. Each call into paho is a busy secti
 from __future__ import annotations
 
 import logging
-import secrets
 import ssl
 import time
 from collections.abc import Collection
@@ -28,13 +27,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from energy_worker.programs.publisher.ha_discovery import (
-    ENTITIES,
     OFFLINE,
     ONLINE,
     Layout,
-    parse_published,
-    stale,
 )
+from energy_worker.programs.publisher.retained import RetainedSync
 from energy_worker.programs.publisher.settings import MqttSettings
 from energy_worker.runtime import program
 
@@ -47,6 +44,25 @@ MAX_FLAP_DELAY = 30.0  # ... 1 s, doubling up to this
 QOS = 1
 
 log = logging.getLogger("energy_worker.programs.publisher")
+
+
+def mqtt_client(s: MqttSettings, layout: Layout) -> mqtt.Client:
+    """A paho client with our identity, login, TLS and last will; not connected."""
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"energy-worker-{layout.installation}",
+        clean_session=True,
+        protocol=mqtt.MQTTv311,
+        reconnect_on_failure=False,  # our loop reconnects, with our backoff and our logs
+    )
+    client.connect_timeout = CONNECT_TIMEOUT
+    if s.username:
+        client.username_pw_set(s.username, s.password)
+    if s.tls:
+        # Certificate and host name verified: the system's CAs, or only MQTT_CA_FILE's.
+        client.tls_set_context(ssl.create_default_context(cafile=s.ca_file))
+    client.will_set(layout.availability_topic, OFFLINE, qos=QOS, retain=True)
+    return client
 
 
 class BrokerRefused(Exception):
@@ -69,10 +85,8 @@ class Broker:
     ) -> None:
         self.settings = settings
         self.layout = layout
-        self.configured = sorted(configured)
         self.termination = termination
         self.connack_timeout = connack_timeout
-        self.sync_timeout = sync_timeout
         self.stable_after = stable_after
         self.client = self._new_client()
         self.connected = False
@@ -81,35 +95,17 @@ class Broker:
         self._connack: mqtt.ReasonCode | None = None
         # The session (one connection).
         self.online: bool | None = None
-        self.synced = False
-        self._sync_token = ""
-        self._sync_deadline = 0.0
-        self._retained: set[str] = set()
+        self.sync = RetainedSync(layout, configured, sync_timeout)
         self.sent: dict[str, str] = {}  # topic -> payload published in this session
         self.sent_at: dict[str, float] = {}  # topic -> when (the publisher's clock)
-        # What Home Assistant has seen of each meter's energy: the retained state read back at
-        # each connection, and what was published since. Kept across connections.
-        self.seen_energy: dict[int, Decimal] = {}
+        # What Home Assistant has seen of each meter's energy (kept across connections).
+        self.seen_energy: dict[int, Decimal] = self.sync.seen_energy
 
     def describe(self) -> str:
         return self.settings.describe()
 
     def _new_client(self) -> mqtt.Client:
-        s = self.settings
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"energy-worker-{self.layout.installation}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-            reconnect_on_failure=False,  # our loop reconnects, with our backoff and our logs
-        )
-        client.connect_timeout = CONNECT_TIMEOUT
-        if s.username:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            # Certificate and host name verified: the system's CAs, or only MQTT_CA_FILE's.
-            client.tls_set_context(ssl.create_default_context(cafile=s.ca_file))
-        client.will_set(self.layout.availability_topic, OFFLINE, qos=QOS, retain=True)
+        client = mqtt_client(self.settings, self.layout)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -186,57 +182,36 @@ class Broker:
         layout = self.layout
         self.sent.clear()
         self.sent_at.clear()
-        self._retained.clear()
-        self.synced = False
         self.online = None
-        self._sync_token = secrets.token_hex(8)
-        self._sync_deadline = time.monotonic() + self.sync_timeout
+        token = self.sync.start()
         with self.termination.busy():
             self.client.subscribe(
                 [(layout.config_wildcard, 0), (layout.state_wildcard, 0), (layout.sync_topic, 0)]
             )
         self.availability(online=True)
         with self.termination.busy():
-            self.client.publish(layout.sync_topic, self._sync_token, qos=0, retain=False)
+            self.client.publish(layout.sync_topic, token, qos=0, retain=False)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        layout = self.layout
         try:
             topic = msg.topic  # paho decodes it as UTF-8: a broker may pass on anything
         except UnicodeDecodeError:
             return  # not one of our topics
-        if topic == layout.sync_topic:
-            if msg.payload == self._sync_token.encode() and not self.synced:
-                self._finish_sync()
-            return
-        if self.synced or not msg.payload:
-            return
-        self._retained.add(topic)
-        for no in self.configured:
-            if topic == layout.state_topic(no, "energy"):
-                seen = parse_published(msg.payload)
-                if seen is not None:
-                    self.seen_energy[no] = max(seen, self.seen_energy.get(no, seen))
+        if self.sync.heard(topic, bytes(msg.payload)):
+            self._finish_sync()
 
     def check_sync(self) -> bool:
         """Whether the retained messages have been read back (at the deadline: go on without)."""
-        if not self.synced and self.connected and time.monotonic() >= self._sync_deadline:
+        if self.connected and self.sync.overdue():
             log.warning("the broker did not return our sync marker; publishing anyway")
             self._finish_sync()
-        return self.synced
+        return self.sync.synced
 
     def _finish_sync(self) -> None:
         """Every retained message of ours has arrived: empty those of meters that are no longer
-        in the meter config. A configured meter missing from the database keeps its entities:
-        only the config file removes a meter."""
+        in the meter config."""
         layout = self.layout
-        wanted = {
-            topic
-            for no in self.configured
-            for entity in ENTITIES
-            for topic in (layout.config_topic(no, entity), layout.state_topic(no, entity))
-        }
-        removed = stale(self._retained, wanted)
+        removed = self.sync.stale_topics()
         with self.termination.busy():
             for topic in removed:
                 self.client.publish(topic, b"", qos=QOS, retain=True)
@@ -249,7 +224,7 @@ class Broker:
                 len(removed),
                 ", ".join(removed),
             )
-        self.synced = True
+        self.sync.synced = True
 
     # --- publishing -------------------------------------------------------------------------
 

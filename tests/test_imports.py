@@ -20,7 +20,7 @@ CASES = [
         ONLY_WITH_A_DATABASE + ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER,
     ),
     ("energy_worker.programs.processor", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
-    # the pusher imports requests only when a webhook URL is set (webhook.Webhook)
+    # the pusher imports requests only when a webhook URL is set (sheet_client.SheetClient)
     ("energy_worker.programs.pusher", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
     ("energy_worker.runtime.exit_listener", ("redis", *ONLY_WITH_A_DATABASE, *ONLY_WITH_A_WEBHOOK)),
 ]

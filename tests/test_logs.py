@@ -15,7 +15,7 @@ from helpers import REPO
 SCRIPT = """
 import socket, sys, threading
 from energy_worker.adapters import logs
-from energy_worker.programs.pusher.sheet_client import Webhook
+from energy_worker.programs.pusher.sheet_client import SheetClient
 logs.setup("pusher")
 server = socket.create_server(("127.0.0.1", 0))
 def answer():
@@ -27,7 +27,7 @@ def answer():
     conn.close()
 threading.Thread(target=answer, daemon=True).start()
 url = f"http://127.0.0.1:{server.getsockname()[1]}/macros/s/SECRETID/exec?token=s3cret"
-print("answer", Webhook(url, 3).send("1.00"))
+print("answer", SheetClient(url, 3).send("1.00"))
 """
 
 

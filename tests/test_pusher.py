@@ -114,7 +114,8 @@ def sheet_line(dataset: str, query: str = "") -> str:
 
 
 def without_fields(lines: list[str]) -> list[str]:
-    """Request lines without what follows dataString (sheet_format.fields: the push's id, day, ...)."""
+    """Request lines without what follows dataString (sheet_format.fields: the push's id, day,
+    ...)."""
     return [re.sub(r"&id=\S*", "", line) for line in lines]
 
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import trustme
 
-from energy_worker.programs.pusher.sheet_client import Webhook
+from energy_worker.programs.pusher.sheet_client import SheetClient
 from energy_worker.programs.pusher.sheet_format import data_string, fields, push_url, shown_url
 from sheet_server import HANG, Reply, request_line, sheet_server
 
@@ -57,7 +57,7 @@ def test_url_gets_its_query_the_right_way():
 def test_a_shown_url_keeps_no_secret():
     url = "https://user:pw@script.google.com:8443/macros/s/SECRETID/exec?token=s3cret"
     assert shown_url(url) == "https://script.google.com:8443"
-    hook = Webhook(url)
+    hook = SheetClient(url)
     for text in (repr(hook), hook.shown):
         assert "SECRETID" not in text and "s3cret" not in text and "pw" not in text
 
@@ -65,13 +65,13 @@ def test_a_shown_url_keeps_no_secret():
 @pytest.mark.parametrize("bad", ["", "script.google.com/x", "ftp://h/x", "http://", "http://h:x/"])
 def test_a_bad_url_is_refused_without_showing_it(bad):
     with pytest.raises(ValueError) as info:
-        Webhook(bad)
+        SheetClient(bad)
     assert str(info.value).startswith("GOOGLE_WEBHOOK_URL")  # a fixed text, not the URL
 
 
 def test_the_request_line_is_exact():
     with sheet_server() as server:
-        answer = Webhook(server.base + PATH).send("279.97,752.04,260.03")
+        answer = SheetClient(server.base + PATH).send("279.97,752.04,260.03")
         assert answer.ok and answer.status == 200
         assert server.got() == [
             request_line(PATH + "?function=updateSheet&dataString=279.97,752.04,260.03")
@@ -80,7 +80,7 @@ def test_the_request_line_is_exact():
 
 def test_a_url_with_a_query_string_gets_ampersand_function():
     with sheet_server() as server:
-        Webhook(server.base + PATH + "?token=abc").send("1.00,2.00")
+        SheetClient(server.base + PATH + "?token=abc").send("1.00,2.00")
         assert server.got() == [
             request_line(PATH + "?token=abc&function=updateSheet&dataString=1.00,2.00")
         ]
@@ -89,7 +89,7 @@ def test_a_url_with_a_query_string_gets_ampersand_function():
 def test_a_500_is_a_failure_with_its_status():
     with sheet_server() as server:
         server.script = [500]
-        answer = Webhook(server.base + PATH).send("1.00")
+        answer = SheetClient(server.base + PATH).send("1.00")
         assert not answer.ok and answer.status == 500
         assert answer.describe() == "HTTP 500, answered 'ok'"
 
@@ -97,7 +97,7 @@ def test_a_500_is_a_failure_with_its_status():
 def test_a_hanging_webhook_costs_at_most_the_timeout():
     with sheet_server() as server:
         server.script = [HANG]
-        hook = Webhook(server.base + PATH + "?token=s3cret", timeout=0.5)
+        hook = SheetClient(server.base + PATH + "?token=s3cret", timeout=0.5)
         started = time.monotonic()
         answer = hook.send("1.00")
         elapsed = time.monotonic() - started
@@ -115,7 +115,7 @@ def test_connection_refused_is_a_failure_without_the_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    answer = Webhook(f"http://127.0.0.1:{port}{PATH}?token=s3cret", timeout=2).send("1.00")
+    answer = SheetClient(f"http://127.0.0.1:{port}{PATH}?token=s3cret", timeout=2).send("1.00")
     assert answer.status is None
     assert answer.error == "connection failed"
     assert "s3cret" not in answer.describe()
@@ -175,7 +175,7 @@ SIGN_IN = (
 def test_a_failed_push_is_told_by_the_answers_first_line(reply, describe):
     with sheet_server() as server:
         server.script = [reply]
-        answer = Webhook(server.base + PATH).send("1.00")
+        answer = SheetClient(server.base + PATH).send("1.00")
     assert not answer.ok
     assert answer.describe() == describe
 
@@ -194,7 +194,7 @@ def test_any_other_2xx_answer_is_a_success(reply):
     # an original stack's endpoint may answer anything
     with sheet_server() as server:
         server.script = [reply]
-        answer = Webhook(server.base + PATH).send("1.00")
+        answer = SheetClient(server.base + PATH).send("1.00")
     assert answer.ok and answer.describe() == f"HTTP {reply.status}"
 
 
@@ -221,7 +221,7 @@ def trusting(ca: trustme.CA, tmp_path, monkeypatch):
 def test_a_redirect_to_https_is_followed(trusting):
     with sheet_server(tls=tls_context(trusting)) as target, sheet_server() as first:
         first.script = [Reply(302, "", headers={"Location": target.base + "/echo?user_content"})]
-        answer = Webhook(first.base + PATH + "?token=abc").send("1.00")
+        answer = SheetClient(first.base + PATH + "?token=abc").send("1.00")
         assert answer.ok, answer.describe()
         assert target.got() == [request_line("/echo?user_content")]
 
@@ -231,7 +231,7 @@ def test_a_redirect_to_anything_but_https_is_not_followed(scheme):
     with sheet_server() as target, sheet_server() as first:
         location = f"{scheme}://127.0.0.1:{target.port}/leak?token=abc"
         first.script = [Reply(302, "", headers={"Location": location})]
-        answer = Webhook(first.base + PATH).send("1.00")
+        answer = SheetClient(first.base + PATH).send("1.00")
         assert not answer.ok and target.got() == []
         assert answer.describe() == (
             f"HTTP 302, a redirect to {scheme}://127.0.0.1:{target.port} is not followed "
@@ -242,7 +242,7 @@ def test_a_redirect_to_anything_but_https_is_not_followed(scheme):
 def test_a_certificate_error_is_reported_as_a_tls_error(ca):
     # the server's certificate comes from a CA the client does not trust
     with sheet_server(tls=tls_context(ca)) as server:
-        answer = Webhook(server.base + PATH + "?token=s3cret", timeout=5).send("1.00")
+        answer = SheetClient(server.base + PATH + "?token=s3cret", timeout=5).send("1.00")
         assert server.got() == []
     assert answer.status is None and not answer.ok
     assert answer.describe().startswith("TLS error: certificate not accepted ("), answer
@@ -256,14 +256,14 @@ def test_the_proxy_of_the_environment_is_used_and_no_proxy_is_obeyed(monkeypatch
     with sheet_server() as proxy, sheet_server() as sheet:
         monkeypatch.setenv("HTTP_PROXY", proxy.base)
         monkeypatch.setenv("HTTPS_PROXY", proxy.base)
-        assert Webhook("http://sheet.invalid" + PATH).send("1.00").ok
+        assert SheetClient("http://sheet.invalid" + PATH).send("1.00").ok
         proxy.script = [502]  # no tunnel: the push fails, and says so
-        answer = Webhook("https://sheet.invalid" + PATH).send("2.00")
+        answer = SheetClient("https://sheet.invalid" + PATH).send("2.00")
         assert not answer.ok and "proxy" in answer.describe()
         assert proxy.got() == [
             f"GET http://sheet.invalid{PATH}?function=updateSheet&dataString=1.00 HTTP/1.1",
             "CONNECT sheet.invalid:443 HTTP/1.0",  # as urllib3 asks
         ]
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        assert Webhook(sheet.base + PATH).send("3.00").ok
+        assert SheetClient(sheet.base + PATH).send("3.00").ok
         assert len(proxy.got()) == 2 and len(sheet.got()) == 1

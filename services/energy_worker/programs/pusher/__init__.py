@@ -34,7 +34,7 @@ from energy_worker.programs.pusher.daily import DailyPush
 from energy_worker.programs.pusher.outbox import Outbox
 from energy_worker.programs.pusher.push_requests import PushRequests
 from energy_worker.programs.pusher.settings import PushSettings
-from energy_worker.programs.pusher.sheet_client import Webhook
+from energy_worker.programs.pusher.sheet_client import SheetClient
 from energy_worker.programs.pusher.timetable import Schedule
 from energy_worker.programs.pusher.totals_pass import TotalsPass
 
@@ -61,13 +61,15 @@ class Pusher:
         self.r = r
         self.settings = settings
         self.clock = clock
-        webhook = Webhook(settings.webhook_url, settings.timeout) if settings.webhook_url else None
+        client = (
+            SheetClient(settings.webhook_url, settings.timeout) if settings.webhook_url else None
+        )
         queues = Queues(r)
         self.schedule = Schedule(settings, clock)
         self.totals = TotalsPass(session, queues, settings.tz, clock)
-        self.daily = DailyPush(session, queues, settings, webhook is not None, clock)
-        self.outbox = Outbox(session, webhook, settings, clock)
-        self.requests = PushRequests(session, queues, webhook is not None, clock, settings.tz)
+        self.daily = DailyPush(session, queues, settings, client is not None, clock)
+        self.outbox = Outbox(session, client, settings, clock)
+        self.requests = PushRequests(session, queues, client is not None, clock, settings.tz)
         self.debug = logs.DebugSwitch(log)
         self.postgres_outage = Outage("PostgreSQL", log)
         self.redis_outage = Outage("Redis", log)

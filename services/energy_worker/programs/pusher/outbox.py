@@ -7,8 +7,8 @@ by `energy-worker push` and `status`, and retried after 30 s, doubling up to 15 
 back everything newer, so a webhook that is down for days gets every missed day in order. A push
 that succeeded is marked sent with its status and never sent again. A request whose answer never
 came (or whose redirect could not be followed) may have reached the sheet: it is sent again with
-the same id (sheet_format.fields), and the Apps Script (docs/google-apps-script/Code.gs) writes an id
-once, so a retry makes no second row.
+the same id (sheet_format.fields), and the Apps Script (docs/google-apps-script/Code.gs) writes an
+id once, so a retry makes no second row.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from energy_worker.core import totals
 from energy_worker.core.domain import printable
 from energy_worker.programs.pusher import sheet_format
 from energy_worker.programs.pusher.settings import PushSettings
-from energy_worker.programs.pusher.sheet_client import Webhook
+from energy_worker.programs.pusher.sheet_client import SheetClient
 
 log = logging.getLogger("energy_worker.programs.pusher")
 ERROR_CHARS = 300  # of a failed push's answer, kept in push_outbox.last_error
@@ -34,31 +34,31 @@ class Outbox:
     def __init__(
         self,
         session: postgres.LockedSession,
-        webhook: Webhook | None,
+        client: SheetClient | None,
         settings: PushSettings,
         clock: Callable[[], datetime],
     ) -> None:
         self.session = session
-        self.webhook = webhook
+        self.client = client
         self.settings = settings
         self.clock = clock
         self.next_retry: datetime | None = None
         self.failing = False
 
     def announce(self) -> None:
-        if self.webhook is None:
+        if self.client is None:
             log.warning("GOOGLE_WEBHOOK_URL is not set: totals only, no pushes to the Google Sheet")
         else:
             log.info(
                 "pushing to %s daily at %s %s; totals hourly",
-                self.webhook.shown,
+                self.client.shown,
                 self.settings.push_time.strftime("%H:%M"),
                 self.settings.tz.key,
             )
 
     def send_due(self) -> None:
         """Send the outbox oldest first until it is empty or a push fails."""
-        if self.webhook is None:
+        if self.client is None:
             return
         con = self.session.connection()
         while True:
@@ -67,7 +67,7 @@ class Outbox:
             if pending is None or pending.next_attempt_at > now:
                 self.next_retry = pending.next_attempt_at if pending else None
                 return
-            answer = self.webhook.send(pending.data_string, self.fields(pending))
+            answer = self.client.send(pending.data_string, self.fields(pending))
             done = self.clock()
             what = describe(pending, self.settings.tz)
             if answer.ok:
@@ -89,7 +89,7 @@ class Outbox:
             log.warning(
                 "push of %s to %s failed (%s, attempt %d); next attempt in %.0f s",
                 what,
-                self.webhook.shown,
+                self.client.shown,
                 answer.describe(),
                 pending.attempts + 1,
                 delay,
@@ -98,8 +98,8 @@ class Outbox:
             return
 
     def fields(self, pending: store.PendingPush) -> str:
-        """What the push carries besides the readings (sheet_format.fields): its id, the day it stands
-        for, the instant of its readings in TZ, and its meters."""
+        """What the push carries besides the readings (sheet_format.fields): its id, the day it
+        stands for, the instant of its readings in TZ, and its meters."""
         tz = self.settings.tz
         day = pending.day or totals.local_day(pending.reading_at, tz)
         return sheet_format.fields(
@@ -107,8 +107,8 @@ class Outbox:
         )
 
     def close(self) -> None:
-        if self.webhook is not None:
-            self.webhook.close()
+        if self.client is not None:
+            self.client.close()
 
 
 def describe(pending: store.PendingPush, tz: ZoneInfo) -> str:

@@ -27,7 +27,7 @@ MAX_REDIRECTS = 5  # an Apps Script web app answers with one
 CONNECT_TIMEOUT = 10.0
 
 
-class Webhook:
+class SheetClient:
     """Sends readings to the sheet. Every call is bounded by `timeout` seconds for connecting
     and for each wait on the answer, and reads at most MAX_BODY of it until `timeout` has
     passed in all."""
@@ -39,7 +39,7 @@ class Webhook:
         self.session = https_redirects_only()
 
     def __repr__(self) -> str:
-        return f"Webhook({shown_url(self.url)}, timeout={self.timeout})"
+        return f"SheetClient({shown_url(self.url)}, timeout={self.timeout})"
 
     @property
     def shown(self) -> str:

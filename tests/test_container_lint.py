@@ -119,7 +119,7 @@ def test_compose_file_parses_and_keeps_its_promises():
     redis = services["redis-db"]
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
-    # one sync a second: what the processor's durability wait (redisconn.DURABLE_AFTER) and the
+    # one sync a second: what the processor's durability wait (redis_client.DURABLE_AFTER) and the
     # power-cut bound in docs/CONTRACT.md are written for
     assert command[command.index("--appendfsync") + 1] == "everysec"
     flags = command[command.index("--notify-keyspace-events") + 1]

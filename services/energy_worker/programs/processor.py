@@ -122,7 +122,7 @@ class Processor:
         self.config_meters = config_meters
         self.termination = termination or program.Termination(deferred=True)
         self.commit_interval = commit_interval
-        self.durable_after = durable_after  # None: ask Redis (redisconn.durable_after)
+        self.durable_after = durable_after  # None: ask Redis (redis_client.durable_after)
         self.session = postgres.LockedSession(
             lambda name: postgres.connect(pg, name, db_timeout), "processor", lease
         )

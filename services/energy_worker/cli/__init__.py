@@ -3,7 +3,7 @@
 | module             | what                                                               |
 |--------------------|--------------------------------------------------------------------|
 | cli/parser.py      | the command line: arguments, help and exit statuses of each        |
-| cli/session.py     | settings (make run's found by make_run.py), connections, one-line   |
+| cli/session.py     | settings (make run's found by make_run.py), connections, one-line  |
 |                    | errors, confirmation                                               |
 | cli/status.py      | `status`: meters, pipeline, dead letters, pushes; health exit code |
 | cli/health.py      | the rules `status` judges by (pure)                                |

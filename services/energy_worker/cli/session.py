@@ -113,7 +113,7 @@ class Session:
             except ConfigError as exc:
                 raise CliError(str(exc)) from None
             self._redis_where = settings.describe()
-            # Unlike the programs' (adapters/redis_client.py), no retries: a command says at once that
+            # Unlike the programs' (redis_client.py), no retries: a command says at once that
             # Redis does not answer, and a person runs it again.
             client = connect_once(settings, CONNECT_TIMEOUT)
             try:

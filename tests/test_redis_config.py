@@ -1,5 +1,6 @@
 """redis-py as our programs configure it (energy_worker/adapters/redis_client.py), against the
-run's real redis-server: the rules exactly-once rests on, where redis-py's defaults would break them."""
+run's real redis-server: the rules exactly-once rests on, where redis-py's defaults would break
+them."""
 
 from __future__ import annotations
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
+from typing import Any
 
 import redis
+import redis.client
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -30,8 +33,12 @@ DURABLE_AFTER_UNKNOWN = 2.0
 ANSWER_S = 10.0  # how long an answer may take beyond a command's own blocking time
 CONNECT_S = 5.0
 # A connection idle this long is PINGed before its next command; on a subscription (which has no
-# command of its own) the router checks that the PONG came back (router.Router.check_alive).
+# command of its own) the router checks that the PONG came back (check_alive).
 HEALTH_CHECK_S = 1  # seconds (redis-py takes whole ones)
+# redis-py PINGs a subscription that was quiet for HEALTH_CHECK_S, but does not miss a PONG
+# that never comes: a silent partition. A subscription whose PING is unanswered this long after
+# it was due is taken for dead.
+PONG_TIMEOUT = 3 * HEALTH_CHECK_S
 # TCP keep-alive, for a peer that vanished from the network while nothing was sent: Linux's
 # default would notice after two hours; this notices within about 20 s.
 KEEPALIVE = {
@@ -117,3 +124,16 @@ def durable_after(r: redis.Redis, log: logging.Logger) -> float:
     delay = DURABLE_AFTER.get(appendfsync, DURABLE_AFTER_UNKNOWN)
     log.info("Redis appendfsync %s: items are committed once %g s old", appendfsync, delay)
     return delay
+
+
+def check_alive(pubsub: redis.client.PubSub) -> None:
+    """Raise ConnectionError when the subscription's health check went unanswered."""
+    connection: Any = pubsub.connection  # redis-py's hint says it is always None
+    if (
+        connection is not None
+        and pubsub.health_check_response_counter > 0
+        and time.monotonic() > connection.next_health_check + PONG_TIMEOUT
+    ):
+        raise redis.ConnectionError(
+            f"no answer to a health check within {PONG_TIMEOUT:g} s (a silent partition?)"
+        )

@@ -20,14 +20,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 import redis.client
 
 from energy_worker.adapters import config, logs
 from energy_worker.adapters.outage import Outage
-from energy_worker.adapters.redis_client import HEALTH_CHECK_S, connect_redis
+from energy_worker.adapters.redis_client import HEALTH_CHECK_S, check_alive, connect_redis
 from energy_worker.adapters.work_queue import Queues
 from energy_worker.core import keys
 from energy_worker.core.keys import MAX_NAME_LENGTH, Kind
@@ -41,10 +40,6 @@ MAX_STOPS = 16  # stop keys a sweep holds back to route last (`stop` in any lett
 # The order in which keys found together are routed: the contract's (powerup first: a rebooted
 # Arduino sends it before its first new pulse; stop last), debug before, illegal input after.
 RANK = {Kind.DEBUG: -1, **{kind: rank for rank, kind in enumerate(keys.ROUTED)}}
-# redis-py PINGs a subscription that was quiet for HEALTH_CHECK_S, but does not miss a PONG
-# that never comes: a silent partition. A subscription whose PING is unanswered this long after
-# it was due is taken for dead.
-PONG_TIMEOUT = 3 * HEALTH_CHECK_S
 
 log = logging.getLogger("energy_worker.programs.router")
 
@@ -125,7 +120,6 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.r = r
-        self.db_number = db_number
         self.meters = meters
         self.queues = Queues(r, meters)
         self.notifications = Notifications(r)
@@ -135,6 +129,7 @@ class Router:
         self.clock = clock
         self.pubsub: redis.client.PubSub | None = None
         self.next_sweep = 0.0
+        self.channel = f"__keyspace@{db_number}__:"  # a key event's channel: this, then the name
 
     def run(self) -> None:
         """Route until a stop has been routed (returns) or Redis fails (raises RedisError)."""
@@ -160,7 +155,7 @@ class Router:
             stops = self.route_all(self.heard(min(wait, HEALTH_CHECK_S)))
             if stops:
                 return self.sweep(stops)
-            self.check_alive(self.pubsub)
+            check_alive(self.pubsub)
         elif wait > 0:
             time.sleep(wait)
         if self.clock() >= self.next_sweep:
@@ -179,10 +174,6 @@ class Router:
             self.pubsub.psubscribe(*(self.channel + "?" * n for n in range(MAX_NAME_LENGTH + 1)))
         else:
             self.sweep_interval = SWEEP_INTERVAL_POLLING
-
-    @property
-    def channel(self) -> str:
-        return f"__keyspace@{self.db_number}__:"
 
     def heard(self, timeout: float) -> list[bytes]:
         """The names announced by key events: waits up to timeout seconds for the first, then
@@ -212,19 +203,6 @@ class Router:
             self.pubsub.close()
             self.pubsub = None
         self.r.connection_pool.disconnect()
-
-    @staticmethod
-    def check_alive(pubsub: redis.client.PubSub) -> None:
-        """Raise ConnectionError when the subscription's health check went unanswered."""
-        connection: Any = pubsub.connection  # redis-py's hint says it is always None
-        if (
-            connection is not None
-            and pubsub.health_check_response_counter > 0
-            and time.monotonic() > connection.next_health_check + PONG_TIMEOUT
-        ):
-            raise redis.ConnectionError(
-                f"no answer to a health check within {PONG_TIMEOUT:g} s (a silent partition?)"
-            )
 
     def handle(self, key: bytes) -> bool:
         """What a key event for `key` makes the router do: route it (a stop after a sweep).

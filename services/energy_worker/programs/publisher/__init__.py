@@ -44,16 +44,38 @@ from energy_worker.programs.publisher import settings as publisher_settings
 from energy_worker.programs.publisher.broker import Broker, BrokerRefused
 from energy_worker.programs.publisher.ha_discovery import (
     Layout,
-    below_published,
     discovery,
-    states,
 )
+from energy_worker.programs.publisher.outgoing import Outgoing
 from energy_worker.runtime import program
 
 POLL_INTERVAL = 1.0  # seconds between two looks at PostgreSQL
 LOOP_SLICE = 1.0  # seconds of one network loop call at most: SIGTERM waits no longer
 
 log = logging.getLogger("energy_worker.programs.publisher")
+
+
+def say_meters(meters: dict[int, MeterSnapshot], configured: list[int]) -> None:
+    missing = sorted(set(configured) - set(meters))
+    log.info(
+        "publishing meters %s%s",
+        ", ".join(map(str, meters)) or "none",
+        f"; configured but not in the database: {', '.join(map(str, missing))}" if missing else "",
+    )
+
+
+def keep_alive(session: postgres.LockedSession, broker: Broker | None) -> None:
+    """The lock's heartbeat while no poll runs. A failure only closes the session: the next
+    step connects again, and reports an outage if there is one."""
+    if not session.is_open:
+        return
+    try:
+        session.keep_alive()
+    except postgres.ERRORS as exc:
+        log.debug("PostgreSQL session lost while waiting: %s", exc)
+        session.close()
+        if broker is not None:
+            broker.availability(online=False)
 
 
 class Publisher:
@@ -80,10 +102,9 @@ class Publisher:
         self.settings = settings
         self.configured = sorted(meters)
         self.termination = termination or program.Termination()
-        self.clock = clock  # wall time: the power's decay
-        self.monotonic = monotonic  # the polls and the throttle
+        self.monotonic = monotonic  # the polls
         self.poll_interval = poll_interval
-        self.min_interval = min_interval
+        self.outgoing = Outgoing(min_interval, clock, monotonic)
         self.broker_options = broker_options  # Broker's timeouts (tests shorten them)
         self.session = postgres.LockedSession(
             lambda name: postgres.connect(pg, name), "publisher", lease
@@ -105,8 +126,6 @@ class Publisher:
         self.meters: dict[int, MeterSnapshot] = {}
         self.configs: dict[str, str] = {}
         self.next_poll = -math.inf
-        self.next_due = math.inf  # a throttled state waits until then
-        self.held: set[int] = set()  # meters whose energy waits to pass what HA has seen
 
     def run(self) -> None:
         """Publish until stopped by SIGTERM (or the loss of supervisord)."""
@@ -173,7 +192,7 @@ class Publisher:
                 self.take(store.read_meters(con, self.configured))
                 self.change = change
                 if first:
-                    self.say_meters()
+                    say_meters(self.meters, self.configured)
             self.session.touched()
         except postgres.ERRORS as exc:
             self.lost_database(exc)
@@ -187,16 +206,6 @@ class Publisher:
         self.meters = meters
         assert self.layout is not None
         self.configs = discovery(self.layout, meters.values())
-
-    def say_meters(self) -> None:
-        missing = sorted(set(self.configured) - set(self.meters))
-        log.info(
-            "publishing meters %s%s",
-            ", ".join(map(str, self.meters)) or "none",
-            f"; configured but not in the database: {', '.join(map(str, missing))}"
-            if missing
-            else "",
-        )
 
     def lost_database(self, exc: BaseException) -> None:
         """The sensors go `offline` (what they show could be stale), then the one rule says
@@ -232,60 +241,16 @@ class Publisher:
     # --- publishing -------------------------------------------------------------------------
 
     def publish(self) -> None:
-        """Send what changed: configs at once, states at most once per min_interval each."""
         broker, layout = self.broker, self.layout
-        if broker is None or layout is None or not broker.connected:
-            return
-        for topic, payload in self.configs.items():
-            if broker.sent.get(topic) != payload:
-                broker.send(topic, payload)
-        if not broker.check_sync():
-            self.next_due = self.monotonic() + 0.05  # look again soon
-            return
-        now, now_ms = self.monotonic(), int(self.clock() * 1000)
-        self.next_due = math.inf
-        for meter in self.meters.values():
-            energy_topic = layout.state_topic(meter.number, "energy")
-            for topic, payload in states(layout, meter, now_ms).items():
-                if broker.sent.get(topic) == payload:
-                    continue
-                if topic == energy_topic and self.hold_energy(meter, broker):
-                    continue
-                wait = ha_discovery.throttle_wait(broker.sent_at.get(topic), now, self.min_interval)
-                if wait > 0:
-                    self.next_due = min(self.next_due, now + wait)
-                    continue
-                broker.send(topic, payload, at=now)
-                if topic == energy_topic:
-                    broker.seen_energy[meter.number] = meter.counted_kwh
-
-    def hold_energy(self, meter: MeterSnapshot, broker: Broker) -> bool:
-        """Never show Home Assistant's total_increasing sensor going down (module doc of
-        ha_discovery); say so once per meter."""
-        seen = broker.seen_energy.get(meter.number)
-        if below_published(meter.counted_kwh, seen):
-            if meter.number not in self.held:
-                self.held.add(meter.number)
-                log.warning(
-                    "meter %s: %s kWh counted is below the %s kWh Home Assistant has seen "
-                    "(database restored? pulses_per_kwh changed?); its energy sensor waits "
-                    "until the count passes it",
-                    meter.number,
-                    meter.counted_kwh,
-                    seen,
-                )
-            return True
-        if meter.number in self.held:
-            self.held.discard(meter.number)
-            log.info("meter %s: the energy count has passed what was published", meter.number)
-        return False
+        if broker is not None and layout is not None and broker.connected:
+            self.outgoing.publish(broker, layout, self.configs, self.meters)
 
     # --- waiting ------------------------------------------------------------------------------
 
     def wait_time(self) -> float:
         """Until the next look at PostgreSQL or the next throttled state, at most
         poll_interval."""
-        due = min(self.next_poll, self.next_due) - self.monotonic()
+        due = min(self.next_poll, self.outgoing.next_due) - self.monotonic()
         return min(max(due, 0.0), self.poll_interval)
 
     def idle(self, seconds: float) -> None:
@@ -293,7 +258,7 @@ class Publisher:
         keep the database session's lock alive (a broker outage's backoff is long)."""
         deadline = time.monotonic() + seconds
         while True:  # the network loop runs at least once, however short the wait
-            self.keep_alive()
+            keep_alive(self.session, self.broker)
             left = max(deadline - time.monotonic(), 0.0)
             broker = self.broker
             if broker is not None and broker.connected:
@@ -302,19 +267,6 @@ class Publisher:
                 time.sleep(min(left, LOOP_SLICE))
             if time.monotonic() >= deadline:
                 return
-
-    def keep_alive(self) -> None:
-        """The lock's heartbeat while no poll runs. A failure only closes the session: the next
-        step connects again, and reports an outage if there is one."""
-        if not self.session.is_open:
-            return
-        try:
-            self.session.keep_alive()
-        except postgres.ERRORS as exc:
-            log.debug("PostgreSQL session lost while waiting: %s", exc)
-            self.session.close()
-            if self.broker is not None:
-                self.broker.availability(online=False)
 
     def close(self) -> None:
         """On the way out: `offline` for every sensor, then the connections closed."""

@@ -4,7 +4,7 @@ stopped all counting).
 
 One table of hostile strings (HOSTILE) runs through the router and the processor into
 PostgreSQL (as key names, as values of every kind, as every field of a forged work item), into
-the meter config (store/meters.py), and through the pusher's writes (test_pusher.py imports it
+the meter config (adapters/sql/meters.py), and through the pusher's writes (test_pusher.py imports it
 for the push requests and the webhook's answers). Each must be stored exactly as meant (text
 the router made printable stays so), or rejected with a dead letter: never a statement error.
 """
@@ -492,7 +492,7 @@ def test_a_retained_energy_state_from_anyone_else_is_ignored(payload: bytes):
 
 def test_no_text_travels_in_an_array_literal_built_by_the_driver():
     """pg8000 writes a list as an array literal and leaves `null` unquoted: text goes as JSON
-    (store/processor.py). Numbers and times may go as arrays."""
+    (adapters/sql/ingest.py). Numbers and times may go as arrays."""
     cast = re.compile(r"(AS|::)\s*(text|varchar|character varying|name|bpchar|json|jsonb)\s*\[\]",
                       re.IGNORECASE)  # fmt: skip
     offenders = [

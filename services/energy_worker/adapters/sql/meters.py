@@ -36,7 +36,7 @@ def upsert_meters(con: Connection, meters: Mapping[int, Meter]) -> None:
             max_energy = EXCLUDED.max_energy, deviation_pct = EXCLUDED.deviation_pct,
             power_factor = EXCLUDED.power_factor
         """,
-        # Text as JSON, never in a driver-built array literal (store/processor.py says why);
+        # Text as JSON, never in a driver-built array literal (sql/ingest.py says why);
         # the decimals as JSON strings, which PostgreSQL reads exactly.
         meters=json.dumps(
             [

@@ -6,7 +6,7 @@ puts its program section in place). Each step of its loop (Publisher.run_once):
 
 1. PostgreSQL: connect (holding the publisher lock: one publisher per database, so two never
    fight over one MQTT client id), read this installation's id and the COMMITTED state of the
-   configured meters (store/publisher.py).
+   configured meters (adapters/sql/installation.py).
 2. Follow: at most once a second one small query tells whether anything committed changed;
    only then the meters are read again. The query doubles as the lock's heartbeat.
 3. The broker (publisher/broker.py): connected with a last will; a new connection starts a

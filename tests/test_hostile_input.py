@@ -4,8 +4,8 @@ stopped all counting).
 
 One table of hostile strings (HOSTILE) runs through the router and the processor into
 PostgreSQL (as key names, as values of every kind, as every field of a forged work item), into
-the meter config (adapters/sql/meters.py), and through the pusher's writes (test_pusher.py imports it
-for the push requests and the webhook's answers). Each must be stored exactly as meant (text
+the meter config (adapters/sql/meters.py), and through the pusher's writes (test_pusher.py imports
+it for the push requests and the webhook's answers). Each must be stored exactly as meant (text
 the router made printable stays so), or rejected with a dead letter: never a statement error.
 """
 

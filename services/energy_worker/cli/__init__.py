@@ -14,8 +14,8 @@
 | cli/set_reading.py | `set-reading`: a typed-in meter reading, confirmed and waited for  |
 | cli/send.py        | writing a key as the webhook does (SET NX, again while it exists)  |
 | cli/show.py        | ages, local times, kWh, tables (pure)                              |
-Their SQL is adapters/sql/reports.py. A subcommand's module, and the libraries it needs, are imported
-only when it runs, so the command starts fast on a Raspberry Pi.
+Their SQL is adapters/sql/reports.py. A subcommand's module, and the libraries it needs, are
+imported only when it runs, so the command starts fast on a Raspberry Pi.
 """
 
 from __future__ import annotations

@@ -226,6 +226,7 @@ def test_a_huge_name_is_rejected_by_its_length_and_costs_the_router_nothing(spaw
     assert letter["key"] == "channel:1:" + "\\x01" * (work_queue.PREVIEW_BYTES - 10)
     assert letter["reason"] == "name is 10000010 bytes long (a legal one is at most 21)"
     assert not r.exists(name)
+    proc.wait_for_log("10000010 bytes")  # logged after the sweep that pushed the dead letter
     (line,) = [line for line in proc.log().splitlines() if "rejected" in line]
     assert len(line) < 300 and "10000010 bytes" in line
 

@@ -6,8 +6,9 @@ Items carry (epoch, seq): seq increases by one per routed item, and epoch change
 Redis lost its data, so the processor can tell an item it has already committed (see
 processor.py). Epochs start with the time they were made, so a newer epoch sorts later.
 
-The route script reads a key the way keys.classify and keys.value_problem do; one table of
-cases (tests/key_cases.py) runs against both.
+The route script reads a key the way keys.classify and keys.value_problem do, from the one
+table of rules in core/keys.py (keys.rules(), rendered into the script when it is loaded); one
+table of cases (tests/key_cases.py) runs against both.
 """
 
 from __future__ import annotations
@@ -22,14 +23,8 @@ from importlib import resources
 import redis
 import redis.client
 
-from energy_worker.core.keys import (
-    MAX_METERCOUNT,
-    MAX_MILLIS,
-    MAX_NAME_LENGTH,
-    MAX_VALUE_LENGTH,
-    OWN_PREFIX,
-    Kind,
-)
+from energy_worker.core import keys
+from energy_worker.core.keys import OWN_PREFIX, Kind
 
 WORK = OWN_PREFIX + "work"
 PROCESSING = OWN_PREFIX + "processing"
@@ -45,13 +40,46 @@ PREVIEW_BYTES = 200
 
 # The scripts are package data (adapters/lua/), each with its KEYS and ARGV described at its top.
 # route_lib.lua is the router's reading of a key, shared by route.lua and scan.lua.
+# Where route_lib.lua takes the input contract's rules: keys.rules() as a Lua table, rendered once
+# when the script is loaded, so the script's text (and digest) is fixed and costs no ARGV per key.
 INCLUDE = "--#include route_lib.lua\n"
+RULES = "--#rules\n"
 
 
-def _lua(name: str) -> str:
+def lua_literal(value: object) -> str:
+    """A Lua literal for plain data: a string, a whole number, True, or a dict of them."""
+    if isinstance(value, bool):
+        if not value:
+            raise ValueError("only true is a member")
+        return "true"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        # every byte outside printable ASCII (and the quote and backslash) as a decimal escape
+        return (
+            '"'
+            + "".join(
+                chr(b) if 32 <= b < 127 and b not in b'"\\' else f"\\{b:03d}"
+                for b in value.encode()
+            )
+            + '"'
+        )
+    if isinstance(value, dict):
+        return (
+            "{"
+            + ", ".join(f"[{lua_literal(k)}] = {lua_literal(v)}" for k, v in value.items())
+            + "}"
+        )
+    raise TypeError(f"no Lua literal for {type(value).__name__}")
+
+
+def _lua(name: str, rules: Mapping[str, object] | None = None) -> str:
     text = resources.files("energy_worker.adapters").joinpath("lua", name).read_text("utf-8")
     if INCLUDE in text:
-        text = text.replace(INCLUDE, _lua("route_lib.lua"))
+        text = text.replace(INCLUDE, _lua("route_lib.lua", rules))
+    if RULES in text:
+        table = lua_literal(dict(keys.rules() if rules is None else rules))
+        text = text.replace(RULES, f"local rules = {table}\n")
     return text
 
 
@@ -146,11 +174,6 @@ class Queues:
             self.meters_arg,
             DEADLETTER_CAP,
             PREVIEW_BYTES,
-            MAX_MILLIS,
-            MAX_METERCOUNT,
-            OWN_PREFIX,
-            MAX_NAME_LENGTH,
-            MAX_VALUE_LENGTH,
         ]
 
     def take(self, limit: int) -> list[bytes]:

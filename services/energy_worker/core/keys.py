@@ -60,16 +60,65 @@ FLAG_NAMES = {
     b"foo": Kind.FOO,
 }
 CHANNEL_KINDS = {b"timestamp": Kind.TIMESTAMP, b"metercount": Kind.METERCOUNT}
-_CHANNEL = re.compile(rb"chann?el:([0-9]+):([a-z]+)")
+CHANNEL_SPELLINGS = (b"channel", b"chanel")  # older documents spell it Chanel
+MAX_METER = 99  # meters are numbered 1 to MAX_METER, without leading zeros
+# The words a flag's value may be, ASCII letter case aside.
+WORDS = {
+    Kind.DEBUG: (b"true", b"false"),
+    **{kind: (b"true",) for kind in (Kind.POWERUP, Kind.STOP, Kind.PUSH)},
+}
+_NAME = re.compile(rb"([a-z]+):([0-9]+):([a-z]+)")  # <spelling>:<n>:<word>, as route_lib.lua's
+# The reasons, word for word: the %s are filled in order, by Python's % and Lua's string.format.
+UNKNOWN = "unknown key"
 LEADING_ZERO = "meter number with a leading zero"
+NOT_CONFIGURED = "meter %s is not configured"
+NOT_WHOLE = "value is not a whole number"
+ABOVE = "value is above %s"
+TOO_LONG = "%s is %s bytes long (a legal one is at most %s)"
+NOT_A_WORD = {
+    kind: "value is not " + " or ".join(f"'{w.decode()}'" for w in words)
+    for kind, words in WORDS.items()
+}
 # Bounds checked before anything else is read: no legal name or value is longer, so a longer
 # one is rejected by its length alone (a name or value of megabytes costs no more than a short
 # one). Names: the longest contract spelling, `channel:99:metercount`. Values: a reading's or a
 # timestamp's digits, with up to ten leading zeros.
 MAX_NAME_LENGTH = max(
-    *(len(b"channel:99:" + word) for word in CHANNEL_KINDS), *(len(name) for name in FLAG_NAMES)
+    *(
+        len(b"%s:%d:%s" % (spelling, MAX_METER, word))
+        for spelling in CHANNEL_SPELLINGS
+        for word in CHANNEL_KINDS
+    ),
+    *(len(name) for name in FLAG_NAMES),
 )
 MAX_VALUE_LENGTH = 2 * len(str(max(LIMITS.values())))
+
+
+def rules() -> dict[str, object]:
+    """The rules above as plain data: the router's Lua script is given this table
+    (adapters/work_queue.py renders it into the script) and applies it, restating none of it."""
+    return {
+        "kinds": {kind.name: kind.value for kind in Kind},
+        "own": OWN_PREFIX,
+        "max_name": MAX_NAME_LENGTH,
+        "max_value": MAX_VALUE_LENGTH,
+        "flags": {name.decode(): kind.value for name, kind in FLAG_NAMES.items()},
+        "spellings": {spelling.decode(): True for spelling in CHANNEL_SPELLINGS},
+        "channels": {word.decode(): kind.value for word, kind in CHANNEL_KINDS.items()},
+        "max_meter": MAX_METER,
+        "meter_digits": len(str(MAX_METER)),
+        "limits": {kind.value: str(limit) for kind, limit in LIMITS.items()},
+        "words": {kind.value: {w.decode(): True for w in words} for kind, words in WORDS.items()},
+        "not_a_word": {kind.value: reason for kind, reason in NOT_A_WORD.items()},
+        "reasons": {
+            "unknown": UNKNOWN,
+            "leading_zero": LEADING_ZERO,
+            "not_configured": NOT_CONFIGURED,
+            "not_whole": NOT_WHOLE,
+            "above": ABOVE,
+            "too_long": TOO_LONG,
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -91,23 +140,25 @@ def classify(name: bytes | str, meters: frozenset[int] | set[int]) -> Classified
     if len(key) > MAX_NAME_LENGTH:
         return Classified(Kind.ILLEGAL, reason=too_long("name", len(key), MAX_NAME_LENGTH))
     if not key.isascii():
-        return Classified(Kind.ILLEGAL, reason="unknown key")
+        return Classified(Kind.ILLEGAL, reason=UNKNOWN)
     lower = key.lower()  # bytes.lower() changes ASCII letters only, as Lua's string.lower
     flag = FLAG_NAMES.get(lower)
     if flag is not None:
         return Classified(flag)
-    match = _CHANNEL.fullmatch(lower)
-    kind = CHANNEL_KINDS.get(match.group(2)) if match else None
-    if match is None or kind is None:
-        return Classified(Kind.ILLEGAL, reason="unknown key")
-    digits = match.group(1)
+    match = _NAME.fullmatch(lower)
+    if match is None or match.group(1) not in CHANNEL_SPELLINGS:
+        return Classified(Kind.ILLEGAL, reason=UNKNOWN)
+    kind = CHANNEL_KINDS.get(match.group(3))
+    if kind is None:
+        return Classified(Kind.ILLEGAL, reason=UNKNOWN)
+    digits = match.group(2)
     if len(digits) > 1 and digits.startswith(b"0"):
         return Classified(Kind.ILLEGAL, reason=LEADING_ZERO)
-    if digits == b"0" or len(digits) > 2:  # meters are numbered 1 to 99
-        return Classified(Kind.ILLEGAL, reason="unknown key")
+    if len(digits) > len(str(MAX_METER)) or not 1 <= int(digits) <= MAX_METER:
+        return Classified(Kind.ILLEGAL, reason=UNKNOWN)
     meter = int(digits)
     if meter not in meters:
-        return Classified(Kind.ILLEGAL, meter, reason=f"meter {meter} is not configured")
+        return Classified(Kind.ILLEGAL, meter, reason=NOT_CONFIGURED % meter)
     return Classified(kind, meter)
 
 
@@ -117,21 +168,19 @@ def value_problem(kind: Kind, value: bytes | str) -> str | None:
     if kind in (Kind.FOO, Kind.OWN):
         return None
     if kind not in ROUTED and kind is not Kind.DEBUG:
-        return "unknown key"  # ILLEGAL: no value makes it legal
+        return UNKNOWN  # ILLEGAL: no value makes it legal
     if len(raw) > MAX_VALUE_LENGTH:
         return too_long("value", len(raw), MAX_VALUE_LENGTH)
     limit = LIMITS.get(kind)
     if limit is not None:
         if not (raw.isascii() and raw.isdigit()):  # bytes.isdigit(): ASCII digits only
-            return "value is not a whole number"
+            return NOT_WHOLE
         digits = raw.lstrip(b"0")
         if len(digits) > len(str(limit)) or int(digits or b"0") > limit:
-            return f"value is above {limit}"
+            return ABOVE % limit
         return None
-    if kind is Kind.DEBUG:
-        return None if raw.lower() in (b"true", b"false") else "value is not 'true' or 'false'"
-    return None if raw.lower() == b"true" else "value is not 'true'"  # the flags
+    return None if raw.lower() in WORDS[kind] else NOT_A_WORD[kind]
 
 
 def too_long(what: str, length: int, limit: int) -> str:
-    return f"{what} is {length} bytes long (a legal one is at most {limit})"
+    return TOO_LONG % (what, length, limit)

@@ -1,5 +1,5 @@
--- One step of the router's sweep: SCAN from the cursor ARGV[11] (COUNT ARGV[12]), and the names
--- of one side, read as route() reads them: ARGV[13] 'legal' (what the router routes or follows:
+-- One step of the router's sweep: SCAN from the cursor ARGV[6] (COUNT ARGV[7]), and the names
+-- of one side, read as route() reads them: ARGV[8] 'legal' (what the router routes or follows:
 -- not our own keys, not the webhook's self-test) or 'illegal'. A name longer than any legal one
 -- is never returned, so that the router never receives it: the 'illegal' side routes (rejects)
 -- it here. Filtered here, a flood of junk costs the router nothing while it looks for the legal
@@ -8,8 +8,8 @@
 -- rejected}.
 local W, P, SEQ, EPOCH, DL, RJ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 --#include route_lib.lua
-local found = redis.call('SCAN', ARGV[11], 'COUNT', ARGV[12])
-local want_illegal = ARGV[13] == 'illegal'
+local found = redis.call('SCAN', ARGV[6], 'COUNT', ARGV[7])
+local want_illegal = ARGV[8] == 'illegal'
 local names, long = {}, {}
 for _, name in ipairs(found[2]) do
   if #name > max_name then
@@ -21,7 +21,7 @@ for _, name in ipairs(found[2]) do
     end
   else
     local kind = classify(name)
-    if (kind == 'illegal') == want_illegal and kind ~= 'own' and kind ~= 'foo' then
+    if (kind == K.ILLEGAL) == want_illegal and kind ~= K.OWN and kind ~= K.FOO then
       table.insert(names, name)
     end
   end

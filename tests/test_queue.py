@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 
 from energy_worker.adapters import work_queue
 from energy_worker.adapters.work_queue import Queues
-from energy_worker.core import ledger
+from energy_worker.core import keys, ledger
 from energy_worker.core.domain import Item, Meter, MeterRecord, MeterState
 from energy_worker.core.keys import Kind
 from key_cases import CASES, METERS, Outcome, key_names, python_outcome, values
@@ -234,3 +234,31 @@ def test_a_sequence_behind_what_is_committed_gets_a_new_epoch(r, queues):
     problem = queues.ensure_ahead({epoch: 5})
     assert problem is not None and "Redis lost writes" in problem
     assert r.get(work_queue.EPOCH).decode() != epoch
+
+
+def test_the_script_is_given_exactly_the_python_rules(r):
+    """The table rendered into the route script, evaluated by Redis' Lua, is keys.rules()."""
+    text = work_queue._lua("route.lua")
+    start = text.index("local rules = ")
+    line = text[start : text.index("\n", start)]
+    assert text.count("local rules = ") == 1 and "--#rules" not in text
+    assert json.loads(r.eval(f"{line}\nreturn cjson.encode(rules)", 0)) == keys.rules()
+
+
+def test_one_change_to_the_python_table_changes_both_readings(r, monkeypatch):
+    """A name added to keys.FLAG_NAMES alone is a key to Python and to the script alike."""
+    queues = Queues(r, METERS)
+    assert lua_outcome(r, queues, b"reboot", b"true") == python_outcome(b"reboot", b"true")
+    assert python_outcome(b"reboot", b"true").action == "rejected"
+    monkeypatch.setitem(keys.FLAG_NAMES, b"reboot", Kind.POWERUP)
+    monkeypatch.setitem(keys.CHANNEL_KINDS, b"pulse", Kind.TIMESTAMP)
+    monkeypatch.setattr(keys, "LIMITS", {**keys.LIMITS, Kind.METERCOUNT: 500})
+    queues._route = r.register_script(work_queue._lua("route.lua"))
+    for key, value, outcome in [
+        (b"reboot", b"TRUE", Outcome("routed", Kind.POWERUP)),
+        (b"channel:3:pulse", b"7", Outcome("routed", Kind.TIMESTAMP, 3)),
+        (b"channel:3:metercount", b"501", Outcome("rejected", reason="value is above 500")),
+        (b"channel:3:metercount", b"500", Outcome("routed", Kind.METERCOUNT, 3)),
+    ]:
+        assert python_outcome(key, value) == outcome
+        assert lua_outcome(r, queues, key, value) == outcome

@@ -3,6 +3,8 @@ form: a row of each table, an entry of the rules the route script is given."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from energy_worker.core import keys, ledger
@@ -42,7 +44,8 @@ def test_a_key_kind_has_its_name_and_cases_in_both_readings(kind: Kind):
     name = NAMES[kind]
     # the rules the route script is given map the name to this kind
     rules = keys.rules()
-    assert {**rules["flags"], **rules["channels"]}[name] == kind.value  # type: ignore[dict-item]
+    names = {**cast(dict[str, str], rules["flags"]), **cast(dict[str, str], rules["channels"])}
+    assert names[name] == kind.value
     assert any(outcome.kind is kind and outcome.action == "routed" for _, _, outcome in CASES)
     # a row of its own in each input table (a mere mention of the word is no documentation)
     for document in ("docs/DOMAIN.md", "docs/DESIGN.md"):

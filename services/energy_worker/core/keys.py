@@ -12,12 +12,14 @@ Older documents spell the channel `Chanel`; both are accepted. <n> is a configur
 written without leading zeros (`channel:01:timestamp` is rejected as such, by that reason).
 Anything else is ILLEGAL.
 
-Names and values are bytes, as Redis holds them, and are read the way the router's Lua script
-reads them (queue.py): a name is the contract's only when it is ASCII and matches the contract's
-spelling after ASCII lower-casing, so no Unicode case rule (the long s, the dotless i, the Kelvin
-sign) can turn a name into another kind; digits are ASCII digits. One table of cases
-(tests/key_cases.py) runs against both, so the two cannot drift apart. Every kind is reached by
-a branch that names it; a name that matches none is ILLEGAL.
+This module is the rules' one home: the router's Lua script (adapters/lua/route_lib.lua) is
+given them as a table, rules(), rendered into it when it is loaded, and applies that table
+without restating any name, kind, limit or reason. Names and values are bytes, as Redis holds
+them: a name is the contract's only when it is ASCII and matches the contract's spelling after
+ASCII lower-casing, so no Unicode case rule (the long s, the dotless i, the Kelvin sign) can turn
+a name into another kind; digits are ASCII digits. One table of cases (tests/key_cases.py) runs
+against both readings, so their code cannot drift apart either. A name that matches no rule is
+ILLEGAL.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Kind(enum.Enum):
     FOO = "foo"
     OWN = "own"
     ILLEGAL = "illegal"
-    # A work item's kind, never a key's: the router's record of a key it rejected (queue.py),
+    # A work item's kind, never a key's: the router's record of a key it rejected (work_queue.py),
     # so that the processor keeps it in PostgreSQL. classify() never returns it.
     REJECTED = "r"
 

@@ -4,7 +4,7 @@ Every move of a pulse is one Lua script, so at any instant a pulse is in exactly
 its webhook key, the work list, the processor's processing list, or committed in PostgreSQL.
 Items carry (epoch, seq): seq increases by one per routed item, and epoch changes only when
 Redis lost its data, so the processor can tell an item it has already committed (see
-processor.py). Epochs start with the time they were made, so a newer epoch sorts later.
+programs/processor/). Epochs start with the time they were made, so a newer epoch sorts later.
 
 The route script reads a key the way keys.classify and keys.value_problem do, from the one
 table of rules in core/keys.py (keys.rules(), rendered into the script when it is loaded); one

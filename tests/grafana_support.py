@@ -261,7 +261,7 @@ def add_meter(con: pg8000.native.Connection, m: Meter, rejected: int = 0) -> Non
             n=m.no,
         )
         con.run(
-            "INSERT INTO meter_status (meter_no, meter_counts, kwh, cor_time_stamp, "
+            "INSERT INTO meter_status_stored (meter_no, meter_counts, kwh, cor_time_stamp, "
             "pulses_counted, pulses_rejected) VALUES (:n, :c, :k, :t, :p, :r)",
             n=m.no,
             c=counts,
@@ -312,7 +312,7 @@ def history(owner) -> History:
 
     meters = {m.no: m for m in (m1, m2, m3, m4)}
     # The template's default meters: ours replace them, and their status rows.
-    owner.run("DELETE FROM meter_status")
+    owner.run("DELETE FROM meter_status_stored")
     owner.run("DELETE FROM meter_metadata WHERE meter_no > 4")
     for m in meters.values():
         add_meter(owner, m, rejected=m.no - 1)

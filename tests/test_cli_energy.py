@@ -49,7 +49,7 @@ def row(
         w=watt,
     )
     sql.run(
-        """UPDATE meter_status SET kWh = :k, meter_counts = :c, pulses_counted = :p
+        """UPDATE meter_status_stored SET kWh = :k, meter_counts = :c, pulses_counted = :p
            WHERE meter_no = :m""",
         m=meter,
         k=Decimal(kwh),

@@ -53,7 +53,7 @@ def operator(owner) -> Operator:
     workshop = Meter(5, "Workshop", 1000)  # one pulse without a power reading
     workshop.pulses.append((now - timedelta(minutes=30), None))
     meters = {m.no: m for m in (house, fridge, oven, garage, workshop)}
-    owner.run("DELETE FROM meter_status")
+    owner.run("DELETE FROM meter_status_stored")
     owner.run("DELETE FROM meter_metadata WHERE meter_no > 5")
     for m in meters.values():
         add_meter(owner, m)

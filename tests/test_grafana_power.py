@@ -91,7 +91,7 @@ def boiler(owner, history):
     m.typed.append((typed_at, 123_456))
     add_meter(owner, m)
     yield Boiler(m, last_500, reboot, last_pulse, typed_at)
-    for table in ("meter_status", "consumption", "meter_metadata"):
+    for table in ("meter_status_stored", "consumption", "meter_metadata"):
         owner.run(f"DELETE FROM {table} WHERE meter_no = 9")
 
 

@@ -346,7 +346,7 @@ def test_redis_down_when_it_starts_is_an_outage_not_a_crash(make_processor, r, s
 def test_an_item_for_a_meter_unknown_to_the_database_is_kept_not_dropped(
     make_processor, r, sql, tmp_path: Path
 ):
-    sql.run("DELETE FROM meter_status WHERE meter_no = 7")
+    sql.run("DELETE FROM meter_status_stored WHERE meter_no = 7")
     sql.run("DELETE FROM meter_metadata WHERE meter_no = 7")
     text = METERS_FILE.read_text()
     (tmp_path / "meters.toml").write_text(text[: text.rindex("[[meter]]")])

@@ -120,7 +120,7 @@ def commit(
     """One transaction: a consumption row (a pulse, or a typed-in reading) and meter_status."""
     sql.run("BEGIN")
     status = sql.run(
-        "SELECT pulses_counted, kwh FROM meter_status WHERE meter_no = :m FOR UPDATE", m=meter
+        "SELECT pulses_counted, kwh FROM meter_status_stored WHERE meter_no = :m FOR UPDATE", m=meter
     )[0]
     counted = status[0] if counted is None else counted
     reading = Decimal(kwh) if kwh is not None else status[1]
@@ -138,7 +138,7 @@ def commit(
         typed=typed_in,
     )
     sql.run(
-        """UPDATE meter_status SET pulses_counted = :n, kwh = :k, meter_counts = :c,
+        """UPDATE meter_status_stored SET pulses_counted = :n, kwh = :k, meter_counts = :c,
                   cor_time_stamp = CASE WHEN :typed THEN cor_time_stamp ELSE :t END,
                   time_stamp = clock_timestamp()
            WHERE meter_no = :m""",
@@ -334,7 +334,7 @@ def test_a_burst_of_commits_is_throttled_to_one_message_a_second(space, watch, m
     for n in range(1, 101):  # 100 commits in 2 s of the publisher's time
         t[0] += 0.02
         sql.run(
-            """UPDATE meter_status SET pulses_counted = :n, kwh = :k, meter_counts = :n,
+            """UPDATE meter_status_stored SET pulses_counted = :n, kwh = :k, meter_counts = :n,
                       time_stamp = clock_timestamp() WHERE meter_no = 4""",
             n=n,
             k=Decimal(n) / 1000,

@@ -93,7 +93,7 @@ def add_row(
         p=pulses,
     )
     sql.run(
-        """UPDATE meter_status SET kWh = :k, meter_counts = :c, cor_time_stamp = :t,
+        """UPDATE meter_status_stored SET kWh = :k, meter_counts = :c, cor_time_stamp = :t,
                   pulses_counted = :p WHERE meter_no = :m""",
         m=meter,
         k=Decimal(kwh),
@@ -407,7 +407,7 @@ def move_row(sql: pg8000.native.Connection, index: int, kwh: str, at: datetime) 
 def start_run(sql: pg8000.native.Connection, meter: int, first: int, second: int) -> None:
     """meter_status as the processor leaves it: a run with these first and second rows."""
     sql.run(
-        "UPDATE meter_status SET run_index = :f, upper_index = :s WHERE meter_no = :m",
+        "UPDATE meter_status_stored SET run_index = :f, upper_index = :s WHERE meter_no = :m",
         f=first,
         s=second,
         m=meter,
@@ -908,7 +908,7 @@ def script(tmp_path, monkeypatch) -> Iterator[SheetServer]:
 
 def only_meters(sql: pg8000.native.Connection, names: dict[int, str]) -> None:
     """Configure just these meters, with these names (as the set-up would from meters.toml)."""
-    for table in ("meter_status", "meter_metadata"):
+    for table in ("meter_status_stored", "meter_metadata"):
         sql.run(f"DELETE FROM {table} WHERE meter_no <> ALL(CAST(:k AS int[]))", k=list(names))
     for number, name in names.items():
         sql.run("UPDATE meter_metadata SET meter_name = :n WHERE meter_no = :m", n=name, m=number)
@@ -958,7 +958,7 @@ def test_each_push_names_its_meters_and_day_and_each_meter_keeps_its_column(
     # Meter 7 comes, meter 3 is renamed: a column for 7 at the right, 3 keeps its own
     sql.run("INSERT INTO meter_metadata (meter_no, meter_name, pulse_per_kWh, max_energy) "
             "VALUES (7, 'Garage', 1000, 17250)")  # fmt: skip
-    sql.run("INSERT INTO meter_status (meter_no) VALUES (7)")
+    sql.run("INSERT INTO meter_status_stored (meter_no) VALUES (7)")
     sql.run("UPDATE meter_metadata SET meter_name = 'Hot water' WHERE meter_no = 3")
     add_row(sql, 7, "1.500", local(2024, 6, 2, 9))
     r = pusher.r

@@ -30,7 +30,7 @@ pg_module, owner, reader, history = gs.pg_module, gs.owner, gs.reader, gs.histor
     [
         "INSERT INTO consumption (meter_no, meter_counts, kwh, cor_time_stamp) "
         "VALUES (1, 1, 1, now())",
-        "UPDATE meter_status SET kwh = 0",
+        "UPDATE meter_status_stored SET kwh = 0",
         "DELETE FROM consumption",
         "UPDATE worker_progress SET backlog = 0",
         "DELETE FROM dead_letters",

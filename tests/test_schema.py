@@ -19,7 +19,9 @@ from energy_worker.programs.pusher import settings as pusher_settings
 
 
 def test_applying_twice_changes_nothing_and_keeps_counts(sql):
-    sql.run("UPDATE meter_status SET meter_counts = 12345, kWh = 12.345 WHERE meter_no = 1")
+    sql.run(
+        "UPDATE meter_status_stored SET meter_counts = 12345, kWh = 12.345 WHERE meter_no = 1"
+    )
     meters = config.load_meters()
     renamed = {**meters, 1: Meter(1, "Kitchen", 1000, 9000, Decimal("2.5"))}
     assert schema.apply(sql, renamed) == schema.apply(sql, renamed)

@@ -26,7 +26,7 @@ def test_status_and_grafana_call_a_meter_silent_after_the_same_configurable_time
     sql: pg8000.native.Connection, worker_env: dict[str, str]
 ):
     (now,) = sql.run("SELECT now()")[0]
-    sql.run("DELETE FROM meter_status WHERE meter_no = 1")
+    sql.run("DELETE FROM meter_status_stored WHERE meter_no = 1")
     house = Meter(1, "Meter 1", 1000)  # 2000 W until 20 minutes ago: 660 periods of 1.8 s
     house.pulse_at_power(now - timedelta(minutes=30), now - timedelta(minutes=20), 2000)
     add_meter(sql, house)

@@ -105,7 +105,7 @@ def test_inside_a_batch_it_finishes_the_batch_first(supervise, pg, sql, r):
     supervisor.wait_for_log("connected to PostgreSQL")
     blocker = postgres.connect(pg, "energy-worker tests")
     blocker.run("BEGIN")
-    blocker.run("SELECT * FROM meter_status WHERE meter_no = 1 FOR UPDATE")
+    blocker.run("SELECT * FROM meter_status_stored WHERE meter_no = 1 FOR UPDATE")
     pulses(r, 1, [1000, 2800])
     wait_until(
         lambda: _waiting_on_a_lock(sql), 15, what="the processor's commit to wait on the lock"

@@ -1,4 +1,5 @@
-"""The processor's SQL: the consumption history, each meter's state (meter_status), the
+"""The processor's SQL: the consumption history, each meter's state (read through the view
+meter_status, written to meter_status_stored where the history does not hold it), the
 exactly-once bookkeeping (worker_progress: the current epoch; worker_epochs: earlier ones) and
 the dead letters.
 
@@ -163,7 +164,7 @@ def save_status(
         return
     con.run(
         """
-        UPDATE meter_status AS s SET
+        UPDATE meter_status_stored AS s SET
             meter_counts = u.counts, kWh = u.kwh, pulse_time_stamp = u.millis,
             pulse_period = u.period, cor_time_stamp = u.at,
             reference_watt_consumption = u.ref, run_index = u.run_index,

@@ -1,4 +1,4 @@
-"""The meter config in the database (meter_metadata, and a meter_status row per meter)."""
+"""The meter config in the database (meter_metadata, and a meter_status_stored row per meter)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def upsert_meters(con: Connection, meters: Mapping[int, Meter]) -> None:
     )
     con.run(
         """
-        INSERT INTO meter_status (meter_no)
+        INSERT INTO meter_status_stored (meter_no)
         SELECT unnest(CAST(:no AS int[])) ON CONFLICT (meter_no) DO NOTHING
         """,
         no=list(meters),

@@ -34,10 +34,18 @@ CREATE TABLE IF NOT EXISTS meter_status (
     time_stamp                  timestamptz NOT NULL DEFAULT now()   -- when this row changed
 );
 -- Additions to the original's columns.
-ALTER TABLE meter_status ADD COLUMN IF NOT EXISTS run_index bigint;  -- first row of the current run
-ALTER TABLE meter_status ADD COLUMN IF NOT EXISTS pulses_counted bigint NOT NULL DEFAULT 0;
-ALTER TABLE meter_status ADD COLUMN IF NOT EXISTS pulses_repeated bigint NOT NULL DEFAULT 0;
-ALTER TABLE meter_status ADD COLUMN IF NOT EXISTS pulses_rejected bigint NOT NULL DEFAULT 0;
+-- (Version 10 renamed the table meter_status_stored and made meter_status a view: these
+-- statements, applied at every start, act on the table only while it has its first name.)
+DO $$
+BEGIN
+    IF to_regclass('meter_status_stored') IS NULL THEN
+        ALTER TABLE meter_status ADD COLUMN IF NOT EXISTS run_index bigint;  -- first row of the current run
+        ALTER TABLE meter_status ADD COLUMN IF NOT EXISTS pulses_counted bigint NOT NULL DEFAULT 0;
+        ALTER TABLE meter_status ADD COLUMN IF NOT EXISTS pulses_repeated bigint NOT NULL DEFAULT 0;
+        ALTER TABLE meter_status ADD COLUMN IF NOT EXISTS pulses_rejected bigint NOT NULL DEFAULT 0;
+    END IF;
+END
+$$;
 
 -- Power and energy history, stored with a deadband (see services/energy_worker/core/history.py).
 -- watt_consumption is NULL for a pulse that carries no power reading (first pulse after a
@@ -91,7 +99,13 @@ BEGIN
 END
 $$;
 CREATE UNIQUE INDEX IF NOT EXISTS meter_metadata_meter_no ON meter_metadata (meter_no);
-CREATE UNIQUE INDEX IF NOT EXISTS meter_status_meter_no ON meter_status (meter_no);
+DO $$
+BEGIN
+    IF to_regclass('meter_status_stored') IS NULL THEN  -- (version 10: see above)
+        CREATE UNIQUE INDEX IF NOT EXISTS meter_status_meter_no ON meter_status (meter_no);
+    END IF;
+END
+$$;
 
 -- Exactly-once bookkeeping of the processor: the last work item (Redis epoch and sequence
 -- number) whose effects are committed. Updated in the same transaction as those effects.
@@ -350,28 +364,7 @@ $$;
 -- energy_per_period(from, to, unit): energy per meter per local period, defined in version 5
 -- below (it counts pulses, which need the column consumption.pulses added there).
 
--- One row per meter: what the overview panel shows. Its reading includes a typed-in one.
-CREATE OR REPLACE VIEW meter_overview AS
-SELECT l.meter_no, l.meter_name,
-       meter_power_at(l.last_watt, l.max_energy, l.pulse_per_kwh, l.last_pulse, now())
-           AS watt_now,
-       l.last_watt,
-       coalesce(s.kwh, meter_kwh_at(l.meter_no, 'infinity')) AS kwh,
-       l.last_pulse,
-       extract(epoch FROM now() - l.last_pulse) AS last_pulse_age_s,
-       coalesce(s.pulses_counted, 0) AS pulses_counted,
-       coalesce(s.pulses_repeated, 0) AS pulses_repeated,
-       coalesce(s.pulses_rejected, 0) AS pulses_rejected
-FROM meter_last_pulse l
-LEFT JOIN meter_status s ON s.meter_no = l.meter_no;
-
--- The worker's state: work items waiting in Redis after its last batch, and when that was.
-CREATE OR REPLACE VIEW worker_overview AS
-SELECT w.backlog, w.last_seq, w.updated_at,
-       extract(epoch FROM now() - w.updated_at) AS updated_age_s,
-       (SELECT coalesce(sum(s.pulses_rejected), 0) FROM meter_status s) AS pulses_rejected
-FROM worker_progress w
-WHERE w.id = 1;
+-- meter_overview and worker_overview: after version 10 below (they read the view meter_status).
 
 INSERT INTO schema_version (version) VALUES (3) ON CONFLICT (version) DO NOTHING;
 
@@ -662,8 +655,14 @@ CREATE INDEX IF NOT EXISTS consumption_index_range ON consumption USING brin (in
 -- Tables of a few rows that every commit (or every pass of the pusher) updates: their updates
 -- are HOT and prune their own page, so the defaults (vacuum and analyse after 50 changed rows:
 -- every minute) would only write WAL and page images. Vacuumed and analysed about daily.
-ALTER TABLE meter_status SET (autovacuum_vacuum_threshold = 100000,
-                              autovacuum_analyze_threshold = 100000);
+DO $$
+BEGIN
+    IF to_regclass('meter_status_stored') IS NULL THEN  -- (version 10: the same, renamed)
+        ALTER TABLE meter_status SET (autovacuum_vacuum_threshold = 100000,
+                                      autovacuum_analyze_threshold = 100000);
+    END IF;
+END
+$$;
 ALTER TABLE worker_progress SET (autovacuum_vacuum_threshold = 20000,
                                  autovacuum_analyze_threshold = 20000);
 ALTER TABLE worker_epochs SET (autovacuum_vacuum_threshold = 20000,
@@ -704,3 +703,65 @@ WHERE o.sent_at IS NULL AND o.meter_nos IS NULL
   AND m.n = array_length(string_to_array(o.data_string, ','), 1);
 
 INSERT INTO schema_version (version) VALUES (9) ON CONFLICT (version) DO NOTHING;
+
+-- Version 10: a pulse that only moves its meter's latest history row writes nothing else
+-- (bench/README.md, "A day of SD-card writes"). meter_status's per-pulse columns (meter_counts,
+-- kWh, pulse_time_stamp, pulse_period, cor_time_stamp, pulses_counted, time_stamp) are, after
+-- a counted pulse, what the meter's latest row (upper_index) holds; updating both wrote each
+-- meter's state twice per commit. The table is now meter_status_stored, written only when
+-- something the row does not hold changes (services/energy_worker/core/status.py), and
+-- meter_status is a view with the same columns in the same order: the stored row, overlaid
+-- with its latest row where that row has counted pulses the stored row has not (it moved
+-- since; consumption.pulses only grows with them). Every reader reads meter_status as before.
+DO $$
+BEGIN
+    IF to_regclass('meter_status_stored') IS NULL THEN
+        ALTER TABLE meter_status RENAME TO meter_status_stored;
+    END IF;
+END
+$$;
+CREATE OR REPLACE VIEW meter_status AS
+SELECT s.upper_index, s.meter_no, s.reference_watt_consumption,
+       CASE WHEN c.moved THEN c.meter_counts ELSE s.meter_counts END AS meter_counts,
+       CASE WHEN c.moved THEN c.kwh ELSE s.kwh END AS kwh,
+       CASE WHEN c.moved THEN c.pulse_time_stamp ELSE s.pulse_time_stamp END
+           AS pulse_time_stamp,
+       CASE WHEN c.moved THEN c.pulse_period ELSE s.pulse_period END AS pulse_period,
+       CASE WHEN c.moved THEN c.cor_time_stamp ELSE s.cor_time_stamp END AS cor_time_stamp,
+       CASE WHEN c.moved THEN c.time_stamp ELSE s.time_stamp END AS time_stamp,
+       s.run_index,
+       CASE WHEN c.moved THEN c.pulses ELSE s.pulses_counted END AS pulses_counted,
+       s.pulses_repeated, s.pulses_rejected
+FROM meter_status_stored s
+LEFT JOIN LATERAL (  -- the latest row (the history has no B-tree index on `index` alone)
+    SELECT h.meter_counts, h.kwh, h.pulse_time_stamp, h.pulse_period, h.cor_time_stamp,
+           h.time_stamp, h.pulses, coalesce(h.pulses > s.pulses_counted, false) AS moved
+    FROM consumption h
+    WHERE h.meter_no = s.meter_no AND h.index = s.upper_index
+    ORDER BY h.meter_no DESC, h.cor_time_stamp DESC LIMIT 1
+) c ON true;
+
+-- One row per meter: what the overview panel shows. Its reading includes a typed-in one.
+CREATE OR REPLACE VIEW meter_overview AS
+SELECT l.meter_no, l.meter_name,
+       meter_power_at(l.last_watt, l.max_energy, l.pulse_per_kwh, l.last_pulse, now())
+           AS watt_now,
+       l.last_watt,
+       coalesce(s.kwh, meter_kwh_at(l.meter_no, 'infinity')) AS kwh,
+       l.last_pulse,
+       extract(epoch FROM now() - l.last_pulse) AS last_pulse_age_s,
+       coalesce(s.pulses_counted, 0) AS pulses_counted,
+       coalesce(s.pulses_repeated, 0) AS pulses_repeated,
+       coalesce(s.pulses_rejected, 0) AS pulses_rejected
+FROM meter_last_pulse l
+LEFT JOIN meter_status s ON s.meter_no = l.meter_no;
+
+-- The worker's state: work items waiting in Redis after its last batch, and when that was.
+CREATE OR REPLACE VIEW worker_overview AS
+SELECT w.backlog, w.last_seq, w.updated_at,
+       extract(epoch FROM now() - w.updated_at) AS updated_age_s,
+       (SELECT coalesce(sum(s.pulses_rejected), 0) FROM meter_status s) AS pulses_rejected
+FROM worker_progress w
+WHERE w.id = 1;
+
+INSERT INTO schema_version (version) VALUES (10) ON CONFLICT (version) DO NOTHING;

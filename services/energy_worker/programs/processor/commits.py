@@ -13,7 +13,7 @@ import redis
 from energy_worker.adapters import postgres
 from energy_worker.adapters.outage import describe_error
 from energy_worker.adapters.sql import ingest as store
-from energy_worker.core import ledger
+from energy_worker.core import ledger, status
 from energy_worker.core.domain import Item
 from energy_worker.programs.processor.report import report
 from energy_worker.programs.processor.state import State
@@ -192,7 +192,9 @@ class Commits(State):
         plan.remap(dict(zip(temporary, store.allocate_indexes(con, len(temporary)), strict=True)))
         store.insert_rows(con, plan.new_rows)
         store.update_rows(con, plan.moved_rows)
-        store.save_status(con, plan.records, plan.kwh(self.meters))
+        kwh = plan.kwh(self.meters)  # stored only where the moved rows do not hold the state
+        stored = status.to_store(self.records, plan.records, plan.moved_rows, kwh)
+        store.save_status(con, stored, kwh)
         store.insert_dead_letters(con, plan.dead_letters)
         current = plan.last[0] if plan.last is not None else self.progress_epoch
         finished = finished_epochs(self.done, plan.done, current, self.progress_epoch)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from energy_worker.adapters import config, postgres, schema
 from energy_worker.adapters.sql import ingest as store
+from energy_worker.adapters.sql import meters as meter_store
 from energy_worker.core import totals
 from energy_worker.core.domain import Meter
 from energy_worker.programs.pusher import Pusher
@@ -96,8 +97,23 @@ def test_a_grafana_role_problem_does_not_stop_the_set_up(worker_env, pg):
 
 # What version 4 had, before consumption.pulses: the tables' columns, and the Grafana
 # functions and views that read them.
+def apply_as_shipped(con: postgres.Connection, meters: dict[int, Meter], path: Path) -> int:
+    """schema.apply with an earlier version's file, as the set-up then was: its meters' rows
+    went into the table meter_status (meter_status_stored from version 10 on; a temporary
+    view of that name stands in for it here)."""
+    with postgres.transaction(con):
+        con.execute_simple(path.read_text(encoding="utf-8"))
+        con.run("CREATE TEMPORARY VIEW meter_status_stored AS SELECT * FROM meter_status")
+        meter_store.upsert_meters(con, meters)
+        con.run("DROP VIEW meter_status_stored")
+        ((version,),) = con.run("SELECT max(version) FROM schema_version")
+    return int(version)
+
+
 BEFORE_PULSES = """
 DROP VIEW reading_corrections, meter_silence, push_overview, pipeline_lag;
+DROP VIEW meter_overview, worker_overview, meter_status;
+ALTER TABLE meter_status_stored RENAME TO meter_status;
 DROP FUNCTION meter_pulses_at(integer, timestamptz);
 DROP FUNCTION energy_per_period(timestamptz, timestamptz, text);
 CREATE FUNCTION energy_per_period(p_from timestamptz, p_to timestamptz, p_unit text)
@@ -158,7 +174,7 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
         e=local(2024, 6, 1, 11),
     )
 
-    assert schema.apply(con, config.load_meters()) == 9
+    assert schema.apply(con, config.load_meters()) == 10
     rows = con.run("SELECT meter_no, pulses FROM consumption ORDER BY index")
     assert rows == [[1, 1], [1, 11], [1, 16], [1, 16], [1, 18], [1, 26], [2, 1], [2, 1], [2, 2]]
     tallies = con.run("SELECT meter_no, pulses_counted FROM meter_status ORDER BY meter_no")
@@ -228,7 +244,7 @@ def test_a_version_7_database_is_brought_to_fewer_writes(fresh_pg, tmp_path: Pat
     con = postgres.connect(fresh_pg, "test")
     con.execute_simple("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     meters = config.load_meters()
-    assert schema.apply(con, meters, schema=version_7) == 7
+    assert apply_as_shipped(con, meters, version_7) == 7
     con.execute_simple(
         "INSERT INTO consumption (meter_no, meter_counts, kWh, cor_time_stamp, pulses)"
         "  VALUES (1, 5, 0.005, now(), 5);"
@@ -249,8 +265,8 @@ def test_a_version_7_database_is_brought_to_fewer_writes(fresh_pg, tmp_path: Pat
         ["consumption", "f"], ["consumption", "p"], ["meter_daily_totals", "f"],
         ["meter_daily_totals", "p"], ["meter_hourly_totals", "f"], ["meter_hourly_totals", "p"],
     ]  # fmt: skip
-    assert schema.apply(con, meters) == 9
-    assert schema.apply(con, meters) == 9  # and again: nothing left to do
+    assert schema.apply(con, meters) == 10
+    assert schema.apply(con, meters) == 10  # and again: nothing left to do
     assert keys() == [["meter_daily_totals", "p"], ["meter_hourly_totals", "p"]]
     (method,) = con.run(
         "SELECT am.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -298,5 +314,68 @@ def test_pushes_waiting_from_before_version_9_get_their_day_and_meters(fresh_pg)
         ["request:e:1", "2024-06-03", [1, 2, 3, 4, 5, 6, 7], "Meter 1"],
         ["request:e:2", "2024-06-03", None, None],  # sent without meters: the script says so
         ["day:2024-05-31", "2024-05-31", None, None],
+    ]
+    con.close()
+
+
+def test_a_version_9_database_keeps_what_every_reader_sees(fresh_pg, tmp_path: Path):
+    """Version 10 renames meter_status to meter_status_stored and puts a view of that name in
+    its place: on a database version 9 made and the processor used, every reader sees the same
+    values before and after, the views that read meter_status read the view, and the schema
+    applies again unchanged."""
+    text = schema.SCHEMA_FILE.read_text(encoding="utf-8")
+    version_9 = tmp_path / "schema-9.sql"  # the file as version 9 shipped it, but for the
+    # place of the two views that version 10 moved after itself (nothing between reads them)
+    overviews = text[
+        text.index("-- One row per meter: what the overview panel shows.") : text.index(
+            "INSERT INTO schema_version (version) VALUES (10)"
+        )
+    ]
+    version_9.write_text(text[: text.index("-- Version 10")] + overviews, encoding="utf-8")
+    con = postgres.connect(fresh_pg, "test")
+    con.execute_simple("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    meters = config.load_meters()
+    assert apply_as_shipped(con, meters, version_9) == 9
+    assert con.run("SELECT relkind FROM pg_class WHERE relname = 'meter_status'") == [["r"]]
+    con.execute_simple(
+        "INSERT INTO consumption (index, meter_no, watt_consumption, meter_counts, kWh,"
+        "  pulse_time_stamp, pulse_period, cor_time_stamp, pulses)"
+        "  VALUES (1, 1, NULL, 4, 0.004, 1000, -1, '2024-06-01 10:00+00', 4),"
+        "         (2, 1, 2000, 6, 0.006, 4600, 1800, '2024-06-01 10:00:04+00', 6),"
+        "         (3, 2, NULL, 9, 0.009, 700, -1, '2024-06-01 10:01+00', 9);"
+        "UPDATE meter_status SET upper_index = 2, run_index = 1, reference_watt_consumption = 2000,"
+        "  meter_counts = 6, kWh = 0.006, pulse_time_stamp = 4600, pulse_period = 1800,"
+        "  cor_time_stamp = '2024-06-01 10:00:04+00', pulses_counted = 6, pulses_repeated = 2,"
+        "  pulses_rejected = 1, time_stamp = '2024-06-01 10:00:05+00' WHERE meter_no = 1;"
+        "UPDATE meter_status SET upper_index = 3, run_index = 3, meter_counts = 9, kWh = 0.009,"
+        "  pulse_time_stamp = NULL, cor_time_stamp = '2024-06-01 10:01+00', pulses_counted = 9,"
+        "  time_stamp = '2024-06-01 10:01:02+00' WHERE meter_no = 2;"
+    )
+    readers = [
+        "SELECT * FROM meter_status ORDER BY meter_no",
+        "SELECT meter_no, kwh, pulses_counted, pulses_repeated, pulses_rejected"
+        "  FROM meter_overview ORDER BY meter_no",
+        "SELECT backlog, pulses_rejected FROM worker_overview",
+    ]
+    before = [con.run(q) for q in readers]
+    loaded = store.load_status(con)
+    assert schema.apply(con, meters) == 10
+    kinds = con.run(
+        "SELECT relname, relkind FROM pg_class WHERE relname IN "
+        "('meter_status', 'meter_status_stored', 'meter_status_meter_no') ORDER BY relname"
+    )
+    assert kinds == [["meter_status", "v"], ["meter_status_meter_no", "i"],
+                     ["meter_status_stored", "r"]]
+    assert [con.run(q) for q in readers] == before
+    assert store.load_status(con) == loaded
+    assert schema.apply(con, meters) == 10  # again: the guarded statements leave the view be
+    assert [con.run(q) for q in readers] == before
+    # The views that read meter_status read the view: a move of the row shows through them.
+    con.run(
+        "UPDATE consumption SET meter_counts = 7, kWh = 0.007, pulses = 7, pulse_time_stamp = 6400"
+        " WHERE index = 2"
+    )
+    assert con.run("SELECT kwh, pulses_counted FROM meter_overview WHERE meter_no = 1") == [
+        [Decimal("0.007"), 7]
     ]
     con.close()

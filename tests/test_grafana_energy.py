@@ -140,7 +140,12 @@ def sauna(owner, history):
     m.typed += [(local(2025, 3, 29, 10, 30), 279_970), (local(2025, 3, 29, 12, 30), 100_000)]
     gs.add_meter(owner, m)
     yield m
-    for table in ("meter_hourly_totals", "meter_daily_totals", "meter_status_stored", "consumption"):
+    for table in (
+        "meter_hourly_totals",
+        "meter_daily_totals",
+        "meter_status_stored",
+        "consumption",
+    ):
         owner.run(f"DELETE FROM {table} WHERE meter_no = 8")
     owner.run("DELETE FROM meter_metadata WHERE meter_no = 8")
 

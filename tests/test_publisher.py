@@ -120,7 +120,8 @@ def commit(
     """One transaction: a consumption row (a pulse, or a typed-in reading) and meter_status."""
     sql.run("BEGIN")
     status = sql.run(
-        "SELECT pulses_counted, kwh FROM meter_status_stored WHERE meter_no = :m FOR UPDATE", m=meter
+        "SELECT pulses_counted, kwh FROM meter_status_stored WHERE meter_no = :m FOR UPDATE",
+        m=meter,
     )[0]
     counted = status[0] if counted is None else counted
     reading = Decimal(kwh) if kwh is not None else status[1]

@@ -20,9 +20,7 @@ from energy_worker.programs.pusher import settings as pusher_settings
 
 
 def test_applying_twice_changes_nothing_and_keeps_counts(sql):
-    sql.run(
-        "UPDATE meter_status_stored SET meter_counts = 12345, kWh = 12.345 WHERE meter_no = 1"
-    )
+    sql.run("UPDATE meter_status_stored SET meter_counts = 12345, kWh = 12.345 WHERE meter_no = 1")
     meters = config.load_meters()
     renamed = {**meters, 1: Meter(1, "Kitchen", 1000, 9000, Decimal("2.5"))}
     assert schema.apply(sql, renamed) == schema.apply(sql, renamed)
@@ -364,8 +362,11 @@ def test_a_version_9_database_keeps_what_every_reader_sees(fresh_pg, tmp_path: P
         "SELECT relname, relkind FROM pg_class WHERE relname IN "
         "('meter_status', 'meter_status_stored', 'meter_status_meter_no') ORDER BY relname"
     )
-    assert kinds == [["meter_status", "v"], ["meter_status_meter_no", "i"],
-                     ["meter_status_stored", "r"]]
+    assert kinds == [
+        ["meter_status", "v"],
+        ["meter_status_meter_no", "i"],
+        ["meter_status_stored", "r"],
+    ]
     assert [con.run(q) for q in readers] == before
     assert store.load_status(con) == loaded
     assert schema.apply(con, meters) == 10  # again: the guarded statements leave the view be

@@ -54,8 +54,10 @@ def old_save_status(
         kwh=[kwh[no] for no in records],
         millis=[r.state.last_millis for r in records.values()],
         period=[r.state.last_period for r in records.values()],
-        at=[None if r.state.last_at_ms is None else at_time(r.state.last_at_ms)
-            for r in records.values()],
+        at=[
+            None if r.state.last_at_ms is None else at_time(r.state.last_at_ms)
+            for r in records.values()
+        ],
         ref=[r.run.reference_watt if r.run else None for r in records.values()],
         run_index=[r.run.first_row if r.run else None for r in records.values()],
         latest=[r.latest_row for r in records.values()],
@@ -96,6 +98,9 @@ def stored_moves(sql: Any) -> int:
     )[0][0]
 
 
+M1, M2, TYPED1 = "channel:1:timestamp", "channel:2:timestamp", "channel:1:metercount"
+
+
 def test_the_view_shows_what_the_table_held_after_every_commit(pg, r, sql, oracle):
     def processor() -> OracleProcessor:
         return OracleProcessor(
@@ -108,30 +113,30 @@ def test_the_view_shows_what_the_table_held_after_every_commit(pg, r, sql, oracl
     start = (T0 // quarter + 1) * quarter - 60_000  # a minute before a quarter hour ends
     # Each step is one commit: (key, value, wall ms after start) for meters 1 and 2.
     steps: list[list[tuple[str, str, int]]] = [
-        [("channel:1:timestamp", "1000", 0), ("channel:2:timestamp", "5000", 0)],  # first
-        [("channel:1:timestamp", "2800", 2 * second), ("channel:2:timestamp", "6000", second)],
-        [("channel:1:timestamp", "4600", 4 * second), ("channel:2:timestamp", "7000", 2 * second)],
-        [("channel:1:timestamp", "6400", 6 * second)],  # moves only
-        [("channel:1:timestamp", "8200", 8 * second), ("channel:1:timestamp", "8200", 8 * second)],
-        [("channel:1:timestamp", "10000", 10 * second), ("channel:2:timestamp", "8000", 3 * second)],
-        [("channel:2:timestamp", "8001", 3 * second + 1)],  # above the maximum: rejected power
-        [("channel:2:timestamp", "9000", 4 * second), ("channel:2:timestamp", "10000", 5 * second)],
+        [(M1, "1000", 0), (M2, "5000", 0)],  # first
+        [(M1, "2800", 2 * second), (M2, "6000", second)],
+        [(M1, "4600", 4 * second), (M2, "7000", 2 * second)],
+        [(M1, "6400", 6 * second)],  # moves only
+        [(M1, "8200", 8 * second), (M1, "8200", 8 * second)],
+        [(M1, "10000", 10 * second), (M2, "8000", 3 * second)],
+        [(M2, "8001", 3 * second + 1)],  # above the maximum: rejected power
+        [(M2, "9000", 4 * second), (M2, "10000", 5 * second)],
         [("powerup", "true", 12 * second)],
-        [("channel:1:timestamp", "500", 13 * second)],  # first after the power-up
-        [("channel:1:timestamp", "2300", 15 * second), ("channel:1:timestamp", "4100", 17 * second)],
-        [("channel:1:timestamp", "5900", 19 * second)],
-        [("channel:1:metercount", "27997", 20 * second)],  # typed in: 279.97 kWh
-        [("channel:1:timestamp", "7700", 21 * second)],
-        [("channel:1:timestamp", "9500", 23 * second), ("channel:1:timestamp", "11300", 25 * second)],
-        [("channel:1:timestamp", "13100", 27 * second)],
-        [("channel:1:timestamp", "14900", 61 * second)],  # past the quarter hour: a new row
-        [("channel:1:timestamp", "16700", 63 * second), ("channel:2:timestamp", "11000", 64 * second)],
-        [("channel:1:timestamp", "18500", 65 * second), ("channel:2:timestamp", "12000", 65 * second)],
-        [("powerup", "true", 66 * second), ("channel:1:timestamp", "100", 67 * second)],
-        [("channel:1:timestamp", "1900", 69 * second)],
+        [(M1, "500", 13 * second)],  # first after the power-up
+        [(M1, "2300", 15 * second), (M1, "4100", 17 * second)],
+        [(M1, "5900", 19 * second)],
+        [(TYPED1, "27997", 20 * second)],  # typed in: 279.97 kWh
+        [(M1, "7700", 21 * second)],
+        [(M1, "9500", 23 * second), (M1, "11300", 25 * second)],
+        [(M1, "13100", 27 * second)],
+        [(M1, "14900", 61 * second)],  # past the quarter hour: a new row
+        [(M1, "16700", 63 * second), (M2, "11000", 64 * second)],
+        [(M1, "18500", 65 * second), (M2, "12000", 65 * second)],
+        [("powerup", "true", 66 * second), (M1, "100", 67 * second)],
+        [(M1, "1900", 69 * second)],
         [("powerup", "true", 70 * second)],
         [("powerup", "true", 71 * second)],  # changes nothing but the time of the change
-        [("channel:1:timestamp", "3700", 72 * second)],
+        [(M1, "3700", 72 * second)],
     ]
     overlaid = 0
     for i, step in enumerate(steps):
@@ -141,12 +146,11 @@ def test_the_view_shows_what_the_table_held_after_every_commit(pg, r, sql, oracl
         for key, value, after in step:
             enqueue(r, key, value, start + after)
         target = sql.run("SELECT last_seq FROM worker_progress")[0][0] + len(step)
-        wait_until(
-            lambda t=target: p.run_once()
-            or sql.run("SELECT last_seq FROM worker_progress")[0][0] >= t,
-            15,
-            what=f"step {i} committed",
-        )
+
+        def committed(t: int = target, q: OracleProcessor = p) -> bool:
+            return q.run_once() or sql.run("SELECT last_seq FROM worker_progress")[0][0] >= t
+
+        wait_until(committed, 15, what=f"step {i} committed")
         view, table = both(sql)
         assert view == table, f"after step {i}"
         overlaid += stored_moves(sql)

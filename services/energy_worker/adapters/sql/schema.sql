@@ -733,11 +733,14 @@ SELECT s.upper_index, s.meter_no, s.reference_watt_consumption,
        CASE WHEN c.moved THEN c.pulses ELSE s.pulses_counted END AS pulses_counted,
        s.pulses_repeated, s.pulses_rejected
 FROM meter_status_stored s
-LEFT JOIN LATERAL (  -- the latest row (the history has no B-tree index on `index` alone)
+LEFT JOIN LATERAL (
+    -- The latest row, found from the meter's newest rows backwards on the (meter_no,
+    -- cor_time_stamp) index: the history has no B-tree index on `index` alone, and `+ 0`
+    -- keeps the planner off its BRIN index, whose bitmap would read the meter's whole history.
     SELECT h.meter_counts, h.kwh, h.pulse_time_stamp, h.pulse_period, h.cor_time_stamp,
            h.time_stamp, h.pulses, coalesce(h.pulses > s.pulses_counted, false) AS moved
     FROM consumption h
-    WHERE h.meter_no = s.meter_no AND h.index = s.upper_index
+    WHERE h.meter_no = s.meter_no AND h.index + 0 = s.upper_index
     ORDER BY h.meter_no DESC, h.cor_time_stamp DESC LIMIT 1
 ) c ON true;
 

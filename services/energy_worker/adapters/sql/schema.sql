@@ -713,36 +713,42 @@ INSERT INTO schema_version (version) VALUES (9) ON CONFLICT (version) DO NOTHING
 -- meter_status is a view with the same columns in the same order: the stored row, overlaid
 -- with its latest row where that row has counted pulses the stored row has not (it moved
 -- since; consumption.pulses only grows with them). Every reader reads meter_status as before.
+-- The view is created once, with the rename: replacing it at every start would lock it
+-- against its readers after this file has locked the history (ADD COLUMN above), the reverse of
+-- their order, and deadlock with a reader in between. A later version that changes it replaces
+-- it in a guarded block of its own.
 DO $$
 BEGIN
     IF to_regclass('meter_status_stored') IS NULL THEN
         ALTER TABLE meter_status RENAME TO meter_status_stored;
+        CREATE VIEW meter_status AS
+        SELECT s.upper_index, s.meter_no, s.reference_watt_consumption,
+               CASE WHEN c.moved THEN c.meter_counts ELSE s.meter_counts END AS meter_counts,
+               CASE WHEN c.moved THEN c.kwh ELSE s.kwh END AS kwh,
+               CASE WHEN c.moved THEN c.pulse_time_stamp ELSE s.pulse_time_stamp END
+                   AS pulse_time_stamp,
+               CASE WHEN c.moved THEN c.pulse_period ELSE s.pulse_period END AS pulse_period,
+               CASE WHEN c.moved THEN c.cor_time_stamp ELSE s.cor_time_stamp END
+                   AS cor_time_stamp,
+               CASE WHEN c.moved THEN c.time_stamp ELSE s.time_stamp END AS time_stamp,
+               s.run_index,
+               CASE WHEN c.moved THEN c.pulses ELSE s.pulses_counted END AS pulses_counted,
+               s.pulses_repeated, s.pulses_rejected
+        FROM meter_status_stored s
+        LEFT JOIN LATERAL (
+            -- The latest row, found from the meter's newest rows backwards on the
+            -- (meter_no, cor_time_stamp) index: the history has no B-tree index on `index`
+            -- alone, and `+ 0` keeps the planner off its BRIN index, whose bitmap would read
+            -- the meter's whole history.
+            SELECT h.meter_counts, h.kwh, h.pulse_time_stamp, h.pulse_period, h.cor_time_stamp,
+                   h.time_stamp, h.pulses, coalesce(h.pulses > s.pulses_counted, false) AS moved
+            FROM consumption h
+            WHERE h.meter_no = s.meter_no AND h.index + 0 = s.upper_index
+            ORDER BY h.meter_no DESC, h.cor_time_stamp DESC LIMIT 1
+        ) c ON true;
     END IF;
 END
 $$;
-CREATE OR REPLACE VIEW meter_status AS
-SELECT s.upper_index, s.meter_no, s.reference_watt_consumption,
-       CASE WHEN c.moved THEN c.meter_counts ELSE s.meter_counts END AS meter_counts,
-       CASE WHEN c.moved THEN c.kwh ELSE s.kwh END AS kwh,
-       CASE WHEN c.moved THEN c.pulse_time_stamp ELSE s.pulse_time_stamp END
-           AS pulse_time_stamp,
-       CASE WHEN c.moved THEN c.pulse_period ELSE s.pulse_period END AS pulse_period,
-       CASE WHEN c.moved THEN c.cor_time_stamp ELSE s.cor_time_stamp END AS cor_time_stamp,
-       CASE WHEN c.moved THEN c.time_stamp ELSE s.time_stamp END AS time_stamp,
-       s.run_index,
-       CASE WHEN c.moved THEN c.pulses ELSE s.pulses_counted END AS pulses_counted,
-       s.pulses_repeated, s.pulses_rejected
-FROM meter_status_stored s
-LEFT JOIN LATERAL (
-    -- The latest row, found from the meter's newest rows backwards on the (meter_no,
-    -- cor_time_stamp) index: the history has no B-tree index on `index` alone, and `+ 0`
-    -- keeps the planner off its BRIN index, whose bitmap would read the meter's whole history.
-    SELECT h.meter_counts, h.kwh, h.pulse_time_stamp, h.pulse_period, h.cor_time_stamp,
-           h.time_stamp, h.pulses, coalesce(h.pulses > s.pulses_counted, false) AS moved
-    FROM consumption h
-    WHERE h.meter_no = s.meter_no AND h.index + 0 = s.upper_index
-    ORDER BY h.meter_no DESC, h.cor_time_stamp DESC LIMIT 1
-) c ON true;
 
 -- One row per meter: what the overview panel shows. Its reading includes a typed-in one.
 CREATE OR REPLACE VIEW meter_overview AS

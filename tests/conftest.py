@@ -38,6 +38,7 @@ import pytest
 import redis
 
 from energy_worker.adapters import config, postgres, schema
+from energy_worker.programs.processor import Processor
 from helpers import REPO, Proc, wait_until, write_ini
 
 RUN_ID = uuid.uuid4().hex
@@ -302,6 +303,31 @@ def r(redis_db: config.RedisSettings) -> Iterator[redis.Redis]:
 
 
 # --- the processes ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_processor(
+    pg: config.PostgresSettings, r: redis.Redis
+) -> Iterator[Callable[..., Processor]]:
+    """Processors of the run's servers with the default meters, committing at once; closed
+    after the test."""
+    made: list[Processor] = []
+
+    def make(client: redis.Redis | None = None, settings=None, **options) -> Processor:
+        processor = Processor(
+            client or r,
+            settings or pg,
+            config.load_meters(REPO / "services" / "energy_worker" / "meters.toml"),
+            commit_interval=0.05,
+            durable_after=0.0,
+            **options,
+        )
+        made.append(processor)
+        return processor
+
+    yield make
+    for processor in made:
+        processor.session.close()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,27 +62,6 @@ HOSTILE: list[bytes] = [
     b"x" * (1 << 20),
 ]
 HOSTILE_IDS = [repr(h[:12]) + (f"..{len(h)}" if len(h) > 12 else "") for h in HOSTILE]
-
-
-@pytest.fixture
-def make_processor(pg, r) -> Iterator:
-    made: list[Processor] = []
-
-    def make(settings=None, **options) -> Processor:
-        p = Processor(
-            r,
-            settings or pg,
-            config.load_meters(METERS_FILE),
-            commit_interval=0.05,
-            durable_after=0.0,
-            **options,
-        )
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.session.close()
 
 
 def run_to_stop(p: Processor, timeout: float = 30.0) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -45,27 +44,6 @@ def committed(sql) -> int:
 
 def drained(r: redis.Redis) -> bool:
     return r.llen(work_queue.WORK) == 0 and r.llen(work_queue.PROCESSING) == 0
-
-
-@pytest.fixture
-def make_processor(pg, r) -> Iterator:
-    made: list[Processor] = []
-
-    def make(client: redis.Redis | None = None, settings=None, **options) -> Processor:
-        processor = Processor(
-            client or r,
-            settings or pg,
-            config.load_meters(METERS_FILE),
-            commit_interval=0.05,
-            durable_after=0.0,
-            **options,
-        )
-        made.append(processor)
-        return processor
-
-    yield make
-    for processor in made:
-        processor.session.close()
 
 
 def run_until(processor: Processor, condition, timeout: float = 15.0) -> None:

@@ -14,14 +14,15 @@ ONLY_WITH_A_DATABASE = ("pg8000", "scramp", "asn1crypto", "dateutil")
 ONLY_WITH_A_WEBHOOK = ("requests", "urllib3", "idna", "charset_normalizer", "certifi")
 ONLY_THE_PUBLISHER = ("paho",)
 
+# What each program loads as supervisord starts it: its package's __main__.
 CASES = [
     (
-        "energy_worker.programs.router",
+        "energy_worker.programs.router.__main__",
         ONLY_WITH_A_DATABASE + ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER,
     ),
-    ("energy_worker.programs.processor", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
+    ("energy_worker.programs.processor.__main__", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
     # the pusher imports requests only when a webhook URL is set (sheet_client.SheetClient)
-    ("energy_worker.programs.pusher", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
+    ("energy_worker.programs.pusher.__main__", ONLY_WITH_A_WEBHOOK + ONLY_THE_PUBLISHER),
     ("energy_worker.runtime.exit_listener", ("redis", *ONLY_WITH_A_DATABASE, *ONLY_WITH_A_WEBHOOK)),
 ]
 
@@ -133,7 +134,7 @@ def test_the_rule_catches_a_wrong_import():
 
 
 def test_the_router_loads_no_home_assistant_google_or_totals_code():
-    ours = loaded_by("energy_worker.programs.router")
+    ours = loaded_by("energy_worker.programs.router.__main__")
     loaded = [m for m in ours if m.startswith("energy_worker")]
     unwanted = ("publisher", "pusher", "totals", "ledger", "postgres")
     assert not [m for m in loaded if any(word in m for word in unwanted)], loaded

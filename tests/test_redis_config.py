@@ -14,7 +14,7 @@ import redis
 
 from energy_worker.adapters.config import RedisSettings
 from energy_worker.adapters.redis_client import connect_once, connect_redis
-from energy_worker.programs.router import Notifications
+from energy_worker.programs.router.notifications import Notifications
 from helpers import wait_until
 from tcpproxy import TcpProxy
 

@@ -1,11 +1,11 @@
 """The router: takes every key the webhook writes into Redis, within milliseconds.
 
 Its job, forever, in bounded memory whatever the input:
-  1. hear about new keys from Redis keyspace notifications (enabled where the server lets us),
+  1. hear about new keys from Redis keyspace notifications (notifications.py),
      only for names no longer than a legal one, and sweep all keys with SCAN now and then, step
      by step, for anything the notifications missed (longer names are rejected inside Redis);
   2. move each key atomically, stamped with the time it was taken, onto the processor's work
-     list or the pusher's list (queue.Queues.route, which reads the key as keys.py does), legal
+     list or the pusher's list (work_queue.Queues.route, which reads the key as keys.py does), legal
      keys first, in contract order;
   3. remove illegal input, with a copy in the dead-letter list and a log line (at a bounded
      rate: a flood of junk does not flood the log);
@@ -24,16 +24,17 @@ from dataclasses import dataclass, field
 import redis
 import redis.client
 
-from energy_worker.adapters import config, logs
-from energy_worker.adapters.outage import Outage
-from energy_worker.adapters.redis_client import HEALTH_CHECK_S, check_alive, connect_redis
+from energy_worker.adapters import logs
+from energy_worker.adapters.redis_client import HEALTH_CHECK_S, check_alive
 from energy_worker.adapters.work_queue import Queues
 from energy_worker.core import keys
 from energy_worker.core.keys import MAX_NAME_LENGTH, Kind
-from energy_worker.runtime import program
+from energy_worker.programs.router.notifications import (
+    SWEEP_INTERVAL,
+    SWEEP_INTERVAL_POLLING,
+    Notifications,
+)
 
-SWEEP_INTERVAL = 5.0  # seconds between full sweeps while notifications work
-SWEEP_INTERVAL_POLLING = 0.25  # ... and when the server refuses notifications
 SCAN_COUNT = 1000  # keys a sweep step looks at (SCAN's COUNT)
 BATCH = 1000  # names routed together, legal keys first (bounds what a flood costs in memory)
 MAX_STOPS = 16  # stop keys a sweep holds back to route last (`stop` in any letter case)
@@ -42,57 +43,6 @@ MAX_STOPS = 16  # stop keys a sweep holds back to route last (`stop` in any lett
 RANK = {Kind.DEBUG: -1, **{kind: rank for rank, kind in enumerate(keys.ROUTED)}}
 
 log = logging.getLogger("energy_worker.programs.router")
-
-
-class Notifications:
-    """The server's keyspace notifications: switched on where the server lets us, and on again
-    after a restarted server forgot them."""
-
-    def __init__(self, r: redis.Redis) -> None:
-        self.r = r
-        self.working: bool | None = None  # None: not tried yet
-        self.new_key_events = True  # until the server says it has none (before Redis 7)
-        self.events: set[bytes] = set()  # the events that announce a key: set, new
-
-    def enable(self) -> list[str]:
-        """Make sure the server publishes the key events we need; which ones we can hear."""
-        try:
-            current = self.r.config_get("notify-keyspace-events").get("notify-keyspace-events")
-            flags = set(current or "")
-            # "A" stands for all the classes of events, "$" (string commands) among them
-            has = flags | (set("g$lshzxet") if "A" in flags else set())
-            wanted = {"K", "$"} | ({"n"} if self.new_key_events else set())
-            if not wanted <= has:
-                wanted |= flags
-                if self.working:
-                    log.warning("keyspace notifications were off (a restarted server?); on again")
-                try:
-                    self.r.config_set("notify-keyspace-events", "".join(sorted(wanted)))
-                except redis.ResponseError:
-                    if not self.new_key_events:
-                        raise
-                    self.new_key_events = False  # servers before 7.0 know no new-key events
-                    wanted.discard("n")
-                    self.r.config_set("notify-keyspace-events", "".join(sorted(wanted)))
-        except redis.ResponseError as exc:  # CONFIG refused (managed server, ACL)
-            if self.working is not False:
-                log.warning(
-                    "keyspace notifications unavailable (%s); sweeping every %s s instead",
-                    exc,
-                    SWEEP_INTERVAL_POLLING,
-                )
-            self.working = False
-            return []
-        events = ["set", "new"] if self.new_key_events else ["set"]
-        self.events = {event.encode() for event in events}
-        if self.working is not True:
-            log.info(
-                "listening to keyspace notifications (%s), sweeping every %s s",
-                ", ".join(events),
-                SWEEP_INTERVAL,
-            )
-        self.working = True
-        return events
 
 
 @dataclass
@@ -305,28 +255,3 @@ class Router:
                 log.info("stop: routed everything present, then the stop marker; exiting")
                 return True
         return False
-
-
-def main(_termination: program.Termination) -> int:
-    settings = config.redis_settings()
-    meters = frozenset(config.load_meters())
-    r = connect_redis(settings)  # it never blocks: a subscription waits by itself
-    router = Router(r, settings.db, meters)
-    outage = Outage("Redis", log)
-    log.info(
-        "router started (Redis %s, meters %s)",
-        settings.describe(),
-        ", ".join(map(str, sorted(meters))),
-    )
-    while True:  # every move is atomic, so SIGTERM may end this anywhere
-        try:
-            if router.run_once():
-                return program.EXIT_STOPPED
-            outage.succeeded()
-        except redis.RedisError as exc:
-            router.close()
-            outage.failed(exc)
-
-
-if __name__ == "__main__":
-    program.run("router", main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 from energy_worker.adapters.config import PostgresSettings
 from energy_worker.adapters.work_queue import Queues
+from energy_worker.core.domain import Item
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -151,3 +153,15 @@ def history(sql: Any, meter_no: int) -> list[tuple[Any, ...]]:
             m=meter_no,
         )
     ]
+
+
+def item_json(item: Item) -> bytes:
+    """A work item as the router's Lua script writes it (adapters/lua/route_lib.lua, route()):
+    for tests that put an item on a list themselves."""
+    data: dict[str, Any] = {"e": item.epoch, "s": item.seq, "k": item.kind.value, "v": item.value}
+    data |= {"at": item.at_ms, "key": item.key}
+    if item.meter is not None:
+        data["m"] = item.meter
+    if item.reason:
+        data["reason"] = item.reason
+    return json.dumps(data).encode()

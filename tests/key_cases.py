@@ -1,6 +1,6 @@
 """One table of key-name and value cases, run against both readings of the input contract: the
 Python rules (keys.classify and keys.value_problem, test_keys.py) and the router's Lua script
-(adapters/lua/route_lib.lua, test_queue.py). Also the hypothesis strategies that generate more
+(adapters/lua/route_lib.lua, test_work_queue.py). Also the hypothesis strategies that generate more
 of them."""
 
 from __future__ import annotations

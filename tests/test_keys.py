@@ -1,5 +1,6 @@
 """The input contract, the Python side: keys.classify and keys.value_problem against the one
-table of cases (key_cases.py) that the router's Lua script is held to as well (test_queue.py)."""
+table of cases (key_cases.py) that the router's Lua script is held to as well
+(test_work_queue.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The ledger (services/energy_worker/core/ledger.py) alone: what a batch of work items does to the
-meters, without Redis or PostgreSQL. The arithmetic itself is tests/test_meter.py's; the rows
+meters, without Redis or PostgreSQL. The arithmetic itself is tests/test_arithmetic.py's; the rows
 in the tables are tests/test_processor.py's."""
 
 from __future__ import annotations

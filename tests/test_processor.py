@@ -29,6 +29,7 @@ from helpers import (
     enqueue,
     enqueue_many,
     history,
+    item_json,
     pulses,
     status,
     wait_until,
@@ -182,7 +183,7 @@ def test_dead_letters_reach_postgresql_exactly_once(make_processor, r, sql):
     r.set("junk", "x" * 300)
     assert queues.route(b"junk", at_ms=T0).outcome == "rejected"
     pulses(r, 1, [1000])
-    r.rpush(work_queue.WORK, Item("e", 10**9, Kind.PUSH, None, "true", T0 + 5, "g").encode())
+    r.rpush(work_queue.WORK, item_json(Item("e", 10**9, Kind.PUSH, None, "true", T0 + 5, "g")))
     first = make_processor()
     assert first.connected()
     items, _ = first.decode(first.queues.take(100))
@@ -207,7 +208,7 @@ def test_a_forged_item_cannot_write_a_log_line_of_its_own(make_processor, r, cap
     """Its key is Redis-borne text, logged escaped (it used to: a forged item printed a fake
     `router INFO stop: ...` line)."""
     forged = "g\n2026-12-07T01:00:00+0000 router INFO stop: \x1b[2Jeverything stored"
-    r.rpush(work_queue.WORK, Item("e", 1, Kind.PUSH, None, "true", T0, forged).encode())
+    r.rpush(work_queue.WORK, item_json(Item("e", 1, Kind.PUSH, None, "true", T0, forged)))
     enqueue(r, "stop", "true")
     make_processor().run()
     (line,) = [rec.getMessage() for rec in caplog.records if "cannot use" in rec.getMessage()]

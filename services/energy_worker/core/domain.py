@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from energy_worker.core.keys import Kind
 
@@ -114,8 +113,8 @@ _EPOCH = re.compile(r"[0-9A-Za-z._:-]+")
 
 @dataclass(frozen=True)
 class Item:
-    """One unit of work: a webhook key as the router took it (JSON on the Redis lists; the
-    router's Lua script in queue.py writes it, with the same field names)."""
+    """One unit of work: a webhook key as the router took it. The router's Lua script writes it
+    (adapters/lua/route_lib.lua, route()) as JSON on the Redis lists; decode() is its one reader."""
 
     epoch: str
     seq: int
@@ -154,21 +153,6 @@ class Item:
             raise ValueError(f"no field {exc.args[0]!r}") from None
         except TypeError as exc:  # Kind() of an unhashable value
             raise ValueError(f"a field of the wrong type ({exc})") from None
-
-    def encode(self) -> str:
-        data: dict[str, Any] = {
-            "e": self.epoch,
-            "s": self.seq,
-            "k": self.kind.value,
-            "v": self.value,
-            "at": self.at_ms,
-            "key": self.key,
-        }
-        if self.meter is not None:
-            data["m"] = self.meter
-        if self.reason:
-            data["reason"] = self.reason
-        return json.dumps(data)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""db.py against the real PostgreSQL: transactions, the one rule that tells an outage from a
-refused statement, and the lock that lets one process of a kind work on a database, also after
-a network partition left its old session on the server."""
+"""adapters/postgres.py against the real PostgreSQL: transactions, the one rule that tells an
+outage from a refused statement, and the lock that lets one process of a kind work on a
+database, also after a network partition left its old session on the server."""
 
 from __future__ import annotations
 

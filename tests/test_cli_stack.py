@@ -213,7 +213,7 @@ def test_push_waits_for_the_sheets_answer(service: Service):
     assert data["ok"]  # failing for more than a day would need attention
 
 
-def test_push_says_so_when_the_service_has_no_webhook_url(service: Service):
+def test_push_says_so_when_the_service_has_no_sheet_url(service: Service):
     stack = service.stack
     stack.rpc().stopProcess("pusher")
     env = {k: v for k, v in stack.env.items() if k != "GOOGLE_WEBHOOK_URL"}

@@ -419,7 +419,7 @@ def test_hostile_text_on_the_push_list(pg, r, sql, text):
     legit = {"e": "1700000000000-abcd", "s": 99, "k": "g", "v": "true", "at": 1, "key": "x"}
     with sheet_server() as server:
         settings = pusher_settings.PushSettings(
-            webhook_url=config.secret(server.base + "/exec"), tz=totals.zone("Europe/Copenhagen")
+            sheet_url=config.secret(server.base + "/exec"), tz=totals.zone("Europe/Copenhagen")
         )
         pusher = Pusher(
             postgres.LockedSession(lambda n: postgres.connect(pg, n), "pusher"), r, settings
@@ -493,7 +493,7 @@ def test_a_push_request_of_any_bytes_is_recorded_or_a_dead_letter(pg, r, raw: by
     """The pusher's decoder, fed arbitrary bytes on its list: never an exception, and the
     list is empty after (recorded, or kept as a dead letter)."""
     r.execute_command("FLUSHDB")
-    settings_ = pusher_settings.PushSettings(webhook_url=None, tz=totals.zone("Europe/Copenhagen"))
+    settings_ = pusher_settings.PushSettings(sheet_url=None, tz=totals.zone("Europe/Copenhagen"))
     pusher = Pusher(
         postgres.LockedSession(lambda n: postgres.connect(pg, n), "pusher"), r, settings_
     )
@@ -536,7 +536,7 @@ def test_a_push_request_postgresql_refuses_is_a_dead_letter_and_the_next_is_reco
     )
     with sheet_server() as server:
         settings_ = pusher_settings.PushSettings(
-            webhook_url=config.secret(server.base + "/exec"), tz=totals.zone("Europe/Copenhagen")
+            sheet_url=config.secret(server.base + "/exec"), tz=totals.zone("Europe/Copenhagen")
         )
         pusher = Pusher(
             postgres.LockedSession(lambda n: postgres.connect(fresh_pg, n), "pusher"), r, settings_

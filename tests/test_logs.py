@@ -32,7 +32,7 @@ print("answer", SheetClient(url, 3).send("1.00"))
 
 
 @pytest.mark.processes
-def test_a_library_warning_never_shows_the_webhook_url():
+def test_a_library_warning_never_shows_the_sheet_url():
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT],
         capture_output=True,

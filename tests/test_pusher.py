@@ -177,7 +177,7 @@ def make_pusher(pg, r) -> Iterator[Callable[..., Pusher]]:
         pusher = Pusher(
             postgres.LockedSession(lambda name: postgres.connect(pg, name), "pusher"),
             r,
-            pusher_settings.PushSettings(webhook_url=config.secret(url), **options),  # type: ignore[arg-type]
+            pusher_settings.PushSettings(sheet_url=config.secret(url), **options),  # type: ignore[arg-type]
             clock,
         )
         made.append(pusher)
@@ -695,7 +695,7 @@ def test_a_request_waits_in_redis_while_postgres_is_unreachable(pg, r, server):
         s.bind(("127.0.0.1", 0))
         dead = config.PostgresSettings("127.0.0.1", s.getsockname()[1], pg.database, pg.user)
     clock = Clock(local(2024, 6, 1, 10))
-    settings = pusher_settings.PushSettings(webhook_url=config.secret(server.base + PATH), tz=CPH)
+    settings = pusher_settings.PushSettings(sheet_url=config.secret(server.base + PATH), tz=CPH)
     broken = Pusher(
         postgres.LockedSession(lambda name: postgres.connect(dead, name, timeout=1), "pusher"),
         r,
@@ -720,7 +720,7 @@ def test_a_request_waits_in_redis_while_postgres_is_unreachable(pg, r, server):
     assert len(server.got()) == 1 and r.llen(PUSH_PROCESSING) == 0
 
 
-def test_without_a_webhook_url_totals_run_and_pushes_are_skipped(sql, make_pusher, r, caplog):
+def test_without_a_sheet_url_totals_run_and_pushes_are_skipped(sql, make_pusher, r, caplog):
     add_row(sql, 1, "1.000", local(2024, 6, 1, 9))
     clock = Clock(local(2024, 6, 1, 10))
     pusher = make_pusher(clock)

@@ -85,7 +85,7 @@ def test_the_pushers_jobs_are_due_after_every_local_hour_and_once_a_day(
     repeated hour too), and the daily push check at 00:02 local time each day. The system's
     local time is TZ, as in the container."""
     now = clock(eve, CPH)
-    plan = Schedule(PushSettings(webhook_url=None, tz=CPH), now)
+    plan = Schedule(PushSettings(sheet_url=None, tz=CPH), now)
     totals_at: list[datetime] = []
     pushes_at: list[datetime] = []
 

@@ -192,7 +192,7 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
     pusher = Pusher(
         postgres.LockedSession(lambda name: postgres.connect(fresh_pg, name), "pusher"),
         r,
-        pusher_settings.PushSettings(webhook_url=None, tz=cph),
+        pusher_settings.PushSettings(sheet_url=None, tz=cph),
         lambda: clock,
     )
     try:

@@ -32,7 +32,7 @@ def test_the_pushers_and_the_publishers_secrets_too(tmp_path: Path):
     url.write_text("https://script.google.com/macros/s/KEY/exec")
     password.write_text("mqtt pw")
     push = pusher_settings.push_settings({"GOOGLE_WEBHOOK_URL_FILE": str(url)})
-    assert push.webhook_url == "https://script.google.com/macros/s/KEY/exec"
+    assert push.sheet_url == "https://script.google.com/macros/s/KEY/exec"
     mqtt = publisher_settings.mqtt_settings(
         {"MQTT_HOST": "broker", "MQTT_USERNAME": "u", "MQTT_PASSWORD_FILE": str(password)}
     )

@@ -61,9 +61,7 @@ class Pusher:
         self.r = r
         self.settings = settings
         self.clock = clock
-        client = (
-            SheetClient(settings.webhook_url, settings.timeout) if settings.webhook_url else None
-        )
+        client = SheetClient(settings.sheet_url, settings.timeout) if settings.sheet_url else None
         queues = Queues(r)
         self.schedule = Schedule(settings, clock)
         self.totals = TotalsPass(session, queues, settings.tz, clock)

@@ -39,7 +39,7 @@ class DailyPush:
         self.queues = queues
         self.settings = settings
         self.tz = settings.tz
-        self.pushing = pushing  # False: no webhook URL; the days still advance
+        self.pushing = pushing  # False: no sheet URL (GOOGLE_WEBHOOK_URL); the days still advance
         self.clock = clock
         self.waiting_logged_for: date | None = None
 

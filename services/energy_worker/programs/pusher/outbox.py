@@ -1,10 +1,10 @@
-"""Sending the outbox to the Google Sheet webhook.
+"""Sending the outbox to the Google Sheet's web app.
 
 The outbox is sent oldest first, one request at a time with a bounded timeout; a failure (no
 answer within PUSH_TIMEOUT, connection refused, a TLS error, any non-2xx status, a script's
 `ERROR: ...` or an HTML page: sheet_answer.py) is recorded with the answer's first line, shown
 by `energy-worker push` and `status`, and retried after 30 s, doubling up to 15 min, and holds
-back everything newer, so a webhook that is down for days gets every missed day in order. A push
+back everything newer, so a sheet out of reach for days gets every missed day in order. A push
 that succeeded is marked sent with its status and never sent again. A request whose answer never
 came (or whose redirect could not be followed) may have reached the sheet: it is sent again with
 the same id (sheet_format.fields), and the Apps Script (docs/google-apps-script/Code.gs) writes an
@@ -74,7 +74,7 @@ class Outbox:
                 assert answer.status is not None
                 store.mark_sent(con, pending.id, answer.status, done)
                 if self.failing:
-                    log.warning("the Google Sheet webhook answers again")
+                    log.warning("the Google Sheet answers again")
                 self.failing = False
                 log.info("pushed %s to the Google Sheet: %s", what, answer.describe())
                 continue

@@ -43,7 +43,7 @@ class PushRequests:
         self.tz = tz  # a request stands for the local day it is made on
         self.queues = queues
         self.r = queues.r
-        self.pushing = pushing  # False: no webhook URL, requests are dropped with a log line
+        self.pushing = pushing  # False: no sheet URL, requests are dropped with a log line
         self.clock = clock
 
     def recover(self) -> None:

@@ -17,7 +17,7 @@ from energy_worker.programs.pusher import sheet_format
 class PushSettings:
     """The pusher's settings (GOOGLE_WEBHOOK_URL unset: totals only, no pushes)."""
 
-    webhook_url: str | None  # held as a Secret, whatever it was given as
+    sheet_url: str | None  # held as a Secret, whatever it was given as
     push_time: time = totals.DEFAULT_PUSH_TIME
     tz: ZoneInfo = field(default_factory=lambda: ZoneInfo(totals.DEFAULT_TZ))
     timeout: float = 20.0  # seconds per push request
@@ -26,7 +26,7 @@ class PushSettings:
     retry_max: float = 900.0  # ... up to this
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "webhook_url", secret(self.webhook_url))
+        object.__setattr__(self, "sheet_url", secret(self.sheet_url))
 
 
 def push_settings(env: Mapping[str, str] | None = None) -> PushSettings:
@@ -48,7 +48,7 @@ def push_settings(env: Mapping[str, str] | None = None) -> PushSettings:
         except ValueError as exc:  # its text never holds the URL
             raise ConfigError(str(exc)) from None
     return PushSettings(
-        webhook_url=url,
+        sheet_url=url,
         push_time=push_time,
         tz=tz,
         timeout=seconds(env, "PUSH_TIMEOUT", 20.0, 1.0, 300.0),

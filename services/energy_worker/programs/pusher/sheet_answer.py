@@ -1,9 +1,10 @@
-"""What the Google Sheet webhook's answer means, pure: a push failed or reached the sheet.
+"""What the sheet's web app answers, and what that means, pure: a push failed or reached the
+sheet.
 
 The Apps Script (docs/google-apps-script/Code.gs) answers text, with status 200 even when it
 fails: `ERROR: ...` is a failure. So is an HTML page where the script answers text: Google's
 sign-in page, served with 200 when the web app's "Who has access" is not "Anyone". Any status
-but 2xx is a failure. Every other 2xx answer is a success, whatever its body: the webhook of an
+but 2xx is a failure. Every other 2xx answer is a success, whatever its body: the web app of an
 original stack may answer anything. A failure is told with the answer's first line, cleaned
 for a log line.
 """

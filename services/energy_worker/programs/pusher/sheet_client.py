@@ -1,4 +1,5 @@
-"""The Google Sheet webhook's HTTP transport (the payload is sheet.py's), on requests.
+"""HTTP to the Google Sheet's web app (GOOGLE_WEBHOOK_URL; the payload is sheet_format.py's), on
+requests.
 
 requests does what an HTTP client must: proxies from the environment (HTTPS_PROXY, NO_PROXY),
 certificate checks against certifi's roots, redirects, connection reuse. Configured here: a

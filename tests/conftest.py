@@ -317,7 +317,6 @@ def make_processor(
         processor = Processor(
             client or r,
             settings or pg,
-            config.load_meters(REPO / "services" / "energy_worker" / "meters.toml"),
             commit_interval=0.05,
             durable_after=0.0,
             **options,

@@ -303,9 +303,7 @@ def test_pulses_since_midnight_count_pulses_not_typed_in_readings(
     pulses(r, 1, [6400, 8200, 10000], start_ms=T0 + 5400)
     # meter 2: its history starts after midnight; meter 3: no history at all
     pulses(r, 2, [500, 1500], start_ms=T0 + 6000)
-    processor = Processor(
-        r, fresh_pg, config.load_meters(METERS), commit_interval=0.05, durable_after=0.0
-    )
+    processor = Processor(r, fresh_pg, commit_interval=0.05, durable_after=0.0)
     try:
         wait_until(lambda: processor.run_once() or r.llen("energy-worker:work") == 0, 15)
         processor.run_once()

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from energy_worker.adapters import schema
 from helpers import REPO
 
 FOLDERS = (
@@ -55,10 +56,7 @@ def test_every_path_named_exists_and_no_issue_is_cited(name: str):
 
 def test_the_log_lines_the_guide_quotes_are_the_ones_the_code_writes():
     guide = (REPO / "docs" / "GUIDE.md").read_text()
-    schema_sql = (
-        REPO / "services" / "energy_worker" / "adapters" / "sql" / "schema.sql"
-    ).read_text()
-    current = max(map(int, re.findall(r"schema_version \(version\) VALUES \((\d+)\)", schema_sql)))
+    current = schema.latest()
     quoted = re.findall(r"ready: schema version (\d+)", guide)
     assert quoted and set(quoted) == {str(current)}
     setup = (REPO / "services" / "energy_worker" / "programs" / "set_up.py").read_text()

@@ -201,8 +201,7 @@ def test_a_statement_refused_for_one_item_dead_letters_that_item_and_commits_the
     pulses(r, 1, [1000, 2800, 4600, 6400, 8200])
     pulses(r, 2, [1000, 2800, 4600])
     enqueue(r, "stop", "true")
-    p = Processor(r, fresh_pg, config.load_meters(METERS_FILE), commit_interval=0.05,
-                  durable_after=0.0)  # fmt: skip
+    p = Processor(r, fresh_pg, commit_interval=0.05, durable_after=0.0)
     try:
         run_to_stop(p, 15)
     finally:
@@ -223,15 +222,15 @@ def test_a_refusal_that_is_not_the_data_is_waited_out_without_spinning_or_the_sc
     make_processor, r, sql, caplog, monkeypatch
 ):
     """A refusal no item causes (a read-only session) is waited out with a growing wait and
-    one log line; the connection is kept, so the schema is not applied again."""
-    applied: list[int] = []
-    real_apply = schema.apply
+    one log line; the connection is kept, so the schema's version is not looked at again."""
+    checked: list[int] = []
+    real_check = schema.check
 
-    def counting_apply(*args, **kwargs):
-        applied.append(1)
-        return real_apply(*args, **kwargs)
+    def counting_check(*args, **kwargs):
+        checked.append(1)
+        return real_check(*args, **kwargs)
 
-    monkeypatch.setattr(schema, "apply", counting_apply)
+    monkeypatch.setattr(schema, "check", counting_check)
     p = make_processor()
     pulses(r, 5, [1000])
     wait_until(lambda: p.run_once() or status(sql, 5)["meter_counts"] == 1)
@@ -251,7 +250,7 @@ def test_a_refusal_that_is_not_the_data_is_waited_out_without_spinning_or_the_sc
     assert caplog.text.count("refused a statement") == 1
     p.session.connection().run("SET default_transaction_read_only = off")
     wait_until(lambda: p.run_once() or status(sql, 5)["meter_counts"] == 2, 20)
-    assert applied == [1]
+    assert checked == [1]
     assert "PostgreSQL is back" in caplog.text
 
 
@@ -374,8 +373,7 @@ def test_arbitrary_keys_and_values_never_stop_the_counting(pg, r, redis_db, host
     con = postgres.connect(pg, "tests")
     try:
         before = con.run("SELECT pulses_counted FROM meter_status WHERE meter_no = 7")[0][0]
-        p = Processor(r, pg, config.load_meters(METERS_FILE), commit_interval=INTERVAL,
-                      durable_after=0.0)  # fmt: skip
+        p = Processor(r, pg, commit_interval=INTERVAL, durable_after=0.0)
         router = Router(r, 0, METERS)  # the router program's own handling of a key event
         millis = 1000 + before * 1800
         sent = 0

@@ -12,7 +12,7 @@ import pytest
 
 from energy_worker.adapters import config, postgres
 from energy_worker.programs.processor import Processor
-from helpers import REPO, T0, pulses, status, wait_until
+from helpers import T0, pulses, status, wait_until
 from tcpproxy import TcpProxy
 
 LEASE = 2.0  # the tests' lease; the service's is postgres.LEASE
@@ -104,7 +104,6 @@ def test_the_processor_commits_again_within_the_lease_after_a_partition(pg, sql,
     processor = Processor(
         r,
         replace(pg, host="127.0.0.1", port=proxy.port),
-        config.load_meters(REPO / "services" / "energy_worker" / "meters.toml"),
         lease=LEASE,
         db_timeout=1.0,
         commit_interval=0.05,

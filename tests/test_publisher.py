@@ -260,9 +260,7 @@ def test_unique_ids_survive_a_restart_and_a_rename(space, watch, make, sql):
 def test_readings_follow_the_processor_through_pulses_and_a_typed_in_reading(
     space, watch, make, r, pg, sql
 ):
-    processor = Processor(
-        r, pg, config.load_meters(METERS_FILE), commit_interval=0.01, durable_after=0.0
-    )
+    processor = Processor(r, pg, commit_interval=0.01, durable_after=0.0)
     now_ms = int(time.time() * 1000)
     # A fixed wall clock: the power shown is then exactly the bound 20 s after the last pulse.
     publisher = make(clock=lambda: now_ms / 1000)

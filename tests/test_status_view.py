@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from energy_worker.adapters import config, postgres
+from energy_worker.adapters import postgres
 from energy_worker.adapters.sql import ingest as store
 from energy_worker.core import ledger
 from energy_worker.core.domain import MeterRecord, at_time
@@ -103,9 +103,7 @@ M1, M2, TYPED1 = "channel:1:timestamp", "channel:2:timestamp", "channel:1:meterc
 
 def test_the_view_shows_what_the_table_held_after_every_commit(pg, r, sql, oracle):
     def processor() -> OracleProcessor:
-        return OracleProcessor(
-            r, pg, config.load_meters(METERS_FILE), commit_interval=0.05, durable_after=0.0
-        )
+        return OracleProcessor(r, pg, commit_interval=0.05, durable_after=0.0)
 
     p = processor()
     second = 1000

@@ -51,6 +51,7 @@ TIMEOUT = 10.0  # seconds a statement (or a connection attempt) may go unanswere
 LEASE = 30.0  # seconds: a holder silent for this long is taken for dead
 HEARTBEATS_PER_LEASE = 3  # a holder runs a statement at least this often per lease
 LOCK_RETRY = 1.0  # seconds between tries while another process holds the lock
+SCHEMA_RETRY = 10.0  # seconds between looks at a schema of another version (WrongSchema)
 # Server-side settings of our sessions: the server notices a dead client within about half a
 # minute (where TCP can tell), and never keeps a transaction open for an absent one.
 SESSION_SETTINGS = (
@@ -64,8 +65,22 @@ SESSION_SETTINGS = (
 log = logging.getLogger("energy_worker.adapters.postgres")
 
 
-class LockHeld(Exception):
+class Waiting(Exception):
+    """The server answered, and this program must wait before it works: said once, then
+    tried again every `retry` seconds on the same connection (failed)."""
+
+    retry = LOCK_RETRY
+
+
+class LockHeld(Waiting):
     """Another live process of the same kind holds the lock on this database."""
+
+
+class WrongSchema(Waiting):
+    """The database's schema is not the version this energy-worker's code needs
+    (schema.check): the set-up's to mend, not the program's; it looks again now and then."""
+
+    retry = SCHEMA_RETRY
 
 
 def connect(
@@ -147,9 +162,10 @@ def refused_for_data(exc: BaseException) -> bool:
 def failed(exc: BaseException, outage: Outage) -> None:
     """Report a database error as the one rule says, and wait before the next attempt. While
     another process holds the lock, the next try comes every LOCK_RETRY seconds: it costs
-    one statement on an open connection, and the lock is taken soon after it is free."""
-    if isinstance(exc, LockHeld):
-        outage.waiting(exc, LOCK_RETRY)
+    one statement on an open connection, and the lock is taken soon after it is free; while the
+    schema is not the version the program needs, every SCHEMA_RETRY seconds."""
+    if isinstance(exc, Waiting):
+        outage.waiting(exc, exc.retry)
     elif is_outage(exc):
         outage.failed(exc)
     else:
@@ -237,17 +253,25 @@ class Lock:
 
 class LockedSession:
     """A program's connection, opened on first use and holding the lock of its kind
-    ("processor", "pusher"): the one place a program connects."""
+    ("processor", "pusher"): the one place a program connects. `check` looks at each new
+    connection before the lock is taken (schema.check: the schema's version), so a program
+    that may not work on this database leaves the lock to one that may."""
 
     def __init__(
-        self, connect: Callable[[str], Connection], name: str, lease: float = LEASE
+        self,
+        connect: Callable[[str], Connection],
+        name: str,
+        lease: float = LEASE,
+        check: Callable[[Connection], object] | None = None,
     ) -> None:
         self._connect = connect  # connect(application_name)
         self.name = name
         self.lease = lease
+        self._check = check
         self._con: Connection | None = None
         self._lock: Lock | None = None
         self._locked = False
+        self._checked = False
 
     @property
     def is_open(self) -> bool:
@@ -255,12 +279,18 @@ class LockedSession:
         return self._con is not None and self._locked
 
     def connection(self) -> Connection:
-        """The session's connection, holding the lock; raises LockHeld (the connection stays
-        open for the next try, which costs the server one statement) or a connection error."""
+        """The session's connection, checked and holding the lock; raises Waiting (LockHeld,
+        WrongSchema: the connection stays open for the next try, which costs the server a
+        statement or two) or a connection error."""
         if self._con is None:
             self._con = self._connect(lock_key(self.name))
             self._lock = Lock(self._con, self.name, self.lease)
             self._locked = False
+            self._checked = self._check is None
+        if not self._checked:
+            assert self._check is not None
+            self._check(self._con)
+            self._checked = True
         if not self._locked:
             assert self._lock is not None
             self._lock.take()

@@ -1,5 +1,6 @@
-"""Bring the servers up to date before the programs start (run by entrypoint.sh): the schema,
-the meter config and Grafana's read-only role in PostgreSQL; in Redis, a check that the
+"""Bring the servers up to date before the programs start (run by entrypoint.sh): the schema
+(its migrations: the only program that changes it; the others only check its version), the
+meter config and Grafana's read-only role in PostgreSQL; in Redis, a check that the
 database holds no other application's keys (a few stray keys are named, and left to the router
 to remove), and that Redis did not lose the numbering of its work items.
 
@@ -8,8 +9,9 @@ set, the set-up makes that role (owner_role.py), applies the schema as it, and w
 over the ini: the programs connect as the owner, and the administrator's password is used here
 only. Without, the programs use POSTGRES_USER's login as before.
 
-Exit status: 0 done, 1 a server unreachable or failing, 2 a configuration error, or a Redis
-database shared with another application (one line says which keys, and what to do).
+Exit status: 0 done, 1 a server unreachable or failing (or a migration refused: all of it rolled
+back), 2 a configuration error, a schema newer than this energy-worker's, or a Redis database
+shared with another application (one line says which keys, and what to do).
 """
 
 from __future__ import annotations
@@ -50,9 +52,14 @@ def main(_termination: program.Termination) -> int:
         log.warning("%s", foreign.strays(redis_settings))
     try:
         programs, version = set_up_postgres(settings, meters, Queues(r))
-    except ValueError as exc:
+    except (ValueError, postgres.WrongSchema) as exc:  # a schema newer than this code's
         log.error("cannot set up PostgreSQL at %s: %s", settings.describe(), exc)
         return program.EXIT_CONFIG
+    except schema.MigrationFailed as exc:  # rolled back: the database is as it was
+        log.error(
+            "cannot set up PostgreSQL at %s: %s; the schema is as it was", settings.describe(), exc
+        )
+        return program.EXIT_FAILED
     except postgres.ERRORS as exc:
         log.error("cannot set up PostgreSQL at %s: %s", settings.describe(), describe_error(exc))
         return program.EXIT_FAILED

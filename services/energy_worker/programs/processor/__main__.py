@@ -16,11 +16,10 @@ log = logging.getLogger("energy_worker.programs.processor")
 
 def main(termination: program.Termination) -> int:
     pg = config.postgres_settings()
-    meters = config.load_meters()
     redis_settings = config.redis_settings()
     interval = config.commit_interval(os.environ)
     r = connect_redis(redis_settings)
-    processor = Processor(r, pg, meters, termination=termination, commit_interval=interval)
+    processor = Processor(r, pg, termination=termination, commit_interval=interval)
     log.info(
         "processor started (PostgreSQL %s, Redis %s, a commit every %g s)",
         pg.describe(),

@@ -1,6 +1,6 @@
-"""The processor's connections and the committed state it loads from PostgreSQL: connect, take
-the processor lock, apply the schema once per process, load the meters and what is done; tell
-an outage from a refused statement."""
+"""The processor's connections and the committed state it loads from PostgreSQL: connect, check
+the schema's version (the set-up's to change, never the processor's), take the processor lock,
+load the meters the set-up wrote and what is done; tell an outage from a refused statement."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ class State:
         self,
         r: redis.Redis,
         pg: config.PostgresSettings,
-        config_meters: dict[int, Meter],
         *,
         termination: program.Termination | None = None,
         lease: float = postgres.LEASE,
@@ -41,12 +40,14 @@ class State:
         self.r = r
         self.queues = Queues(r)
         self.pg = pg
-        self.config_meters = config_meters
         self.termination = termination or program.Termination(deferred=True)
         self.commit_interval = commit_interval
         self.durable_after = durable_after  # None: ask Redis (redis_client.durable_after)
         self.session = postgres.LockedSession(
-            lambda name: postgres.connect(pg, name, db_timeout), "processor", lease
+            lambda name: postgres.connect(pg, name, db_timeout),
+            "processor",
+            lease,
+            check=self.check_schema,  # on each (re)connection: a SELECT, never DDL
         )
         # The committed state, as PostgreSQL holds it.
         self.meters: dict[int, Meter] = {}
@@ -55,7 +56,7 @@ class State:
         self.progress_epoch = ""  # the epoch worker_progress holds
         self.saved_backlog: int | None = None
         self.readiness: Readiness | None = None  # once durable_after is known
-        self.schema_version: int | None = None  # applied once per process, not per connection
+        self.schema_version: int | None = None  # as the last connection found it
         self.loaded = False  # the committed state, from this session
         self.stopped = False  # the last batch ended with a stop
         self.waited = False  # for the batch in hand to be on Redis's disk
@@ -68,20 +69,18 @@ class State:
         self.redis_outage = Outage("Redis", log, sleep=self.termination.sleep)
 
     def connected(self) -> bool:
-        """Connect, take the processor lock, bring the schema up to date and load the state."""
+        """Connect, check the schema, take the processor lock and load the state."""
         if self.session.is_open and self.loaded:
             return True
         self.loaded = False  # a refused load keeps the session, and is tried again
         try:
             con = self.session.connection()
-            if self.schema_version is None:  # a reconnection only loads the state again
-                self.schema_version = schema.apply(con, self.config_meters)
             self.meters = meter_store.load_meters(con)
             self.records = store.load_status(con)
             self.done = store.load_done(con)
             self.progress_epoch = store.load_progress_epoch(con)
             self.loaded = True
-        except postgres.LockHeld as exc:
+        except postgres.Waiting as exc:  # the lock held, another schema: said once
             postgres.failed(exc, self.pg_outage)  # the connection stays for the next try
             return False
         except postgres.ERRORS as exc:
@@ -96,6 +95,9 @@ class State:
             ", ".join(map(str, self.meters)),
         )
         return True
+
+    def check_schema(self, con: postgres.Connection) -> None:
+        self.schema_version = schema.check(con)
 
     def check_redis_sequence(self) -> None:
         """Redis that lost its last writes (a power cut) numbers new items again from where it
@@ -112,6 +114,6 @@ class State:
         if postgres.is_outage(exc):
             self.session.close()
         elif waiting:
-            with contextlib.suppress(*postgres.ERRORS, postgres.LockHeld):  # it says what it can
+            with contextlib.suppress(*postgres.ERRORS, postgres.Waiting):  # it says what it can
                 store.save_waiting(self.session.connection(), waiting)
         postgres.failed(exc, self.pg_outage)

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from energy_worker.adapters import config, postgres
+from energy_worker.adapters import config, postgres, schema
 from energy_worker.adapters.outage import Outage
 from energy_worker.adapters.sql import installation as store
 from energy_worker.core.domain import MeterSnapshot
@@ -107,7 +107,7 @@ class Publisher:
         self.outgoing = Outgoing(min_interval, clock, monotonic)
         self.broker_options = broker_options  # Broker's timeouts (tests shorten them)
         self.session = postgres.LockedSession(
-            lambda name: postgres.connect(pg, name), "publisher", lease
+            lambda name: postgres.connect(pg, name), "publisher", lease, check=schema.check
         )
         self.pg_outage = Outage(
             "PostgreSQL", log, first_delay=pg_retry[0], max_delay=pg_retry[1], sleep=self.idle
@@ -152,7 +152,7 @@ class Publisher:
         try:
             con = self.session.connection()
             ident = store.installation_id(con)
-        except postgres.LockHeld as exc:
+        except postgres.Waiting as exc:  # the lock held, another schema: said once
             postgres.failed(exc, self.pg_outage)  # the connection stays for the next try
             return False
         except postgres.ERRORS as exc:

@@ -83,7 +83,7 @@ class Pusher:
             except redis.RedisError as exc:
                 self.prepared = False  # a request may be left in push-processing: recover it
                 self.redis_outage.failed(exc)
-            except postgres.LockHeld as exc:
+            except postgres.Waiting as exc:  # the lock held, another schema: said once
                 self.prepared = False
                 postgres.failed(exc, self.postgres_outage)  # the connection stays for the next try
             except postgres.ERRORS as exc:

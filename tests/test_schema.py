@@ -1,5 +1,6 @@
-"""services/energy_worker/adapters/sql/schema.sql: idempotent, and migrates a database of the
-original stack without loss."""
+"""The baseline migration (services/energy_worker/adapters/sql/migrations/0010_baseline.sql)
+and the set-up's apply: meters follow the config, and a database of the original stack or of an
+earlier version (tests/schema_history/) is migrated without loss."""
 
 from __future__ import annotations
 
@@ -8,15 +9,14 @@ import subprocess
 import sys
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 
 from energy_worker.adapters import config, postgres, schema
 from energy_worker.adapters.sql import ingest as store
-from energy_worker.adapters.sql import meters as meter_store
 from energy_worker.core import totals
 from energy_worker.core.domain import Meter
 from energy_worker.programs.pusher import Pusher
 from energy_worker.programs.pusher import settings as pusher_settings
+from schema_support import make_as_shipped
 
 
 def test_applying_twice_changes_nothing_and_keeps_counts(sql):
@@ -93,39 +93,6 @@ def test_a_grafana_role_problem_does_not_stop_the_set_up(worker_env, pg):
     assert "pw%$" not in done.stderr
 
 
-# What version 4 had, before consumption.pulses: the tables' columns, and the Grafana
-# functions and views that read them.
-def apply_as_shipped(con: postgres.Connection, meters: dict[int, Meter], path: Path) -> int:
-    """schema.apply with an earlier version's file, as the set-up then was: its meters' rows
-    went into the table meter_status (meter_status_stored from version 10 on; a temporary
-    view of that name stands in for it here)."""
-    with postgres.transaction(con):
-        con.execute_simple(path.read_text(encoding="utf-8"))
-        con.run("CREATE TEMPORARY VIEW meter_status_stored AS SELECT * FROM meter_status")
-        meter_store.upsert_meters(con, meters)
-        con.run("DROP VIEW meter_status_stored")
-        ((version,),) = con.run("SELECT max(version) FROM schema_version")
-    return int(version)
-
-
-BEFORE_PULSES = """
-DROP VIEW reading_corrections, meter_silence, push_overview, pipeline_lag;
-DROP VIEW meter_overview, worker_overview, meter_status;
-ALTER TABLE meter_status_stored RENAME TO meter_status;
-DROP FUNCTION meter_pulses_at(integer, timestamptz);
-DROP FUNCTION energy_per_period(timestamptz, timestamptz, text);
-CREATE FUNCTION energy_per_period(p_from timestamptz, p_to timestamptz, p_unit text)
-RETURNS TABLE (period_start timestamptz, period_end timestamptz, meter_no integer,
-               meter_name text, kwh_start numeric, kwh_end numeric, kwh numeric)
-LANGUAGE sql STABLE AS $$ SELECT NULL::timestamptz, NULL::timestamptz, 1, '', 1.0, 1.0, 1.0 $$;
-ALTER TABLE consumption DROP COLUMN pulses;
-ALTER TABLE meter_hourly_totals DROP COLUMN kwh_set;
-ALTER TABLE meter_daily_totals DROP COLUMN kwh_set;
-DROP TABLE dead_letters;
-DELETE FROM schema_version WHERE version >= 5;
-"""
-
-
 def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh_pg, r):
     """Version 5 on a database with history: the pulses of each row from the steps of the
     count (none for a typed-in reading, nor for a step down), the meter's tally after its last
@@ -136,7 +103,7 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
         return totals.resolve(datetime(*args), cph)  # type: ignore[arg-type]
 
     con = postgres.connect(fresh_pg, "test")
-    con.execute_simple(BEFORE_PULSES)
+    assert make_as_shipped(con, 4, config.load_meters()) == 4
     history = [  # meter, counts, typed in, local time (1000 pulses per kWh)
         (1, 90, False, (2024, 5, 31, 23)),
         (1, 100, False, (2024, 6, 1, 9, 50)),
@@ -179,7 +146,7 @@ def test_a_database_from_before_pulses_gets_them_once_and_its_totals_again(fresh
     assert tallies[:3] == [[1, 26], [2, 2], [3, 7]]  # meter 3 has no history: as it was
     assert con.run("SELECT seen_index, totals_until FROM pusher_state") == [[0, None]]
 
-    # Once: a second start leaves the pulses and the pusher's progress alone.
+    # Once: a second set-up leaves the pulses and the pusher's progress alone.
     con.run("UPDATE consumption SET pulses = pulses + 1000 WHERE meter_no = 2")
     con.run("UPDATE pusher_state SET seen_index = 5")
     schema.apply(con, config.load_meters())
@@ -232,17 +199,13 @@ def test_the_installation_id_is_made_once(sql):
     assert sql.run("SELECT id FROM installation") == [[first]]
 
 
-def test_a_version_7_database_is_brought_to_fewer_writes(fresh_pg, tmp_path: Path):
+def test_a_version_7_database_is_brought_to_fewer_writes(fresh_pg):
     """Version 8 on a database that version 7 made and the processor has used: the history
     and the totals lose their foreign keys, the history its primary key for a BRIN index,
     the current epoch's progress is read from worker_progress, and nothing is lost."""
-    text = schema.SCHEMA_FILE.read_text(encoding="utf-8")
-    version_7 = tmp_path / "schema-7.sql"  # the file as version 7 shipped it
-    version_7.write_text(text[: text.index("-- Version 8")], encoding="utf-8")
     con = postgres.connect(fresh_pg, "test")
-    con.execute_simple("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     meters = config.load_meters()
-    assert apply_as_shipped(con, meters, version_7) == 7
+    assert make_as_shipped(con, 7, meters) == 7
     con.execute_simple(
         "INSERT INTO consumption (meter_no, meter_counts, kWh, cor_time_stamp, pulses)"
         "  VALUES (1, 5, 0.005, now(), 5);"
@@ -316,24 +279,14 @@ def test_pushes_waiting_from_before_version_9_get_their_day_and_meters(fresh_pg)
     con.close()
 
 
-def test_a_version_9_database_keeps_what_every_reader_sees(fresh_pg, tmp_path: Path):
+def test_a_version_9_database_keeps_what_every_reader_sees(fresh_pg):
     """Version 10 renames meter_status to meter_status_stored and puts a view of that name in
     its place: on a database version 9 made and the processor used, every reader sees the same
-    values before and after, the views that read meter_status read the view, and the schema
-    applies again unchanged."""
-    text = schema.SCHEMA_FILE.read_text(encoding="utf-8")
-    version_9 = tmp_path / "schema-9.sql"  # the file as version 9 shipped it, but for the
-    # place of the two views that version 10 moved after itself (nothing between reads them)
-    overviews = text[
-        text.index("-- One row per meter: what the overview panel shows.") : text.index(
-            "INSERT INTO schema_version (version) VALUES (10)"
-        )
-    ]
-    version_9.write_text(text[: text.index("-- Version 10")] + overviews, encoding="utf-8")
+    values before and after, the views that read meter_status read the view, and the next
+    set-up changes nothing."""
     con = postgres.connect(fresh_pg, "test")
-    con.execute_simple("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     meters = config.load_meters()
-    assert apply_as_shipped(con, meters, version_9) == 9
+    assert make_as_shipped(con, 9, meters) == 9
     assert con.run("SELECT relkind FROM pg_class WHERE relname = 'meter_status'") == [["r"]]
     con.execute_simple(
         "INSERT INTO consumption (index, meter_no, watt_consumption, meter_counts, kWh,"
@@ -369,7 +322,7 @@ def test_a_version_9_database_keeps_what_every_reader_sees(fresh_pg, tmp_path: P
     ]
     assert [con.run(q) for q in readers] == before
     assert store.load_status(con) == loaded
-    assert schema.apply(con, meters) == 10  # again: the guarded statements leave the view be
+    assert schema.apply(con, meters) == 10  # again: the next set-up has nothing to run
     assert [con.run(q) for q in readers] == before
     # The views that read meter_status read the view: a move of the row shows through them.
     con.run(

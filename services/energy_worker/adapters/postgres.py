@@ -51,7 +51,7 @@ TIMEOUT = 10.0  # seconds a statement (or a connection attempt) may go unanswere
 LEASE = 30.0  # seconds: a holder silent for this long is taken for dead
 HEARTBEATS_PER_LEASE = 3  # a holder runs a statement at least this often per lease
 LOCK_RETRY = 1.0  # seconds between tries while another process holds the lock
-SCHEMA_RETRY = 10.0  # seconds between looks at a schema of another version (WrongSchema)
+SCHEMA_RETRY = 5.0  # seconds between looks at a schema of another version (WrongSchema)
 # Server-side settings of our sessions: the server notices a dead client within about half a
 # minute (where TCP can tell), and never keeps a transaction open for an absent one.
 SESSION_SETTINGS = (

@@ -6,7 +6,7 @@
 #      MQTT_PASSWORD (each may come from a file: POSTGRES_PASSWORD_FILE=/run/secrets/...)
 #   2. render etc/postgres.ini.template to $POSTGRES_INI (default /etc/postgres.ini), mode 0600
 #   3. wait for PostgreSQL and Redis (POSTGRES_WAIT_SECONDS / REDIS_WAIT_SECONDS, default 600)
-#   4. apply the schema and the meter config (python -m energy_worker.programs.set_up)
+#   4. migrate the schema, write the meter config (python -m energy_worker.programs.set_up)
 #   5. the optional programs: the publisher only with MQTT_HOST (ew_optional_programs)
 #   6. each program's secrets into a file of the run dir (ew_program_secrets), then this script
 #      again in its own place (exec) without any secret in its environment, which
@@ -184,7 +184,7 @@ ew_wait_for_servers() {
 }
 
 ew_apply_schema() {
-	ew_interruptible python -m energy_worker.programs.set_up || EW_EXIT=$? ew_error "applying the schema and meter config failed; see the lines above"
+	ew_interruptible python -m energy_worker.programs.set_up || EW_EXIT=$? ew_error "the set-up (schema migrations, meter config) failed; see the lines above"
 }
 
 # Programs that exist only when configured, in the directory supervisord.conf includes

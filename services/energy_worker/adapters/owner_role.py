@@ -9,7 +9,7 @@ of the server's files, no other database). It gets a new random password at ever
 as a SCRAM verifier (readonly_role.scram_verifier) and known to the programs only through the
 postgres.ini the set-up writes: nobody has to choose, keep or type it. The schema's objects the
 administrator owned (an older energy-worker connected as it) become the owner's, so the owner
-can keep applying services/energy_worker/adapters/sql/schema.sql.
+can run the next migrations (services/energy_worker/adapters/sql/migrations/) on them.
 
 On a server that is the stack's own, the other databases (postgres, template1, ...) are closed
 to the owner and the Grafana reader: CONNECT and TEMPORARY are taken from PUBLIC there and given

@@ -1,8 +1,8 @@
 """The read-only PostgreSQL role Grafana connects as.
 
-Its password comes from the environment, so the role cannot live in
-services/energy_worker/adapters/sql/schema.sql; the set-up
-step calls ensure_readonly_role() after applying the schema. The password never reaches the
+Its password comes from the environment, so the role cannot live in a migration
+(services/energy_worker/adapters/sql/migrations/); the set-up
+step calls ensure_readonly_role() after migrating the schema. The password never reaches the
 server in clear: it is sent as a SCRAM-SHA-256 verifier computed here, as psql's \\password
 does, so neither a server log of the statement nor an error message can show it.
 

@@ -1,7 +1,7 @@
 """The schema has one owner, the set-up: apply() runs the numbered migrations
-(services/energy_worker/adapters/sql/migrations/NNNN_name.sql) that a database has not had, each
-once and in number order, then writes the meter config. Every other program only checks the
-version (check) and waits while it is not the one its code was written for.
+(services/energy_worker/adapters/sql/migrations/<NNNN>_<name>.sql) that a database has not had,
+each once and in number order, then writes the meter config. Every other program only checks
+the version (check) and waits while it is not the one its code was written for.
 
 The version is the highest row of the table schema_version (0 without it: an empty database or
 the original stack's). 0010_baseline.sql is versions 1 to 10 as they shipped, one idempotent

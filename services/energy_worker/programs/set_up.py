@@ -5,7 +5,7 @@ database holds no other application's keys (a few stray keys are named, and left
 to remove), and that Redis did not lose the numbering of its work items.
 
 PostgreSQL's login in $POSTGRES_INI is the administrator's (POSTGRES_USER). With POSTGRES_OWNER
-set, the set-up makes that role (owner_role.py), applies the schema as it, and writes its login
+set, the set-up makes that role (owner_role.py), migrates the schema as it, and writes its login
 over the ini: the programs connect as the owner, and the administrator's password is used here
 only. Without, the programs use POSTGRES_USER's login as before.
 

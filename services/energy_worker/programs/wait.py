@@ -1,4 +1,4 @@
-"""Wait until PostgreSQL and Redis answer, before the schema is applied (entrypoint.sh).
+"""Wait until PostgreSQL and Redis answer, before the set-up migrates the schema (entrypoint.sh).
 
 A Raspberry Pi's first start of the PostgreSQL container can take minutes, so the wait is long
 by default (POSTGRES_WAIT_SECONDS, 600; REDIS_WAIT_SECONDS, 600) and reports progress every

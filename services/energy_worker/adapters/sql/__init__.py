@@ -1,5 +1,5 @@
-"""All SQL that reads or writes data, one module per owner (the schema is
-services/energy_worker/adapters/sql/schema.sql):
+"""All SQL that reads or writes data, one module per owner (the schema is the numbered
+migrations in services/energy_worker/adapters/sql/migrations/, run by the set-up):
 
 | module                | used by                                                        |
 |-----------------------|----------------------------------------------------------------|

@@ -35,7 +35,7 @@ def load_status(con: Connection) -> dict[int, MeterRecord]:
                (extract(epoch FROM u.cor_time_stamp) * 1000)::bigint,
                s.pulses_counted, s.pulses_repeated, s.pulses_rejected
         FROM meter_status AS s
-        LEFT JOIN LATERAL (  -- the latest row, as the view finds it (schema.sql says why)
+        LEFT JOIN LATERAL (  -- the latest row, as the view finds it (0010_baseline.sql says why)
             SELECT c.cor_time_stamp FROM consumption c
             WHERE c.meter_no = s.meter_no AND c.index + 0 = s.upper_index
             ORDER BY c.cor_time_stamp DESC LIMIT 1

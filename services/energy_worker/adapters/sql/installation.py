@@ -34,8 +34,8 @@ ORDER BY l.meter_no
 
 
 def installation_id(con: Connection) -> str:
-    """This installation's id (table installation, created once by
-    services/energy_worker/adapters/sql/schema.sql)."""
+    """This installation's id (table installation, created once by the schema's baseline
+    migration, services/energy_worker/adapters/sql/migrations/0010_baseline.sql)."""
     ((ident,),) = con.run("SELECT id FROM installation")
     return str(ident)
 

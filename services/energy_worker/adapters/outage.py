@@ -4,8 +4,18 @@ rather than per attempt."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
+
+# A password in a message: a URL's user:password@, or password=... (a DSN's key-value form).
+_SECRETS = (
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@"), r"\1***@"),
+    (
+        re.compile(r"(?i)(\bpass(?:word|wd)?[\"']?\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s,;]+)"),
+        r"\1***",
+    ),
+)
 
 
 class Outage:
@@ -79,11 +89,14 @@ class Outage:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A short description of an error (its class and first line, no secrets). A PostgreSQL
-    error (pg8000 passes the server's fields as a dict) shows its SQLSTATE and message."""
+    """A short description of an error (its class and first line, no secrets: a password in a
+    URL or a DSN is masked). A PostgreSQL error (pg8000 passes the server's fields as a dict)
+    shows its SQLSTATE and message."""
     fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else None
     if fields is not None and "M" in fields:
         text = f"{fields.get('C', '?')} {fields['M']}"
     else:
         text = str(exc).splitlines()[0] if str(exc) else ""
+    for secret, mask in _SECRETS:  # before truncating: a cut password would no longer match
+        text = secret.sub(mask, text)
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__

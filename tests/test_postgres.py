@@ -27,6 +27,22 @@ def test_a_transaction_commits_or_rolls_back(sql):
     assert sql.run("SELECT backlog FROM worker_progress")[0][0] == 7
 
 
+def test_a_session_compiles_no_query_and_keeps_utc(pg):
+    """energy_per_period's estimate (millions of rows for a few) would make the server JIT-compile
+    each call: half a second here, seconds on a Pi."""
+    con = postgres.connect(pg, "test")
+    try:
+        assert con.run("SHOW jit") == [["off"]]
+        assert con.run("SHOW TimeZone") == [["UTC"]]
+        (plan,) = con.run(
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM energy_per_period("
+            "now() - interval '1 year', now(), 'hour')"
+        )[0]
+        assert "JIT" not in plan[0]
+    finally:
+        con.close()
+
+
 def test_an_outage_is_told_from_a_refused_statement(sql):
     with pytest.raises(pg8000.native.DatabaseError) as refused:
         sql.run("SELECT * FROM no_such_table")

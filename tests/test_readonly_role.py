@@ -186,6 +186,7 @@ def test_role_from_the_environment(owner):
         )
         assert ["TimeZone=Europe/Berlin"] in settings
         assert ["default_transaction_read_only=on"] in settings
+        assert ["jit=off"] in settings  # the dashboards' functions are not compiled per call
         # TZ unset: the pusher's default zone, not the server's
         ensure_from_env(owner, {**env, "TZ": ""})
         settings = owner.run(

@@ -53,8 +53,12 @@ HEARTBEATS_PER_LEASE = 3  # a holder runs a statement at least this often per le
 LOCK_RETRY = 1.0  # seconds between tries while another process holds the lock
 SCHEMA_RETRY = 5.0  # seconds between looks at a schema of another version (WrongSchema)
 # Server-side settings of our sessions: the server notices a dead client within about half a
-# minute (where TCP can tell), and never keeps a transaction open for an absent one.
+# minute (where TCP can tell), and never keeps a transaction open for an absent one. No JIT:
+# the planner's estimates for the schema's set-returning functions (energy_per_period: millions
+# of rows guessed for a few) pass jit_above_cost, and compiling then costs 0.5 s on this
+# machine for a 4 ms query: seconds on a Pi, for every `status` and every hourly total.
 SESSION_SETTINGS = (
+    "SET jit = off",
     "SET TIME ZONE 'UTC'",
     "SET tcp_keepalives_idle = 10",
     "SET tcp_keepalives_interval = 5",

@@ -128,6 +128,9 @@ def ensure_readonly_role(
         con.run(f"ALTER ROLE {role} RESET ALL")
         con.run(f"ALTER ROLE {role} SET default_transaction_read_only = on")
         con.run(f"ALTER ROLE {role} SET statement_timeout = {literal(STATEMENT_TIMEOUT)}")
+        # The dashboards call energy_per_period and power_series: JIT would compile each call
+        # (adapters/postgres.py, SESSION_SETTINGS).
+        con.run(f"ALTER ROLE {role} SET jit = off")
         if timezone:
             con.run(f"ALTER ROLE {role} SET TimeZone = {literal(timezone)}")
         else:

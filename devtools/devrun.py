@@ -376,8 +376,11 @@ def run_entrypoint(env: dict[str, str]) -> int:
         try:
             status = proc.wait()
         except KeyboardInterrupt:
-            # The terminal sent SIGINT to supervisord too; wait for it to finish.
+            # Ctrl-C of the terminal sent SIGINT to supervisord too; `kill -INT` of this process
+            # did not: pass it on (a second one changes nothing), then wait for it to finish.
             log.info("stopping (supervisord is stopping the programs)")
+            if not interrupted:
+                forward(signal.SIGINT, None)
             interrupted = True
             continue
         # Ctrl-C is how `make run` is meant to end: not an error for make to report.

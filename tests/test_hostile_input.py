@@ -337,7 +337,7 @@ def test_an_item_decodes_or_says_why_whatever_the_bytes(raw: bytes):
         assert str(exc)
         return
     # What decodes can be planned and kept as a dead letter without an error.
-    plan = ledger.plan_batch([item], {}, {}, {})
+    plan = ledger.plan_batch([item], {}, {}, {}, [1])
     for letter in plan.dead_letters:
         assert isinstance(letter, DeadLetter)
         assert "\x00" not in letter.key + letter.value + letter.reason

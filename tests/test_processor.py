@@ -15,7 +15,6 @@ import redis
 from energy_worker.adapters import work_queue
 from energy_worker.adapters.redis_client import connect_redis
 from energy_worker.adapters.sql import ingest as store
-from energy_worker.core import ledger
 from energy_worker.core.domain import Item, at_time
 from energy_worker.core.keys import Kind
 from energy_worker.programs.processor import Processor
@@ -165,7 +164,7 @@ def test_crash_between_commit_and_ack_counts_nothing_twice(make_processor, r, sq
     first = make_processor()
     assert first.connected()
     items, _ = first.decode(first.queues.take(100))
-    plan = ledger.plan_batch(items, first.meters, first.records, first.done)
+    plan = first.plan(items)
     first.commit(plan, 0)  # committed ... and the process dies before the ack
     first.session.close()
     assert r.llen(work_queue.PROCESSING) == 3
@@ -186,7 +185,7 @@ def test_dead_letters_reach_postgresql_exactly_once(make_processor, r, sql):
     first = make_processor()
     assert first.connected()
     items, _ = first.decode(first.queues.take(100))
-    plan = ledger.plan_batch(items, first.meters, first.records, first.done)
+    plan = first.plan(items)
     first.commit(plan, 0)  # committed ... and the process dies before the ack
     first.session.close()
     assert r.llen(work_queue.PROCESSING) == 3

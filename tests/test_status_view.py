@@ -72,7 +72,7 @@ class OracleProcessor(Processor):
 
     def write(self, con: postgres.Connection, plan: ledger.Plan, backlog: int) -> str:
         current = super().write(con, plan, backlog)
-        old_save_status(con, plan.records, plan.kwh(self.meters))
+        old_save_status(con, plan.records, plan.readings)
         return current
 
 

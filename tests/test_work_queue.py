@@ -70,7 +70,7 @@ def count_changes(items: list[Item]) -> dict[int, int]:
     """How far the items move each meter's count, applied to meters at 500 counts."""
     meters = {n: Meter(n, f"m{n}", 1000, 17250, Decimal(5)) for n in METERS}
     records = {n: MeterRecord(MeterState(counts=500, last_millis=1), None) for n in METERS}
-    plan = ledger.plan_batch(items, meters, records, {})
+    plan = ledger.plan_batch(items, meters, records, {}, range(len(items)))
     return {n: rec.state.counts - 500 for n, rec in plan.records.items() if rec.state.counts != 500}
 
 

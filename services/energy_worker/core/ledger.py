@@ -5,13 +5,16 @@ which the processor writes in one transaction.
 Every kind the processor handles has a handler in HANDLERS; an item of any other kind is
 unusable (it goes to the dead-letter list), never a pulse. Keys the router rejected arrive as
 items of kind REJECTED and become dead letters too, so that PostgreSQL holds every one of them
-exactly once (they are numbered like every item). New rows get temporary negative indexes; the
-processor swaps in real ones before writing.
+exactly once (they are numbered like every item).
+
+The plan comes out final, as the transaction writes it: new rows take their indexes from those
+the processor reserved (consumption's sequence), in order, so the batch's oldest new row gets
+the lowest; and every touched meter's reading is computed here, in Decimal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -30,8 +33,10 @@ def already_done(item: Item, done: Mapping[str, int]) -> bool:
 @dataclass
 class Plan:
     records: dict[int, MeterRecord] = field(default_factory=dict)  # touched meters only
-    new_rows: dict[int, Row] = field(default_factory=dict)  # by temporary index (< 0)
+    new_rows: dict[int, Row] = field(default_factory=dict)  # by index given to plan_batch
     moved_rows: dict[int, Row] = field(default_factory=dict)  # by existing index
+    indexes_used: int = 0  # the first ones of those given to plan_batch
+    readings: dict[int, Decimal] = field(default_factory=dict)  # kWh of each touched meter
     done: dict[str, int] = field(default_factory=dict)  # epoch -> last seq, after this batch
     last: tuple[str, int] | None = None  # the last item the batch commits
     consumed: int = 0  # items of the batch this plan covers (through a stop)
@@ -54,42 +59,24 @@ class Plan:
         self.dead_letters.append(DeadLetter(at_time(item.at_ms), item.key, item.value, reason))
 
     def rows_of(self, index: int) -> dict[int, Row]:
-        return self.new_rows if index < 0 else self.moved_rows
-
-    def remap(self, real: dict[int, int]) -> None:
-        """Replace temporary indexes by the real ones."""
-        self.new_rows = {real[i]: row for i, row in self.new_rows.items()}
-        for no, rec in self.records.items():
-            if rec.run is not None:
-                run = rec.run
-                moving = run.moving_row
-                self.records[no] = replace(
-                    rec,
-                    run=replace(
-                        run,
-                        first_row=real.get(run.first_row, run.first_row),
-                        moving_row=None if moving is None else real.get(moving, moving),
-                    ),
-                )
-
-    def kwh(self, meters: Mapping[int, Meter]) -> dict[int, Decimal]:
-        """The reading of every touched meter."""
-        return {
-            no: arithmetic.kwh(rec.state.counts, meters[no].pulses_per_kwh)
-            for no, rec in self.records.items()
-        }
+        """Where the row of this index is written: inserted if this batch made it, else moved."""
+        return self.new_rows if index in self.new_rows else self.moved_rows
 
 
 class _Batch:
     """The plan of one batch while it is being built: the committed state, and the changes."""
 
     def __init__(
-        self, meters: Mapping[int, Meter], records: Mapping[int, MeterRecord], plan: Plan
+        self,
+        meters: Mapping[int, Meter],
+        records: Mapping[int, MeterRecord],
+        plan: Plan,
+        indexes: Sequence[int],
     ) -> None:
         self.meters = meters
         self.committed = records
         self.plan = plan
-        self.next_temp = -1
+        self.indexes = indexes  # for new rows, in order
 
     def record(self, no: int) -> MeterRecord:
         return self.plan.records.get(no) or self.committed[no]
@@ -102,7 +89,8 @@ class _Batch:
             self.plan.rows_of(run.moving_row)[run.moving_row] = row
             self.plan.records[no] = replace(rec, run=replace(run, latest_at_ms=at_ms))
             return
-        index, self.next_temp = self.next_temp, self.next_temp - 1
+        index = self.indexes[self.plan.indexes_used]  # one per item: never runs out
+        self.plan.indexes_used += 1
         self.plan.new_rows[index] = row
         if where is history.Place.NEW_MOVING and run is not None:
             run = replace(run, moving_row=index, latest_at_ms=at_ms)
@@ -243,11 +231,17 @@ def plan_batch(
     meters: Mapping[int, Meter],
     records: Mapping[int, MeterRecord],
     done: Mapping[str, int],
+    indexes: Sequence[int],
 ) -> Plan:
     """What the batch does. `records` and `done` are the committed state; not modified. The
-    plan ends with the first stop item: what follows it stays for the next start."""
+    plan ends with the first stop item: what follows it stays for the next start. New rows take
+    `indexes` in order (an item makes one row at most, so one per item is enough);
+    plan.indexes_used says how many they took."""
+    if len(indexes) < len(items):
+        # Checked here, not met in a handler: there it would make an item a dead letter.
+        raise ValueError(f"{len(items)} items need {len(items)} indexes, not {len(indexes)}")
     plan = Plan(done=dict(done))
-    batch = _Batch(meters, records, plan)
+    batch = _Batch(meters, records, plan, indexes)
     for item in items:
         plan.consumed += 1
         if already_done(item, plan.done):
@@ -271,4 +265,8 @@ def plan_batch(
             continue
         if plan.stop:
             break
+    plan.readings = {
+        no: arithmetic.kwh(rec.state.counts, meters[no].pulses_per_kwh)
+        for no, rec in plan.records.items()
+    }
     return plan

@@ -83,7 +83,10 @@ def save_done(con: Connection, done: Mapping[str, int]) -> None:
     )
 
 
-def allocate_indexes(con: Connection, n: int) -> list[int]:
+def reserve_indexes(con: Connection, n: int) -> list[int]:
+    """`n` new numbers from consumption's sequence, ascending. Outside a transaction this is
+    one of its own, whose commit waits for the WAL on disk (the sequence's record must be
+    there before any row that uses a number): reserve many at once, rarely."""
     if n == 0:
         return []
     rows = con.run(
@@ -91,7 +94,7 @@ def allocate_indexes(con: Connection, n: int) -> list[int]:
         "FROM generate_series(1, :n)",
         n=n,
     )
-    return [r[0] for r in rows]
+    return sorted(r[0] for r in rows)
 
 
 def insert_rows(con: Connection, rows: Mapping[int, Row]) -> None:

@@ -6,7 +6,8 @@ Its job, forever:
   2. keep back what Redis may not have on disk yet (routed less than durable_after ago: a power
      cut could make Redis forget the move and hand the pulse's key out again), measured on this
      process's monotonic clock, which no clock step moves (Readiness);
-  3. apply the rest to the meters in memory (ledger.plan_batch: pure arithmetic);
+  3. apply the rest to the meters in memory (ledger.plan_batch: pure arithmetic), the new rows
+     numbered from indexes reserved ahead (row_indexes.py);
   4. write the result in one PostgreSQL transaction, together with the last item's
      (epoch, seq);
   5. only then drop those items from Redis.
@@ -30,6 +31,7 @@ or applied becomes a dead letter too. Only one processor works on a database (po
 |                           | a refused statement (lost_database)                                |
 | processor/readiness.py    | when an item taken is on Redis's disk (step 2)                     |
 | processor/commits.py      | steps 3 to 5, and the isolation of an item PostgreSQL refuses      |
+| processor/row_indexes.py  | the history's row indexes, reserved ahead for step 3               |
 | processor/report.py       | the dead letters and log lines of a commit                         |
 | processor/__main__.py     | the program: settings, then run until a stop or SIGTERM            |
 """

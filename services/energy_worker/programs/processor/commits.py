@@ -112,7 +112,7 @@ class Commits(State):
         that item as a dead letter with the error, and return that: the caller goes on with the
         rest. Raises postgres.ERRORS for an outage or a refusal that is not the data's."""
         rest = items[start:]
-        plan = ledger.plan_batch(rest, self.meters, self.records, self.done)
+        plan = self.plan(rest)
         end = self.entries_through(raw, positions, start + plan.consumed, plan.stop)
         try:
             self.commit(plan, backlog - end)
@@ -124,14 +124,12 @@ class Commits(State):
         good, bad = 0, len(rest)  # rest[:good] is accepted, rest[:bad] refused
         while bad - good > 1:
             middle = (good + bad) // 2
-            if self.accepted(
-                ledger.plan_batch(rest[:middle], self.meters, self.records, self.done)
-            ):
+            if self.accepted(self.plan(rest[:middle])):
                 good = middle
             else:
                 bad = middle
         culprit = rest[good]
-        plan = ledger.plan_batch(rest[:good], self.meters, self.records, self.done)
+        plan = self.plan(rest[:good])
         if not ledger.already_done(culprit, plan.done):
             plan.done[culprit.epoch] = culprit.seq
             plan.last = (culprit.epoch, culprit.seq)
@@ -141,8 +139,15 @@ class Commits(State):
         self.commit(plan, backlog - end)  # a refusal now is not this item's: it raises
         return plan, end
 
+    def plan(self, items: list[Item]) -> ledger.Plan:
+        """The items applied to the committed state (ledger.plan_batch), with the row indexes
+        of the pool (row_indexes.py; a reservation when it runs short)."""
+        indexes = self.row_indexes.at_least(self.session.connection(), len(items))
+        return ledger.plan_batch(items, self.meters, self.records, self.done, indexes)
+
     def accepted(self, plan: ledger.Plan) -> bool:
-        """Whether PostgreSQL takes this plan: written, then rolled back."""
+        """Whether PostgreSQL takes this plan: written, then rolled back (its row indexes
+        stay in the pool: nothing used them)."""
         con = self.session.connection()
         con.run("BEGIN")
         try:
@@ -177,6 +182,9 @@ class Commits(State):
         return True
 
     def commit(self, plan: ledger.Plan, backlog: int) -> None:
+        # Tried, its indexes are never handed out again: a lost connection leaves its outcome
+        # unknown, and consumption.index has no unique constraint to refuse a second use.
+        self.row_indexes.spend(plan.new_rows)
         con = self.session.connection()
         with postgres.transaction(con):
             current = self.write(con, plan, backlog)
@@ -188,13 +196,11 @@ class Commits(State):
     def write(self, con: postgres.Connection, plan: ledger.Plan, backlog: int) -> str:
         """The plan's statements, inside the caller's transaction; the epoch worker_progress
         holds after them."""
-        temporary = sorted(plan.new_rows, reverse=True)  # -1, -2, ...: oldest row first
-        plan.remap(dict(zip(temporary, store.allocate_indexes(con, len(temporary)), strict=True)))
         store.insert_rows(con, plan.new_rows)
         store.update_rows(con, plan.moved_rows)
-        kwh = plan.kwh(self.meters)  # stored only where the moved rows do not hold the state
-        stored = status.to_store(self.records, plan.records, plan.moved_rows, kwh)
-        store.save_status(con, stored, kwh)
+        # Stored only where the moved rows do not hold the state.
+        stored = status.to_store(self.records, plan.records, plan.moved_rows, plan.readings)
+        store.save_status(con, stored, plan.readings)
         store.insert_dead_letters(con, plan.dead_letters)
         current = plan.last[0] if plan.last is not None else self.progress_epoch
         finished = finished_epochs(self.done, plan.done, current, self.progress_epoch)

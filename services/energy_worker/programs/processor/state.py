@@ -17,6 +17,7 @@ from energy_worker.adapters.sql import meters as meter_store
 from energy_worker.adapters.work_queue import Queues
 from energy_worker.core.domain import Meter, MeterRecord
 from energy_worker.programs.processor.readiness import Readiness
+from energy_worker.programs.processor.row_indexes import RowIndexes
 from energy_worker.runtime import program
 
 log = logging.getLogger("energy_worker.programs.processor")
@@ -54,6 +55,7 @@ class State:
         self.records: dict[int, MeterRecord] = {}
         self.done: dict[str, int] = {}  # last committed seq per epoch
         self.progress_epoch = ""  # the epoch worker_progress holds
+        self.row_indexes = RowIndexes()  # reserved for new rows; emptied at each load
         self.saved_backlog: int | None = None
         self.readiness: Readiness | None = None  # once durable_after is known
         self.schema_version: int | None = None  # as the last connection found it
@@ -73,6 +75,7 @@ class State:
         if self.session.is_open and self.loaded:
             return True
         self.loaded = False  # a refused load keeps the session, and is tried again
+        self.row_indexes.discard()
         try:
             con = self.session.connection()
             self.meters = meter_store.load_meters(con)

@@ -22,7 +22,9 @@ from collections.abc import Iterable, Sequence
 from energy_worker.adapters.postgres import Connection
 from energy_worker.adapters.sql import ingest as store
 
-BLOCK = 1024  # numbers a reservation takes at least: at 7 meters x 1 pulse/s, about 4 a day
+# Numbers a reservation takes at least. Only a new row takes one (bench/README.md's sd-day: about
+# one per 60 pulses at 7 x 1/s), so a block lasts hours: about ten reservations a day.
+BLOCK = 1024
 
 
 class RowIndexes:

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from energy_worker.adapters.postgres import Connection
 from energy_worker.adapters.sql import ingest as store
 
-# Numbers a reservation takes at least. Only a new row takes one (bench/README.md's sd-day: about
-# one per 60 pulses at 7 x 1/s), so a block lasts hours: about ten reservations a day.
+# Numbers a reservation takes at least. Only a new row takes one (in bench/bench.py --only sd-day,
+# about one per 60 pulses at 7 x 1/s), so a block lasts hours: about ten reservations a day.
 BLOCK = 1024
 
 

@@ -307,7 +307,8 @@ def test_the_pusher_process_waits_on_an_older_schema_with_one_line(spawn, r, sql
     def last_look() -> float:  # when the pusher's session last ran a statement (0: none yet)
         rows = sql.run(
             "SELECT extract(epoch FROM query_start)::float8 FROM pg_stat_activity "
-            "WHERE application_name = 'energy-worker pusher' AND state = 'idle'"
+            "WHERE application_name = 'energy-worker pusher' AND state = 'idle' "
+            "AND query_start IS NOT NULL"
         )
         return rows[0][0] if rows else 0.0
 

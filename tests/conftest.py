@@ -39,6 +39,7 @@ import pytest
 import redis
 
 from energy_worker.adapters import config, postgres, schema
+from energy_worker.adapters.redis_client import never_retry
 from energy_worker.programs.processor import Processor
 from helpers import REPO, Proc, wait_until, write_ini
 
@@ -326,7 +327,9 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+            # no retry (redis-py's default backs off up to ten times): wait_until paces the tries
+            client = redis.Redis(port=self.port, socket_connect_timeout=1, retry=never_retry())
+            return bool(client.ping())
         except redis.RedisError:
             return False
 

@@ -27,6 +27,7 @@ from supervisor.xmlrpc import SupervisorTransport
 import devrun
 from cli_support import cli
 from energy_worker.adapters import config
+from energy_worker.adapters.redis_client import never_retry
 from energy_worker.cli import make_run
 from helpers import REPO, wait_until
 
@@ -142,7 +143,7 @@ def owner_only(var: Path, rs: config.RedisSettings, pg: config.PostgresSettings)
     assert (var / "secrets").stat().st_mode & 0o777 == 0o700
     assert (var / "postgres.ini").stat().st_mode & 0o777 == 0o600
     with pytest.raises(redis.RedisError, match=r"NOAUTH|Authentication required|authenticated"):
-        redis.Redis(host=rs.host, port=rs.port).ping()
+        redis.Redis(host=rs.host, port=rs.port, retry=never_retry()).ping()
     with pytest.raises(pg8000.native.DatabaseError) as refused:
         pg8000.native.Connection(
             user="postgres", host=pg.host, port=pg.port, database="energy", password="guess"
@@ -278,7 +279,7 @@ def test_redis_publish_puts_the_embedded_redis_where_the_webhook_reaches_it(tmp_
         assert (server.bind, server.port) == ("127.0.0.1", port)
         assert redis.Redis(host="127.0.0.1", port=port, password="s3cret").ping()
         with pytest.raises(redis.RedisError):  # published only with its password
-            redis.Redis(host="127.0.0.1", port=port).ping()
+            redis.Redis(host="127.0.0.1", port=port, retry=never_retry()).ping()
         again = devrun.EmbeddedRedis(tmp_path / "other")
         with pytest.raises(SystemExit, match=f"REDIS_PUBLISH=127.0.0.1:{port}: that port is taken"):
             again.start(None, "x", f"127.0.0.1:{port}")

@@ -20,7 +20,7 @@ import redis
 
 from energy_worker.adapters import work_queue
 from energy_worker.adapters.config import RedisSettings
-from energy_worker.adapters.redis_client import connect_redis
+from energy_worker.adapters.redis_client import connect_redis, never_retry
 from energy_worker.programs.router import Router
 from helpers import REPO, wait_until
 
@@ -55,7 +55,8 @@ class AclServer:
     acl_file: Path
 
     def client(self, user: str | None, password: str | None) -> redis.Redis:
-        return redis.Redis(port=self.port, username=user, password=password)
+        # no retry: a refused login is the answer, not something to try ten times over
+        return redis.Redis(port=self.port, username=user, password=password, retry=never_retry())
 
     def worker(self) -> redis.Redis:
         return self.client("energy-worker", WORKER_PW)

@@ -87,8 +87,9 @@ def test_after_a_partition_the_lock_of_the_lost_session_is_taken_over(pg, sql):
     lost, fresh = session(through), session(through)
     try:
         lost.connection()
-        ((lost_pid,),) = sql.run(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'energy-worker locktest'"
+        ((lost_pid,),) = sql.run(  # this database's: another test's run may hold one too
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'energy-worker locktest' "
+            "AND datname = current_database()"
         )
         proxy.blackhole()
         with pytest.raises(postgres.ERRORS):  # the partition: no answer, and no error either

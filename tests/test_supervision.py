@@ -122,7 +122,7 @@ def test_inside_a_batch_it_finishes_the_batch_first(supervise, pg, sql, r):
 def _waiting_on_a_lock(sql: pg8000.native.Connection) -> bool:
     rows = sql.run(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-        "'energy-worker processor' AND wait_event_type = 'Lock'"
+        "'energy-worker processor' AND wait_event_type = 'Lock' AND datname = current_database()"
     )
     return bool(rows[0][0])
 

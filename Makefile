@@ -53,14 +53,19 @@ simulate: $(RUN_STAMP)
 redis-cli: $(RUN_STAMP)
 	@PYTHONPATH=services $(VPY) devtools/devrun.py redis-cli $(ARGS)
 
+# The tests keep their bytecode even where the environment says not to write any (`make clean`
+# removes it): pytest's rewritten test modules, and the sources of the hundreds of programs the
+# tests start. Else every pytest worker compiles the tests again (4.6 s of CPU each) and every
+# program start its sources.
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(VPY) -m pytest
+
 # Everything: lint, types, and every test (processes, supervisord, the entrypoint, make run).
 test: $(DEV_STAMP) lint types compile
-	$(VPY) -m pytest
+	$(PYTEST)
 
-# Feedback in seconds: lint, types and the tests that need no process of their own (spread test
-# by test: none of them shares a module's fixture, unlike the process tests).
+# Feedback in seconds: lint, types and the tests that need no process of their own.
 check: $(DEV_STAMP) lint types
-	$(VPY) -m pytest -m "not processes" -q --dist load
+	$(PYTEST) -m "not processes" -q
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

@@ -126,6 +126,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             module is not None and module.__name__ in PROCESS_MODULES
         ):
             item.add_marker(pytest.mark.processes)
+        # --dist loadgroup (pyproject.toml) hands out test by test, except a module's tests
+        # that share a server of the module's own: those go to one worker, which starts it once
+        if module is not None and _uses_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(module.__name__))
+    # The tests with processes first: they are the long ones, and one handed out last would
+    # keep the run waiting for it while the other workers idle. A group stays in one piece.
+    slow = {_unit(item) for item in items if item.get_closest_marker("processes")}
+    items.sort(key=lambda item: _unit(item) not in slow)
+
+
+def _unit(item: pytest.Item) -> str:
+    """What xdist hands to one worker: the test, or its group."""
+    group = item.get_closest_marker("xdist_group")
+    return str(group.args[0]) if group else item.nodeid
+
+
+def _uses_a_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(
+        definition.scope in ("module", "package", "class")
+        for definitions in info.name2fixturedefs.values()
+        for definition in definitions
+    )
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------

@@ -117,8 +117,21 @@ def with_children_reaped() -> None:
 
 # Test files that are all about processes; any other test that starts one uses `spawn`.
 PROCESS_MODULES = {"test_supervised", "test_entrypoint", "test_devrun", "test_restarts"}
+# Test files whose tests share a server of the module's own (a module-scoped fixture): one
+# worker runs all of them, starting it once. Every other test is handed out alone.
+SHARED_SERVER_MODULES = {
+    "test_cli_stack",
+    "test_grafana_energy",
+    "test_grafana_operator",
+    "test_grafana_power",
+    "test_owner_role",
+    "test_postgres_tls",
+    "test_readonly_role",
+    "test_redis_acl",
+}
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = getattr(item, "module", None)
@@ -126,20 +139,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             module is not None and module.__name__ in PROCESS_MODULES
         ):
             item.add_marker(pytest.mark.processes)
-        # --dist loadgroup (pyproject.toml) hands out test by test, except a module's tests
-        # that share a server of the module's own: those go to one worker, which starts it once
-        if module is not None and _uses_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(module.__name__))
+        if _uses_a_module_fixture(item) and item.path.stem not in SHARED_SERVER_MODULES:
+            raise pytest.UsageError(f"{item.path.name} shares a module fixture: add it to "
+                                    "SHARED_SERVER_MODULES in tests/conftest.py")  # fmt: skip
     # The tests with processes first: they are the long ones, and one handed out last would
-    # keep the run waiting for it while the other workers idle. A group stays in one piece.
-    slow = {_unit(item) for item in items if item.get_closest_marker("processes")}
-    items.sort(key=lambda item: _unit(item) not in slow)
-
-
-def _unit(item: pytest.Item) -> str:
-    """What xdist hands to one worker: the test, or its group."""
-    group = item.get_closest_marker("xdist_group")
-    return str(group.args[0]) if group else item.nodeid
+    # keep the run waiting for it while the other workers idle. A module that shares a server
+    # stays in one piece.
+    slow = {_unit(item.nodeid) for item in items if item.get_closest_marker("processes")}
+    items.sort(key=lambda item: _unit(item.nodeid) not in slow)
 
 
 def _uses_a_module_fixture(item: pytest.Item) -> bool:
@@ -149,6 +156,26 @@ def _uses_a_module_fixture(item: pytest.Item) -> bool:
         for definitions in info.name2fixturedefs.values()
         for definition in definitions
     )
+
+
+def _unit(nodeid: str) -> str:
+    """What one worker is handed at once: the test, or the whole module sharing a server."""
+    path = nodeid.split("::", 1)[0]
+    return path if Path(path).stem in SHARED_SERVER_MODULES else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """--dist load (pyproject.toml), but by _unit: xdist's own grouping (--dist loadgroup) renames
+    the test ids, which pytest 9.2 no longer lets it do, so its groups were silently ignored."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # noqa: PLC0415 - only under xdist
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ByUnit(config, log)
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ COMMIT_INTERVAL = 5.0  # the production default: the bound is two of these
 # Offsets of the programs' wall clock from the real one, one after the other: steps of -2 h,
 # +2 h, +3 days and -3 days.
 OFFSETS = ["-2h", "+0", "+3d", "+0"]
-STEP_EVERY = 4.0  # seconds of load between two steps
+STEP_EVERY = 2.5  # seconds of load between two steps: each offset holds half a commit interval
 PULSE_EVERY = 0.05  # seconds between two pulses (over the seven meters)
 
 

@@ -84,6 +84,20 @@ def _processes_of_this_run() -> list[int]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def no_make_run_of_this_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The command adopts the servers of a `make run` of the checkout (var/make-run.json): not
+    in tests, whatever a developer's `make run` left there. A test that wants one names its
+    own var/ (ENERGY_WORKER_VAR)."""
+    before = os.environ.get("ENERGY_WORKER_VAR")
+    os.environ["ENERGY_WORKER_VAR"] = str(tmp_path_factory.mktemp("no-make-run"))
+    yield
+    if before is None:
+        os.environ.pop("ENERGY_WORKER_VAR", None)
+    else:
+        os.environ["ENERGY_WORKER_VAR"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def no_process_left_behind() -> Iterator[None]:
     """Set up first, so torn down last: after every server fixture has stopped its server."""
     with contextlib.suppress(OSError, AttributeError):

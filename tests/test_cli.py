@@ -350,7 +350,8 @@ def test_the_push_hint_names_what_works_where_the_command_runs(tmp_path: Path):
     make_run.write(tmp_path, {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": "40001"})
     under_make_run = push.ignored(Session({"ENERGY_WORKER_VAR": str(tmp_path)}))
     assert "set it in .env, then stop `make run` and start it again" in under_make_run
-    in_the_container = push.ignored(Session({"REDIS_HOST": "redis-db"}))
+    nothing = {"ENERGY_WORKER_VAR": str(tmp_path / "none")}  # in the container: no make run
+    in_the_container = push.ignored(Session({"REDIS_HOST": "redis-db", **nothing}))
     assert "set it in .env, then docker compose up -d" in in_the_container
 
 

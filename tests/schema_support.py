@@ -6,12 +6,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from energy_worker.adapters import postgres
+from energy_worker.adapters import postgres, schema
 from energy_worker.adapters.sql import meters as meter_store
 from energy_worker.core.domain import Meter
 
 HISTORY = Path(__file__).parent / "schema_history"
-VERSIONS = sorted(int(p.stem.split("-")[1]) for p in HISTORY.glob("version-*.sql"))
+BASELINE = 10  # the first migration holds version 10 as it shipped (schema_history/README.md)
+SHIPPED = {int(p.stem.split("-")[1]): p for p in HISTORY.glob("version-*.sql")}
+SHIPPED[BASELINE] = dict(schema.migrations())[BASELINE]
+VERSIONS = sorted(SHIPPED)
+# The original stack's tables as its dashboards read them: SMALLINT watts, a float kWh.
+ORIGINAL_TABLES = (
+    "DROP SCHEMA public CASCADE; CREATE SCHEMA public;"
+    "CREATE TABLE meter_metadata (meter_no smallint, meter_name varchar(50),"
+    "  pulse_per_kWh smallint, max_energy smallint, power_factor real, deviation_pct real);"
+    "CREATE TABLE meter_status (upper_index integer, meter_no smallint,"
+    "  reference_watt_consumption smallint, meter_counts integer, kWh real,"
+    "  pulse_time_stamp bigint, pulse_period integer, cor_time_stamp timestamp,"
+    "  time_stamp timestamp);"
+    "CREATE TABLE consumption (index serial PRIMARY KEY, meter_no smallint,"
+    "  watt_consumption smallint, meter_counts integer, kWh real, pulse_time_stamp bigint,"
+    "  pulse_period integer, cor_time_stamp timestamp, time_stamp timestamp);"
+)
 
 
 def make_as_shipped(con: postgres.Connection, version: int, meters: Mapping[int, Meter]) -> int:
@@ -19,7 +35,7 @@ def make_as_shipped(con: postgres.Connection, version: int, meters: Mapping[int,
     meters, whose rows went into the table meter_status (meter_status_stored from version 10
     on; a temporary view of that name stands in for it before)."""
     con.execute_simple("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-    return apply_as_shipped(con, meters, HISTORY / f"version-{version}.sql")
+    return apply_as_shipped(con, meters, SHIPPED[version])
 
 
 def apply_as_shipped(con: postgres.Connection, meters: Mapping[int, Meter], path: Path) -> int:

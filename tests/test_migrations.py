@@ -17,7 +17,7 @@ import pytest
 from energy_worker.adapters import config, postgres, schema
 from energy_worker.adapters.sql import ingest as store
 from helpers import enqueue, pulses, status, wait_until
-from schema_support import VERSIONS, catalog, differences, make_as_shipped
+from schema_support import ORIGINAL_TABLES, VERSIONS, catalog, differences, make_as_shipped
 
 # Every shipped migration, pinned: a database that ran one never runs it again, so an edit
 # would reach new databases only. A new file gets its line here once it ships.
@@ -110,17 +110,7 @@ def test_a_database_of_the_original_stack_differs_only_where_it_keeps_its_own(fr
     con = postgres.connect(fresh_pg, "test")
     fresh = catalog(con)
     con.execute_simple(
-        "DROP SCHEMA public CASCADE; CREATE SCHEMA public;"
-        "CREATE TABLE meter_metadata (meter_no smallint, meter_name varchar(50),"
-        "  pulse_per_kWh smallint, max_energy smallint, power_factor real, deviation_pct real);"
-        "CREATE TABLE meter_status (upper_index integer, meter_no smallint,"
-        "  reference_watt_consumption smallint, meter_counts integer, kWh real,"
-        "  pulse_time_stamp bigint, pulse_period integer, cor_time_stamp timestamp,"
-        "  time_stamp timestamp);"
-        "CREATE TABLE consumption (index serial PRIMARY KEY, meter_no smallint,"
-        "  watt_consumption smallint, meter_counts integer, kWh real, pulse_time_stamp bigint,"
-        "  pulse_period integer, cor_time_stamp timestamp, time_stamp timestamp);"
-        "CREATE TABLE meter_totals (day date, kWh_1 real, kWh_diff_1 real);"
+        ORIGINAL_TABLES + "CREATE TABLE meter_totals (day date, kWh_1 real, kWh_diff_1 real);"
         "INSERT INTO meter_totals VALUES ('2024-06-01', 279.97, 1.5);"
     )
     assert schema.apply(con, config.load_meters()) == schema.latest()

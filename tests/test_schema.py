@@ -16,7 +16,7 @@ from energy_worker.core import totals
 from energy_worker.core.domain import Meter
 from energy_worker.programs.pusher import Pusher
 from energy_worker.programs.pusher import settings as pusher_settings
-from schema_support import make_as_shipped
+from schema_support import ORIGINAL_TABLES, make_as_shipped
 
 
 def test_applying_twice_changes_nothing_and_keeps_counts(sql):
@@ -35,17 +35,7 @@ def test_a_database_of_the_original_stack_is_widened_in_place(pg_server, fresh_p
     """The original's tables, as its dashboards read them, with SMALLINT watts and a float kWh."""
     con = postgres.connect(fresh_pg, "test")
     con.execute_simple(
-        "DROP SCHEMA public CASCADE; CREATE SCHEMA public;"
-        "CREATE TABLE meter_metadata (meter_no smallint, meter_name varchar(50),"
-        "  pulse_per_kWh smallint, max_energy smallint, power_factor real, deviation_pct real);"
-        "CREATE TABLE meter_status (upper_index integer, meter_no smallint,"
-        "  reference_watt_consumption smallint, meter_counts integer, kWh real,"
-        "  pulse_time_stamp bigint, pulse_period integer, cor_time_stamp timestamp,"
-        "  time_stamp timestamp);"
-        "CREATE TABLE consumption (index serial PRIMARY KEY, meter_no smallint,"
-        "  watt_consumption smallint, meter_counts integer, kWh real, pulse_time_stamp bigint,"
-        "  pulse_period integer, cor_time_stamp timestamp, time_stamp timestamp);"
-        "INSERT INTO meter_metadata VALUES (1, 'Main', 1000, 17250, 1, 5);"
+        ORIGINAL_TABLES + "INSERT INTO meter_metadata VALUES (1, 'Main', 1000, 17250, 1, 5);"
         "INSERT INTO meter_status VALUES (2, 1, 2000, 279970, 279.97, 5000, 1800, now(), now());"
         "INSERT INTO consumption (meter_no, watt_consumption, meter_counts, kWh, pulse_time_stamp,"
         "  pulse_period, cor_time_stamp, time_stamp)"

@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import graphlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -263,17 +264,22 @@ def pg_run_db(
 class _Emptier:
     """Puts the run's database back as the set-up leaves a new one, over a connection kept for
     the run (a new one per test costs a server process's start); a test that ended it gets
-    another."""
+    another. The first time by the set-up itself (every table emptied, the migrations run
+    again), after that by putting back the rows and sequences that left (the migrations' DDL
+    over again was most of the PostgreSQL server's CPU a test); again by the set-up after a
+    test changed the schema (an event trigger of the database's own notes any DDL)."""
 
     def __init__(self, settings: config.PostgresSettings) -> None:
         self.settings = settings
         self.con: pg8000.native.Connection | None = None
+        self.snapshot: _Snapshot | None = None
 
     def reset(self) -> None:
         try:
             self._reset()
         except postgres.ERRORS:
             self.close()  # ended by a test (pg_terminate_backend, a restart): once more, anew
+            self.snapshot = None
             self._reset()
 
     def _reset(self) -> None:
@@ -285,14 +291,81 @@ class _Emptier:
             "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+        if self.snapshot is not None and not self.con.run(_DDL_SEEN)[0][0]:
+            self.snapshot.put_back(self.con)
+            return
         _empty_every_table(self.con)
+        ((started,),) = self.con.run(_CLOCK)
         schema.apply(
             self.con, config.load_meters(REPO / "services" / "energy_worker" / "meters.toml")
         )
+        self.con.execute_simple(_NOTE_DDL)
+        self.snapshot = _Snapshot.take(self.con, started)
 
     def close(self) -> None:
         postgres.close_quietly(self.con)
         self.con = None
+
+
+class _Snapshot:
+    """The rows of every table and the state of every sequence as the set-up left them, put
+    back by one script in one round trip (COPY FROM STDIN, a message a table, waited 40 ms a
+    table on the delayed acknowledgement)."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+
+    @classmethod
+    def take(cls, con: pg8000.native.Connection, started: str) -> _Snapshot:
+        """`started`: the clock before the set-up; a time it wrote (a row's now()) is written
+        as the time of the test's set-up."""
+        tables = _tables_referencing_first(con)
+        script = ["BEGIN;"] + [f'DELETE FROM "{table}";' for table in tables]
+        # the rows as they were, not as triggers or constraints would make them again
+        script.append("SET LOCAL session_replication_role = replica;")
+        for table in reversed(tables):
+            ((rows,),) = con.run(f'SELECT json_agg(t)::text FROM "{table}" t')
+            if rows is None:
+                continue
+            literal = "'" + rows.replace("'", "''") + "'"
+            for stamp in sorted(set(_STAMP.findall(rows))):
+                if stamp >= started:  # same format, same zone: ordered as text
+                    literal = f"replace({literal}, '{stamp}', {_CLOCK_TEXT})"
+            script.append(
+                f'INSERT INTO "{table}" SELECT * FROM json_populate_recordset(NULL::"{table}", '
+                f"{literal}::json);"
+            )
+        script += [
+            f"SELECT setval({name!r}::regclass, {value}, {called});"
+            for name, value, called in con.run(_SEQUENCE_STATES)
+        ]
+        con.run("UPDATE ew_tests.ddl SET seen = false")
+        return cls(" ".join([*script, "COMMIT;"]))
+
+    def put_back(self, con: pg8000.native.Connection) -> None:
+        con.execute_simple(self.script)
+
+
+# Any DDL in the run's database (a test that changes the schema over `pg`) sets ew_tests.ddl.seen,
+# and the next test gets the set-up anew. SECURITY DEFINER: a test's role may not write there.
+_NOTE_DDL = """
+CREATE SCHEMA IF NOT EXISTS ew_tests;
+CREATE TABLE IF NOT EXISTS ew_tests.ddl (seen boolean NOT NULL);
+INSERT INTO ew_tests.ddl SELECT true WHERE NOT EXISTS (SELECT FROM ew_tests.ddl);
+CREATE OR REPLACE FUNCTION ew_tests.note_ddl() RETURNS event_trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog
+    AS $$ BEGIN UPDATE ew_tests.ddl SET seen = true; END $$;
+DROP EVENT TRIGGER IF EXISTS ew_tests_ddl;
+CREATE EVENT TRIGGER ew_tests_ddl ON ddl_command_end EXECUTE FUNCTION ew_tests.note_ddl();
+"""
+_DDL_SEEN = "SELECT seen FROM ew_tests.ddl"
+_CLOCK_TEXT = "(to_json(now()) #>> '{}')"
+_CLOCK = "SELECT to_json(clock_timestamp()) #>> '{}'"
+_STAMP = re.compile(r'"(\d{4}-\d\d-\d\dT\d\d:\d\d:[0-9.]+[+-]\d\d:\d\d)"')
+_SEQUENCE_STATES = (
+    "SELECT format('%I.%I', schemaname, sequencename), coalesce(last_value, start_value), "
+    "last_value IS NOT NULL FROM pg_sequences WHERE schemaname = current_schema()"
+)
 
 
 @pytest.fixture(scope="session")
@@ -314,17 +387,21 @@ def _empty_every_table(con: pg8000.native.Connection) -> None:
     """DELETE every row and restart every sequence, as TRUNCATE ... RESTART IDENTITY would:
     TRUNCATE gives each table and index a new file, a quarter second a test under load; a
     DELETE of a test's few rows takes milliseconds. Referencing tables go first."""
+    con.execute_simple(
+        "BEGIN; "
+        + "".join(f'DELETE FROM "{table}"; ' for table in _tables_referencing_first(con))
+        + _RESTART_SEQUENCES
+        + "; COMMIT"
+    )
+
+
+def _tables_referencing_first(con: pg8000.native.Connection) -> list[str]:
     tables = [row[0] for row in con.run(_TABLES)]
     order = graphlib.TopologicalSorter({t: set() for t in tables})
     for child, parent in con.run(_REFERENCES):
         if child != parent:
             order.add(parent, child)
-    con.execute_simple(
-        "BEGIN; "
-        + "".join(f'DELETE FROM "{table}"; ' for table in order.static_order())
-        + _RESTART_SEQUENCES
-        + "; COMMIT"
-    )
+    return list(order.static_order())
 
 
 _TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"

@@ -63,9 +63,11 @@ PYTEST := env -u PYTHONDONTWRITEBYTECODE $(VPY) -m pytest
 test: $(DEV_STAMP) lint types compile
 	$(PYTEST)
 
-# Feedback in seconds: lint, types and the tests that need no process of their own.
+# Feedback in seconds: lint, types and the tests that need no process of their own, less those
+# marked slow (they wait seconds on real time: leases, partitions, commit intervals, a lock's
+# wait; or run seconds of work). `make test` runs them all.
 check: $(DEV_STAMP) lint types
-	$(PYTEST) -m "not processes" -q
+	$(PYTEST) -m "not processes and not slow" -q
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

@@ -355,6 +355,7 @@ def test_the_push_hint_names_what_works_where_the_command_runs(tmp_path: Path):
     assert "set it in .env, then docker compose up -d" in in_the_container
 
 
+@pytest.mark.slow
 def test_status_says_not_committing_while_work_waits_and_no_commit_comes(
     fresh_pg: config.PostgresSettings, redis_db: config.RedisSettings, tmp_path: Path
 ):

@@ -218,6 +218,7 @@ def test_a_statement_refused_for_one_item_dead_letters_that_item_and_commits_the
     con.close()
 
 
+@pytest.mark.slow
 def test_a_refusal_that_is_not_the_data_is_waited_out_without_spinning_or_the_schema(
     make_processor, r, sql, caplog, monkeypatch
 ):
@@ -348,6 +349,7 @@ def test_an_item_decodes_or_says_why_whatever_the_bytes(raw: bytes):
 INTERVAL = 0.5  # the commit interval of the property's processor
 
 
+@pytest.mark.slow
 @settings(
     max_examples=15,
     deadline=None,

@@ -59,6 +59,7 @@ def session(settings: config.PostgresSettings, timeout: float = 2.0) -> postgres
     )
 
 
+@pytest.mark.slow
 def test_a_live_holder_keeps_its_lock(pg):
     first, second = session(pg), session(pg)
     try:
@@ -79,6 +80,7 @@ def test_a_live_holder_keeps_its_lock(pg):
         second.close()
 
 
+@pytest.mark.slow
 def test_after_a_partition_the_lock_of_the_lost_session_is_taken_over(pg, sql):
     """The holder's network goes silent, its session stays on the server; once it has been
     silent for the lease, a new session terminates it and takes the lock: one holder only."""
@@ -114,6 +116,7 @@ def _took(candidate: postgres.LockedSession) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_the_processor_commits_again_within_the_lease_after_a_partition(pg, sql, r):
     """The processor's own session is the one the partition leaves behind: when the network
     is back it connects anew, takes its lock over, and commits what came meanwhile."""

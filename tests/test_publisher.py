@@ -452,6 +452,7 @@ def test_energy_never_goes_below_what_home_assistant_has_seen(space, watch, make
     assert [m.payload for m in watch.of(energy, since)] == [b"0.006"]
 
 
+@pytest.mark.slow
 def test_a_second_publisher_waits_for_the_lock_instead_of_taking_the_client_id(
     space, watch, make, sql, caplog, monkeypatch
 ):

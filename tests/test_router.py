@@ -237,6 +237,7 @@ def peak_rss(pid: int) -> int:
     return int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1]) << 10
 
 
+@pytest.mark.slow
 def test_a_sweep_routes_legal_keys_first_step_by_step_in_bounded_memory(make_router, r):
     """A flood of junk with a few pulses in it: the sweep routes the pulses before any junk,
     and holds no more than one SCAN step's names (it used to: 1M junk keys cost +123 MiB and
@@ -317,6 +318,7 @@ def routed_once_heard(router: Router, r: redis.Redis, value: str, timeout: float
         router.run_once(max_wait=0.2)
 
 
+@pytest.mark.slow
 def test_after_a_silent_partition_of_a_quiet_router_it_is_back_on_notifications_in_10_s(
     r: redis.Redis, redis_db
 ):

@@ -291,7 +291,7 @@ def test_the_processor_waits_on_an_older_schema_with_one_line(
 @pytest.mark.processes
 def test_the_pusher_process_waits_on_an_older_schema_with_one_line(spawn, r, sql):
     sql.run("DELETE FROM schema_version WHERE version = 10")
-    proc = spawn("pusher", GOOGLE_WEBHOOK_URL="")
+    proc = spawn("pusher", GOOGLE_WEBHOOK_URL="", SCHEMA_RETRY="1")  # a look a second, not 5 s
     proc.wait_for_log("needs 10: run the set-up")
 
     def last_look() -> float:  # when the pusher's session last ran a statement (0: none yet)

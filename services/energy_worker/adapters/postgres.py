@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -51,7 +52,9 @@ TIMEOUT = 10.0  # seconds a statement (or a connection attempt) may go unanswere
 LEASE = 30.0  # seconds: a holder silent for this long is taken for dead
 HEARTBEATS_PER_LEASE = 3  # a holder runs a statement at least this often per lease
 LOCK_RETRY = 1.0  # seconds between tries while another process holds the lock
-SCHEMA_RETRY = 5.0  # seconds between looks at a schema of another version (WrongSchema)
+# Seconds between looks at a schema of another version (WrongSchema); the environment's
+# SCHEMA_RETRY shortens it for tests.
+SCHEMA_RETRY = float(os.environ.get("SCHEMA_RETRY") or 5.0)
 # Server-side settings of our sessions: the server notices a dead client within about half a
 # minute (where TCP can tell), and never keeps a transaction open for an absent one. No JIT:
 # the planner's estimates for the schema's set-returning functions (energy_per_period: millions

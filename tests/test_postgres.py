@@ -43,6 +43,17 @@ def test_a_session_compiles_no_query_and_keeps_utc(pg):
         con.close()
 
 
+def test_schema_retry_comes_from_the_environment_within_bounds(monkeypatch):
+    monkeypatch.delenv("SCHEMA_RETRY", raising=False)
+    assert postgres.WrongSchema("old").retry == postgres.SCHEMA_RETRY == 5.0
+    monkeypatch.setenv("SCHEMA_RETRY", "1")
+    assert postgres.WrongSchema("old").retry == 1.0
+    for bad in ("abc", "nan", "0", "-1", "inf"):
+        monkeypatch.setenv("SCHEMA_RETRY", bad)
+        with pytest.raises(config.ConfigError, match="SCHEMA_RETRY"):
+            postgres.WrongSchema("old")
+
+
 def test_an_outage_is_told_from_a_refused_statement(sql):
     with pytest.raises(pg8000.native.DatabaseError) as refused:
         sql.run("SELECT * FROM no_such_table")

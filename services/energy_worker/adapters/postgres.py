@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pg8000.native
 
-from energy_worker.adapters.config import PostgresSettings
+from energy_worker.adapters.config import PostgresSettings, seconds
 from energy_worker.adapters.outage import Outage
 
 
@@ -52,9 +52,7 @@ TIMEOUT = 10.0  # seconds a statement (or a connection attempt) may go unanswere
 LEASE = 30.0  # seconds: a holder silent for this long is taken for dead
 HEARTBEATS_PER_LEASE = 3  # a holder runs a statement at least this often per lease
 LOCK_RETRY = 1.0  # seconds between tries while another process holds the lock
-# Seconds between looks at a schema of another version (WrongSchema); the environment's
-# SCHEMA_RETRY shortens it for tests.
-SCHEMA_RETRY = float(os.environ.get("SCHEMA_RETRY") or 5.0)
+SCHEMA_RETRY = 5.0  # seconds between looks at a schema of another version (WrongSchema)
 # Server-side settings of our sessions: the server notices a dead client within about half a
 # minute (where TCP can tell), and never keeps a transaction open for an absent one. No JIT:
 # the planner's estimates for the schema's set-returning functions (energy_per_period: millions
@@ -87,7 +85,10 @@ class WrongSchema(Waiting):
     """The database's schema is not the version this energy-worker's code needs
     (schema.check): the set-up's to mend, not the program's; it looks again now and then."""
 
-    retry = SCHEMA_RETRY
+    def __init__(self, problem: object) -> None:
+        super().__init__(problem)
+        # The environment's SCHEMA_RETRY shortens the wait for tests (a bad value: exit 2).
+        self.retry = seconds(os.environ, "SCHEMA_RETRY", SCHEMA_RETRY, 0.1, 300)
 
 
 def connect(

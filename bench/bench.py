@@ -822,7 +822,7 @@ def main() -> int:
             "python": sys.version.split()[0],
             "platform": platform.platform(),
         },
-        "command": " ".join(["bench/bench.py", *sys.argv[1:]]),
+        "command": " ".join(["bench/bench.py", *figures.how_run(sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
 

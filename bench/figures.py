@@ -212,3 +212,18 @@ def sd_day(part: dict[str, Any]) -> str:
         lines.append(f"- {name.replace('_', ' ')}: {target['value']} "
                      f"(target at most {target['target']}: {verdict})")  # fmt: skip
     return "\n".join(lines)
+
+
+def how_run(args: list[str]) -> list[str]:
+    """The options that made the figures, for bench/README.md: not where --json wrote them (a
+    path of the machine it ran on)."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--json":
+            skip = True
+        elif not arg.startswith("--json="):
+            kept.append(arg)
+    return kept

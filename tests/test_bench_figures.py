@@ -148,3 +148,12 @@ def test_a_readme_without_the_markers_is_refused_not_appended_to(readme: Path):
     readme.write_text(readme.read_text().replace(start, ""))
     with pytest.raises(figures.MarkersMissing):
         figures.rewrite(REPORT, readme)
+
+
+def test_the_command_shown_leaves_out_where_the_results_went():
+    assert figures.how_run(["--only", "sd", "--json", "/x/b.json", "--no-figures"]) == [
+        "--only",
+        "sd",
+        "--no-figures",
+    ]
+    assert figures.how_run(["--json=/x/b.json", "--only", "plain"]) == ["--only", "plain"]

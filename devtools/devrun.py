@@ -175,6 +175,25 @@ class Server:
             )
 
 
+def system_user() -> pwd.struct_passwd:
+    """PG_SYSTEM_USER, made on first use: as root, an embedded PostgreSQL runs as this user
+    (postgres refuses to run as root)."""
+    try:
+        return pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        pass
+    # Another process may make it at the same moment: its useradd wins, ours fails, the user is.
+    made = subprocess.run(
+        ["useradd", "--system", "-M", PG_SYSTEM_USER], check=False, capture_output=True, text=True
+    )
+    try:
+        return pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        raise SystemExit(
+            f"devrun: could not make the user {PG_SYSTEM_USER}: {made.stderr.strip()}"
+        ) from None
+
+
 class EmbeddedPostgres(Server):
     def __init__(self, data: Path) -> None:
         super().__init__("PostgreSQL", data.parent / "postgres.log")
@@ -187,11 +206,7 @@ class EmbeddedPostgres(Server):
     def prepare_user(self) -> None:
         if os.geteuid() != 0:
             return
-        try:
-            entry = pwd.getpwnam(PG_SYSTEM_USER)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "-M", PG_SYSTEM_USER], check=True)
-            entry = pwd.getpwnam(PG_SYSTEM_USER)
+        entry = system_user()
         var = self.data.parent  # the server's user must reach var/postgres
         var.chmod(var.stat().st_mode | 0o711)
         self.data.mkdir(mode=0o700, exist_ok=True)

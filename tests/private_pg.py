@@ -1,11 +1,11 @@
 """A PostgreSQL server of a test's own (the binaries of the pgserver package, as `make run`'s),
 for what must not happen on the shared one: server-wide grants, pg_hba.conf, TLS. On
-127.0.0.1, a free port; under root it runs as the user pgserver, as `make run`'s does."""
+127.0.0.1, a free port; under root it runs as the user pgserver (made if missing), as `make
+run`'s does."""
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -15,19 +15,18 @@ from typing import Any
 
 import pg8000.native
 
-from devrun import package_dir
+from devrun import package_dir, system_user
 from energy_worker.adapters import config
 from helpers import wait_until
 
 ADMIN = "postgres"
-RUN_AS_USER = "pgserver"
 
 
 def server_ids() -> tuple[int, int] | None:
     """The uid and gid the server runs as: the user pgserver under root, else this process's."""
     if os.geteuid() != 0:
         return None
-    entry = pwd.getpwnam(RUN_AS_USER)
+    entry = system_user()
     return entry.pw_uid, entry.pw_gid
 
 

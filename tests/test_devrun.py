@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -206,10 +205,7 @@ def test_as_root_a_private_checkout_stops_with_one_line_that_says_what_to_do(tmp
     private.mkdir(mode=0o700)
     server = devrun.EmbeddedPostgres(private / "var" / "postgres")
     server.data.mkdir(parents=True)
-    entry = pwd.getpwnam(devrun.PG_SYSTEM_USER) if _has_user() else None
-    if entry is None:
-        subprocess.run(["useradd", "--system", "-M", devrun.PG_SYSTEM_USER], check=True)
-        entry = pwd.getpwnam(devrun.PG_SYSTEM_USER)
+    entry = devrun.system_user()
     server.run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
     with pytest.raises(SystemExit) as stopped:
         server.check_reachable()
@@ -217,14 +213,6 @@ def test_as_root_a_private_checkout_stops_with_one_line_that_says_what_to_do(tmp
     assert message.count("\n") == 0 and "cannot reach" in message
     assert "run `make run` as a normal user" in message and "chmod o+x" in message
     # (a reachable folder passes: the make run test above runs in one)
-
-
-def _has_user() -> bool:
-    try:
-        pwd.getpwnam(devrun.PG_SYSTEM_USER)
-    except KeyError:
-        return False
-    return True
 
 
 def test_a_port_whose_server_closed_its_connections_is_taken_again():

@@ -369,6 +369,7 @@ class PrivatePostgres(Server):
             database=database,
             application_name=name,
             timeout=10,
+            ssl_context=False,  # plain text, as postgres.connect
         )
 
     def answers(self) -> bool:

@@ -295,6 +295,7 @@ class EmbeddedPostgres(Server):
             port=self.port,
             database="postgres",
             timeout=5,
+            ssl_context=False,  # the embedded server has no TLS
         )
         try:
             if not con.run("SELECT 1 FROM pg_database WHERE datname = :d", d=DATABASE):

@@ -146,7 +146,11 @@ def connect(settings: config.PostgresSettings, user: str | None = None) -> pg800
     if user is None:
         return postgres.connect(settings, "energy-worker tests")
     return pg8000.native.Connection(
-        user=user, host=settings.host, port=settings.port, database=settings.database
+        user=user,
+        host=settings.host,
+        port=settings.port,
+        database=settings.database,
+        ssl_context=False,  # plain text, as postgres.connect (no CA loading each time)
     )
 
 

@@ -107,7 +107,12 @@ class PrivatePostgres:
 
     def connect(self, database: str = "postgres", user: str = ADMIN) -> Any:
         return pg8000.native.Connection(
-            user=user, host="127.0.0.1", port=self.port, database=database, timeout=10
+            user=user,
+            host="127.0.0.1",
+            port=self.port,
+            database=database,
+            timeout=10,
+            ssl_context=False,  # plain text, as postgres.connect without tls
         )
 
     def answers(self) -> bool:

@@ -78,6 +78,7 @@ def login(server: PrivatePostgres, settings: config.PostgresSettings, database: 
         port=server.port,
         database=database or settings.database,
         timeout=10,
+        ssl_context=False,
     )
 
 

@@ -82,6 +82,15 @@ def test_tls_with_the_servers_ca_connects_encrypted(tls_server, certs):
         con.close()
 
 
+def test_without_tls_it_is_plain_text_even_where_the_server_offers_tls(tls_server):
+    """tls off is plain text, not pg8000's default of an unverified TLS where offered."""
+    con = postgres.connect(settings(tls_server.port), "test")
+    try:
+        assert con.run("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == [[False]]
+    finally:
+        con.close()
+
+
 @pytest.mark.parametrize("ca", ["other.pem", None])
 def test_a_certificate_of_another_ca_is_refused(tls_server, certs, ca):
     """Another CA, or the system's CAs (which never signed the test's certificate)."""

@@ -157,11 +157,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if _uses_a_module_fixture(item) and item.path.stem not in SHARED_SERVER_MODULES:
             raise pytest.UsageError(f"{item.path.name} shares a module fixture: add it to "
                                     "SHARED_SERVER_MODULES in tests/conftest.py")  # fmt: skip
-    # The tests with processes first: they are the long ones, and one handed out last would
-    # keep the run waiting for it while the other workers idle. A module that shares a server
-    # stays in one piece.
+    # The long units first: tests with processes, then the modules that share a server (one
+    # worker runs each whole). One handed out last would keep the run waiting for it while the
+    # other workers idle.
     slow = {_unit(item.nodeid) for item in items if item.get_closest_marker("processes")}
-    items.sort(key=lambda item: _unit(item.nodeid) not in slow)
+    items.sort(key=lambda item: (_unit(item.nodeid) not in slow, item.path.stem not in
+                                 SHARED_SERVER_MODULES))  # fmt: skip
 
 
 def _uses_a_module_fixture(item: pytest.Item) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+import io
 import json
 import random
 import re
@@ -183,6 +184,7 @@ class Meter:
     deviation_pct: int = 5
     pulses: list[tuple[datetime, int | None]] = field(default_factory=list)  # (time, watt)
     typed: list[tuple[datetime, int]] = field(default_factory=list)  # (time, counts) typed in
+    _times: list[datetime] = field(default_factory=list, repr=False, compare=False)
 
     def pulse_at_power(self, start: datetime, end: datetime, watt: int) -> datetime:
         """Pulses at constant power from start (exclusive) up to end; returns the last one."""
@@ -198,8 +200,10 @@ class Meter:
         self.pulses.append((t, round(3_600_000_000 / (ms * self.ppk))))
 
     def count_before(self, t: datetime, inclusive: bool = True) -> int:
-        times = sorted(p for p, _ in self.pulses)
-        return (bisect.bisect_right if inclusive else bisect.bisect_left)(times, t)
+        # pulses only grow (appended): their times are sorted again when their number changed
+        if len(self._times) != len(self.pulses):
+            self._times = sorted(p for p, _ in self.pulses)
+        return (bisect.bisect_right if inclusive else bisect.bisect_left)(self._times, t)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -231,18 +235,15 @@ def store_history(con: pg8000.native.Connection, meter: Meter) -> None:
             run = replace(run, moving_row=len(rows) - 1, latest_at_ms=at_ms)
         else:
             run = Run(watt, len(rows) - 1, None, at_ms)
-    for r in rows:
-        con.run(
-            "INSERT INTO consumption (meter_no, watt_consumption, meter_counts, kwh, "
-            "cor_time_stamp, typed_in, pulses) VALUES (:m, :w, :c, :k, :t, :typed, :p)",
-            m=r[0],
-            w=r[1],
-            c=r[2],
-            k=r[3],
-            t=r[4],
-            typed=r[5],
-            p=r[6],
-        )
+    # one COPY, not a round trip a row: the history has tens of thousands of rows
+    copy = "".join(
+        "\t".join(r"\N" if value is None else str(value) for value in row) + "\n" for row in rows
+    )
+    con.run(
+        "COPY consumption (meter_no, watt_consumption, meter_counts, kwh, cor_time_stamp, "
+        "typed_in, pulses) FROM STDIN",
+        stream=io.StringIO(copy),
+    )
 
 
 def add_meter(con: pg8000.native.Connection, m: Meter, rejected: int = 0) -> None:

@@ -21,15 +21,16 @@ pytestmark = pytest.mark.processes
 SELECTION = [
     "tests/test_router.py",
     "tests/test_entrypoint.py::test_a_signal_is_passed_on_and_ends_non_zero",
-    # the router's slow ones change no server-wide setting and stop no process with SIGINT: the
-    # sweep's memory bound, the huge name's (its router process is killed as the one killed at
-    # any instant is) and the partition's (a proxy of the test's own); 15 s of each run
+    # the router's tests that change no server-wide setting and stop no process with SIGINT:
+    # the sweep's memory bound, the huge name's, the partition's (a proxy of the test's own), and
+    # the router killed at any instant (SIGKILL, 4 s of CPU a run); 20 s of each run
     *(
         f"--deselect=tests/test_router.py::{name}"
         for name in (
             "test_a_sweep_routes_legal_keys_first_step_by_step_in_bounded_memory",
             "test_a_huge_name_is_rejected_by_its_length_and_costs_the_router_nothing",
             "test_after_a_silent_partition_of_a_quiet_router_it_is_back_on_notifications_in_10_s",
+            "test_router_killed_at_any_instant_loses_no_pulse_and_duplicates_none",
         )
     ),
 ]

@@ -34,6 +34,12 @@ def test_a_session_compiles_no_query_and_keeps_utc(pg):
     try:
         assert con.run("SHOW jit") == [["off"]]
         assert con.run("SHOW TimeZone") == [["UTC"]]
+        # the settings that end the session of a vanished client, sent in the start-up message
+        assert con.run(
+            "SELECT current_setting('idle_in_transaction_session_timeout'), "
+            "current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_interval'), "
+            "current_setting('tcp_keepalives_count')"
+        ) == [["1min", "10", "5", "3"]]
         (plan,) = con.run(
             "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM energy_per_period("
             "now() - interval '1 year', now(), 'hour')"

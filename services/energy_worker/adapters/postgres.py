@@ -58,14 +58,16 @@ SCHEMA_RETRY = 5.0  # seconds between looks at a schema of another version (Wron
 # the planner's estimates for the schema's set-returning functions (energy_per_period: millions
 # of rows guessed for a few) pass jit_above_cost, and compiling then costs 0.5 s on this
 # machine for a 4 ms query: seconds on a Pi, for every `status` and every hourly total.
-SESSION_SETTINGS = (
-    "SET jit = off",
-    "SET TIME ZONE 'UTC'",
-    "SET tcp_keepalives_idle = 10",
-    "SET tcp_keepalives_interval = 5",
-    "SET tcp_keepalives_count = 3",
-    "SET idle_in_transaction_session_timeout = '60s'",
-)
+# Sent in the connection's start-up message (pg8000's startup_params), which PostgreSQL takes
+# as the session's own settings: no round trip of their own.
+SESSION_SETTINGS = {
+    "jit": "off",
+    "TimeZone": "UTC",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+    "idle_in_transaction_session_timeout": "60s",
+}
 
 log = logging.getLogger("energy_worker.adapters.postgres")
 
@@ -107,9 +109,8 @@ def connect(
         application_name=application_name,
         timeout=timeout,
         tcp_keepalive=True,
+        startup_params=SESSION_SETTINGS,
     )
-    for statement in SESSION_SETTINGS:
-        con.run(statement)
     return con
 
 
